@@ -1,0 +1,1 @@
+"""Training engine: train loop, evaluation, checkpoints, distributed, precision, schedules, losses, metrics."""

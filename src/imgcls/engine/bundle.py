@@ -1,0 +1,112 @@
+"""The weights to ship: ``model.safetensors`` + ``model.json`` in a run folder.
+
+``model.json`` says what it takes to use the weights (DESIGN.md, "The run folder"):
+
+    name, num_classes, classes, input_size [C, H, W], mean, std, task, sha256,
+    resize (shorter side before the center crop at evaluation; equal to H for no crop),
+    in_chans, model_kwargs (extra create_model arguments), format_version
+
+The SHA-256 of the weights file is checked before loading, so a swapped or damaged file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from imgcls.errors import UserError
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+@dataclass
+class ModelMeta:
+    """Contents of model.json."""
+
+    name: str
+    num_classes: int
+    classes: list[str]
+    input_size: list[int]
+    mean: list[float]
+    std: list[float]
+    task: str = "multiclass"
+    resize: int | None = None
+    in_chans: int = 3
+    model_kwargs: dict = field(default_factory=dict)
+    sha256: str = ""
+    format_version: int = 1
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_bundle(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> ModelMeta:
+    """Write model.safetensors then model.json (with the weights' SHA-256) into `folder`, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"name": meta.name})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    meta.sha256 = sha256_of(folder / WEIGHTS_FILE)
+    _atomic_write_bytes(folder / META_FILE, (json.dumps(asdict(meta), indent=2) + "\n").encode())
+    return meta
+
+
+def read_meta(folder: str | os.PathLike) -> ModelMeta:
+    """Parse model.json of a run folder; a missing or malformed file is a UserError naming it."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is {folder} a finished run folder?)")
+    try:
+        raw = json.loads(path.read_text())
+        known = {k: raw[k] for k in ModelMeta.__dataclass_fields__ if k in raw}
+        return ModelMeta(**known)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: malformed model.json ({exc})") from None
+
+
+def load_bundle(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model of a run folder in eval mode, after checking the weights' SHA-256."""
+    from imgcls.models import create_model
+
+    meta = read_meta(folder)
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights}: not found")
+    digest = sha256_of(weights)
+    if meta.sha256 and digest != meta.sha256:
+        raise UserError(f"{weights}: SHA-256 {digest[:12]}… does not match model.json ({meta.sha256[:12]}…); refusing")
+    model = create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+    state = load_file(str(weights), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights}: does not fit {meta.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return model, meta
+
+
+__all__ = ["META_FILE", "WEIGHTS_FILE", "ModelMeta", "load_bundle", "read_meta", "save_bundle", "sha256_of"]
