@@ -1,0 +1,120 @@
+"""airbench94: the small CIFAR-10 network of the fastest published training recipe.
+
+Keller Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU", 2024 (arXiv:2404.00498), Section 3 and
+Table 1. The network descends from hlb-CIFAR10 (Balsam) and David Page's ResNet-9 speedruns:
+
+    whiten   2×2 conv, 3 → 24 channels, no padding, bias; weights frozen, set from the training images'
+             patch covariance (24 = 12 eigenvectors of 2×2×3 patches and their negatives), then GELU
+    block1   conv 3×3 24→64   maxpool 2  BN GELU   conv 3×3 64→64    BN GELU
+    block2   conv 3×3 64→256  maxpool 2  BN GELU   conv 3×3 256→256  BN GELU
+    block3   conv 3×3 256→256 maxpool 2  BN GELU   conv 3×3 256→256  BN GELU
+    head     maxpool 3, flatten, linear 256 → classes (no bias), scaled by 1/9
+
+Paper details kept here: BatchNorm with fast running statistics (the paper's momentum 0.6, i.e. torch
+``momentum=0.4``), eps 1e-12 and its scale frozen at 1 (only the shift learns); identity (Dirac) initialisation of
+the first input channels of every 3×3 conv; the final 1/9 logit scale. Training-side parts (Nesterov SGD with
+the 64× BatchNorm-bias learning rate, Lookahead, label smoothing 0.2, alternating flips, translation by 2 pixels,
+multi-crop TTA) live in the engine and the ``speedrun`` recipe, not in the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imgcls.models._base import Classifier
+from imgcls.models._registry import register_model
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class FrozenScaleBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose scale is fixed at 1; the paper trains only the shift (Section 3.2)."""
+
+    def __init__(self, num_features: int, momentum: float = 0.4, eps: float = 1e-12):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+class ConvGroup(nn.Module):
+    """conv → maxpool 2 → BN → GELU → conv → BN → GELU (one row group of the paper's Table 1)."""
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = FrozenScaleBatchNorm2d(out_chans)
+        self.conv2 = nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False)
+        self.norm2 = FrozenScaleBatchNorm2d(out_chans)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class AirBench(Classifier):
+    """The airbench94 network; ``init_whitening(images)`` sets the frozen first layer from training data."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        logit_scale: float = 1 / 9,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        whiten_width = 2 * in_chans * 2 * 2  # every eigenvector of a 2×2 patch, and its negative
+        self.whiten = nn.Conv2d(in_chans, whiten_width, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act = nn.GELU()
+        chans = (whiten_width, *widths)
+        self.blocks = nn.Sequential(*(ConvGroup(chans[i], chans[i + 1]) for i in range(len(widths))))
+        self.pool = nn.MaxPool2d(3)
+        self.num_features = widths[-1]
+        self.logit_scale = logit_scale
+        self.fc = nn.Linear(self.num_features, num_classes, bias=False)
+        self._init_dirac()
+
+    def _init_dirac(self) -> None:
+        # Paper Section 3.3: each conv starts as an identity on its first in_channels outputs.
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight.data
+                torch.nn.init.dirac_(w[: w.size(1)])
+
+    @torch.no_grad()
+    def init_whitening(self, images: Tensor, eps: float = 5e-4) -> None:
+        """Set the frozen 2×2 conv to whiten the patches of `images` (float (N, C, H, W), normalised)."""
+        c, k = images.size(1), self.whiten.kernel_size[0]
+        patches = images.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
+        # (N, W', H', C, k, k) -> (N·W'·H', C·k·k): each row is one patch, ordered like a conv filter.
+        patches = patches.transpose(1, 3).reshape(-1, c * k * k).double()
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        filters = (eigvecs.T / torch.sqrt(eigvals + eps)[:, None]).reshape(-1, c, k, k)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight.dtype))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.pool(self.blocks(self.act(self.whiten(x))))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x.flatten(1)
+        return x if pre_logits else self.fc(x) * self.logit_scale
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes, bias=False)
+
+
+@register_model(
+    input_size=(3, 32, 32), paper="Jordan 2024 (arXiv:2404.00498), airbench94", mean=CIFAR_MEAN, std=CIFAR_STD
+)
+def airbench94(**kw) -> AirBench:
+    return AirBench(**kw)
