@@ -1,1 +1,2 @@
 """Imports each family module once so that its models register. Add a family here."""
+from imgcls.models import resnet  # noqa: F401  (ResNet, pre-activation ResNet, ResNeXt)
