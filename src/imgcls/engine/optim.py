@@ -1,0 +1,99 @@
+"""Optimisers with the usual parameter groups.
+
+- Weight decay skips normalisation weights and biases (one-dimensional tensors): decaying a BatchNorm scale
+  only fights the next layer's rescaling and slows training (Goyal et al. 2017, arXiv:1706.02677, Sec. 2.1
+  on where decay belongs; the exclusion is the common practice of timm and torchvision's references).
+- Fine-tuning: the classifier (``model.get_classifier()``) learns at ``lr``, the backbone at
+  ``lr * backbone_lr_mult``; ``freeze_backbone`` trains the classifier alone.
+- SGD with momentum or Nesterov momentum (Sutskever et al. 2013), AdamW (Loshchilov & Hutter 2019,
+  arXiv:1711.05101: decay decoupled from the adaptive step), RMSprop as Inception v3 used it (Szegedy et al.
+  2015, arXiv:1512.00567, Sec. 8: decay 0.9, epsilon 1.0, lr 0.045).
+
+Each parameter group carries ``base_lr`` (its peak learning rate) and ``group_name``; the schedule scales
+``base_lr``, so layer-wise multipliers survive every schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imgcls.engine.config import OptimConfig
+from imgcls.errors import UserError
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+
+
+def _head_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the classifier's parameters; every parameter counts as head when the model has no classifier."""
+    get = getattr(model, "get_classifier", None)
+    try:
+        head = get() if callable(get) else None
+    except NotImplementedError:
+        head = None
+    if head is None:
+        return {id(p) for p in model.parameters()}
+    return {id(p) for p in head.parameters()}
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    # Norm scales/shifts and biases are 1-D; conv and linear weights are >= 2-D.
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split trainable parameters into (backbone|head) x (decay|no decay) groups with their lr and decay.
+
+    Frozen backbone parameters get ``requires_grad = False`` and appear in no group.
+    """
+    head_ids = _head_parameter_ids(model)
+    if cfg.freeze_backbone:
+        if len(head_ids) == sum(1 for _ in model.parameters()):
+            raise UserError("--freeze-backbone: this model has no separate classifier to train")
+        for p in model.parameters():
+            if id(p) not in head_ids:
+                p.requires_grad_(False)
+    buckets: dict[tuple[str, bool], list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "head" if id(p) in head_ids else "backbone"
+        decay = cfg.decay_norm_and_bias or not _no_decay(name, p)
+        buckets.setdefault((part, decay), []).append(p)
+    groups = []
+    for (part, decay), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        lr = cfg.lr * (cfg.backbone_lr_mult if part == "backbone" else 1.0)
+        groups.append(
+            {
+                "params": params,
+                "lr": lr,
+                "base_lr": lr,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "group_name": f"{part}{'' if decay else '_no_decay'}",
+            }
+        )
+    if not groups:
+        raise UserError("the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser named in ``cfg`` over ``parameter_groups(model, cfg)``."""
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be positive: {cfg.lr}")
+    groups = parameter_groups(model, cfg)
+    name = cfg.name.lower()
+    if name == "sgd":
+        if cfg.nesterov and cfg.momentum <= 0:
+            raise UserError("optim.nesterov needs a positive optim.momentum")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if name == "adamw":
+        eps = 1e-8 if cfg.eps is None else cfg.eps
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps)
+    if name == "rmsprop":
+        eps = 1.0 if cfg.eps is None else cfg.eps
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=eps, momentum=cfg.momentum)
+    raise UserError(f"unknown optimizer: {cfg.name} (choose from {', '.join(OPTIMIZERS)})")
+
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "parameter_groups"]
