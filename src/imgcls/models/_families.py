@@ -1,2 +1,5 @@
 """Imports each family module once so that its models register. Add a family here."""
-from imgcls.models import resnet  # noqa: F401  (ResNet, pre-activation ResNet, ResNeXt)
+from imgcls.models import (
+    densenet,  # noqa: F401  (DenseNet-BC)
+    resnet,  # noqa: F401  (ResNet, pre-activation ResNet, ResNeXt)
+)
