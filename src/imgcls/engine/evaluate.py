@@ -1,0 +1,577 @@
+"""Evaluation: a model over a loader (with test-time augmentation), the files a finished run keeps, `imgcls eval`.
+
+Three entry points:
+
+- :func:`evaluate_model` — one pass over a loader of ``(x, y)`` batches (a ``BatchLoader`` of the data layer,
+  or any iterable of batches); the training loop calls it every epoch.
+- :func:`finalize_run` — the final evaluation of a run on its validation split; writes ``eval.json``,
+  ``predictions.csv`` and ``samples.npz``, which the report (``imgcls.report``) reads.
+- :func:`evaluate` — ``imgcls eval --run RUN``: reload a run's model and class map and measure it again,
+  on its own validation data or on another folder with the same classes.
+
+Test-time augmentation averages class *probabilities* over views (softmax per view; sigmoid per label for
+multi-label), and reports ``log`` of the average as the logits, so the softmax of what is returned is exactly
+the averaged probabilities and the loss is the log loss of the averaged prediction:
+
+- ``"flip"``: the image and its horizontal mirror.
+- ``"ten-crop"``: the four corner crops and the center crop, each with its mirror (Krizhevsky et al. 2012,
+  Section 4.1). The loader must then yield images *larger* than the network's input: ``evaluate`` builds the
+  validation loader at the run's ``resize`` (shorter side resized, center ``resize``×``resize`` square), and
+  the ten crops of ``input_size`` are taken from that square; :func:`evaluate_model` needs ``crop_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imgcls.engine import metrics as M
+from imgcls.errors import UserError
+
+TTA_MODES = ("none", "flip", "ten-crop")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.csv"
+SAMPLES_FILE = "samples.npz"
+NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
+TOPK = 5
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation pass measured.
+
+    Attributes:
+        loss: mean loss per sample (``None`` only if the loader was empty).
+        top1: top-1 accuracy in percent (precision@1 for multi-label).
+        top5: top-5 accuracy in percent; ``None`` with fewer than 5 classes and for multi-label.
+        logits: ``(N, K)`` float32 on the CPU, in loader order (rank order when distributed); with TTA, the log
+            of the averaged probabilities (log-sigmoid odds for multi-label).
+        targets: the targets as the loader gave them, on the CPU.
+        metrics: every metric that fits the task (:func:`imgcls.engine.metrics.classification_metrics`) plus
+            ``loss``, ``tta`` and ``precision``; plain Python values, ready for JSON.
+    """
+
+    loss: float | None
+    top1: float | None
+    top5: float | None
+    logits: Tensor
+    targets: Tensor
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.logits.shape[0])
+
+
+# --- the pass --------------------------------------------------------------------------------------------------
+
+
+def _batches(loader) -> Iterator[tuple[Tensor, Tensor]]:
+    # A data-layer BatchLoader iterates through `iterate()` (resumable); anything else is a plain iterable.
+    it = loader.iterate() if hasattr(loader, "iterate") else loader
+    yield from it
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` → ``"bf16"`` where the device computes it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs),
+    else ``"fp32"``; fp16 is never chosen automatically for evaluation (it needs no loss scaling here, but its
+    range can overflow logits of models trained in fp32)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        with contextlib.suppress(AttributeError, RuntimeError):
+            if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return "bf16"
+    return "fp32"
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    # Feed channels_last inputs to a channels_last model, or the first convolution converts every batch.
+    for p in model.parameters():
+        if p.ndim == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
+def _forward(model: nn.Module, x: Tensor, precision: str, device: torch.device, channels_last: bool) -> Tensor:
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(precision, device):
+        out = model(x)
+    if isinstance(out, (tuple, list)):  # auxiliary heads are training-only, but a wrapper might still return them
+        out = out[0]
+    return out.float()
+
+
+def _average_views(view_logits: Tensor, task: str) -> Tensor:
+    """Combine ``(N, V, K)`` per-view logits into ``(N, K)`` logits of the averaged probabilities.
+
+    Softmax case: ``log mean_v softmax(z_v) = logsumexp_v log_softmax(z_v) - log V`` (stable). Sigmoid case
+    (multi-label, or one binary logit): the log-odds of ``p = mean_v sigmoid(z_v)``, from ``log p`` and
+    ``log(1 - p)`` computed the same way.
+    """
+    v = view_logits.shape[1]
+    if task == "multilabel" or view_logits.shape[2] == 1:
+        log_p = torch.logsumexp(F.logsigmoid(view_logits), dim=1) - math.log(v)
+        log_q = torch.logsumexp(F.logsigmoid(-view_logits), dim=1) - math.log(v)
+        return log_p - log_q
+    return torch.logsumexp(torch.log_softmax(view_logits, dim=2), dim=1) - math.log(v)
+
+
+def _predict(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    task: str,
+    tta: str,
+    crop_size: int | None,
+    precision: str,
+    device: torch.device,
+    channels_last: bool,
+) -> Tensor:
+    if tta == "none":
+        return _forward(model, x, precision, device, channels_last)
+    if tta == "flip":
+        views = [x, x.flip(-1)]
+    else:
+        from imgcls.data.views import make_views
+
+        if crop_size is None:
+            raise ValueError("ten-crop TTA needs crop_size (the network's input size)")
+        if min(x.shape[-2:]) <= crop_size:
+            raise UserError(
+                f"--tta ten-crop: images of {tuple(x.shape[-2:])} are not larger than the {crop_size}px crop; "
+                "the loader must give images at the resize size, before the center crop"
+            )
+        n = x.shape[0]
+        stacked = make_views(x, "ten-crop", crop_size)  # (N*V, C, s, s), the V views of each image together
+        views = list(stacked.reshape(n, -1, *stacked.shape[1:]).unbind(1))
+    # One view at a time keeps peak memory at one batch's worth of activations.
+    outs = [_forward(model, view, precision, device, channels_last) for view in views]
+    single = outs[0].ndim == 1  # one binary logit per sample: keep the model's output shape
+    per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)  # (N, V, K)
+    averaged = _average_views(per_view, task)
+    return averaged[:, 0] if single else averaged
+
+
+def _evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    task: str,
+    loss_fn: LossFn | None,
+    precision: str,
+    device: str | torch.device,
+    distributed: bool,
+    tta: str,
+    crop_size: int | None,
+    threshold: float,
+    on_batch: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
+) -> EvalResult:
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    if task not in M.TASKS:
+        raise ValueError(f"task must be one of {M.TASKS}, got {task!r}")
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    channels_last = _is_channels_last(model)
+    was_training = model.training
+    model.eval()
+    logits_parts: list[Tensor] = []
+    target_parts: list[Tensor] = []
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    offset = 0
+    try:
+        with torch.inference_mode():
+            for x, y in _batches(loader):
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                out = _predict(
+                    model,
+                    x,
+                    task=task,
+                    tta=tta,
+                    crop_size=crop_size,
+                    precision=precision,
+                    device=device,
+                    channels_last=channels_last,
+                )
+                # The loss in float32 outside autocast: the logits are already float32.
+                loss = loss_fn(out, y) if loss_fn is not None else M.default_loss(out, y, task)
+                loss_sum += loss.detach().double().mean().cpu() * x.shape[0]
+                if on_batch is not None:
+                    on_batch(offset, x, y, out)
+                offset += x.shape[0]
+                logits_parts.append(out.cpu())
+                target_parts.append(y.cpu())
+    finally:
+        model.train(was_training)
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_classes)
+    targets = torch.cat(target_parts) if target_parts else torch.zeros(0, dtype=torch.int64)
+    count = torch.tensor(float(offset), dtype=torch.float64)
+    if distributed and M.dist_ready():
+        logits = M.all_gather_cat(logits)
+        targets = M.all_gather_cat(targets)
+        loss_sum = M.all_reduce_sum(loss_sum)
+        count = M.all_reduce_sum(count)
+    loss_value = float(loss_sum / count) if count > 0 else None
+    found = M.classification_metrics(logits, targets, task, threshold=threshold)
+    found.update(loss=M.finite_or_none(loss_value), tta=tta, precision=precision)
+    return EvalResult(
+        loss=loss_value, top1=found["top1"], top5=found["top5"], logits=logits, targets=targets, metrics=found
+    )
+
+
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    task: str,
+    loss_fn: LossFn | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    distributed: bool = False,
+    tta: str = "none",
+    crop_size: int | None = None,
+    threshold: float = 0.5,
+) -> EvalResult:
+    """Evaluate ``model`` on every batch of ``loader``, in eval mode and without gradients.
+
+    Args:
+        model: a classifier; its mode is restored afterwards.
+        loader: a data-layer ``BatchLoader`` (iterated with ``iterate()``) or any iterable of ``(x, y)``:
+            ``x`` float ``(N, C, H, W)`` normalised, ``y`` ``(N,)`` class indices or ``(N, K)`` float targets.
+        task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
+        loss_fn: ``loss_fn(logits, y) -> mean loss``; default cross-entropy (BCE-with-logits for multi-label
+            and single-logit binary models).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (bf16 where native).
+        device: where the model lives; batches are moved there.
+        distributed: gather logits and targets from every rank (every rank must call this); each rank then
+            holds the metrics of the whole validation set.
+        tta: ``"none"``, ``"flip"`` or ``"ten-crop"`` (see the module docstring).
+        crop_size: the network's input size, needed for ``"ten-crop"`` (the loader gives larger images).
+        threshold: multi-label decision threshold on probabilities, for F1.
+
+    Returns:
+        An :class:`EvalResult`.
+    """
+    return _evaluate(
+        model,
+        loader,
+        task=task,
+        loss_fn=loss_fn,
+        precision=precision,
+        device=device,
+        distributed=distributed,
+        tta=tta,
+        crop_size=crop_size,
+        threshold=threshold,
+    )
+
+
+# --- the files of a finished run -------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if M.dist_ready() else 0
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _to_uint8_hwc(x: Tensor, mean, std) -> np.ndarray:
+    """Undo the normalisation of ``(N, C, H, W)`` → uint8 ``(N, H, W, C)``."""
+    x = x.detach().float().cpu()
+    c = x.shape[1]
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).expand(1, c, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).expand(1, c, 1, 1)
+    pixels = ((x * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+class _SampleKeeper:
+    """Keeps the images at a few evenly spaced positions of the validation order, for the report's grid.
+
+    Even spacing over an unshuffled, class-sorted validation set picks images from across the classes.
+    """
+
+    def __init__(self, total: int | None, mean, std, count: int = NUM_REPORT_SAMPLES) -> None:
+        self.mean, self.std = mean, std
+        if total:
+            self.wanted = sorted({int(i) for i in np.linspace(0, total - 1, num=min(count, total)).round()})
+        else:  # size unknown: the first `count`
+            self.wanted = list(range(count))
+        self.images: list[np.ndarray] = []
+        self.index: list[int] = []
+
+    def __call__(self, offset: int, x: Tensor, y: Tensor, out: Tensor) -> None:
+        local = [i - offset for i in self.wanted if offset <= i < offset + x.shape[0]]
+        if local:
+            self.images.append(_to_uint8_hwc(x[local], self.mean, self.std))
+            self.index.extend(i + offset for i in local)
+
+
+def _topk(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    k = min(k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return indices, values
+
+
+def _target_cell(target: Tensor, task: str) -> str:
+    if task == "multilabel":
+        return ";".join(str(i) for i in (target >= 0.5).nonzero().flatten().tolist())
+    return str(int(M.class_targets(target[None])[0]))
+
+
+def _write_predictions(path: Path, probs: Tensor, targets: Tensor, task: str) -> None:
+    indices, values = _topk(probs, TOPK)
+    k = indices.shape[1]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "target", *[f"pred_{j + 1}" for j in range(k)], *[f"prob_{j + 1}" for j in range(k)]])
+        for i, (idx, val) in enumerate(zip(indices.tolist(), values.tolist())):
+            w.writerow([i, _target_cell(targets[i], task), *idx, *(f"{v:.6f}" for v in val)])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finalize_run(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    data,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    distributed: bool = False,
+    loss_fn: LossFn | None = None,
+) -> dict:
+    """Evaluate the final model on the validation split and write what the report reads.
+
+    Files (rank 0 only when distributed; every rank must call then):
+
+    - ``eval.json``: the task, class names and every metric of :func:`evaluate_model` (top-1/top-5, loss,
+      per-class precision/recall/F1/support, confusion matrix; mAP and F1 for multi-label; ROC-AUC for binary).
+    - ``predictions.csv``: ``index, target, pred_1..pred_5, prob_1..prob_5`` — one row per validation image in
+      loader order (rank order when distributed); a multi-label target is its positive indices joined by ``;``.
+    - ``samples.npz``: ``images`` uint8 ``(S, H, W, C)`` (normalisation undone with ``data.mean``/``data.std``),
+      ``index``, ``targets``, ``topk_indices``, ``topk_probs``, ``classes``, ``task`` — a few validation images
+      for the report's grid.
+
+    Args:
+        run_dir: the run folder.
+        model: the final (shipped) model.
+        data: what ``imgcls.data.build_data`` returned (``val``, ``task``, ``classes``, ``mean``, ``std``).
+        precision: autocast precision for the pass.
+        device: where the model lives.
+        distributed: gather across ranks.
+        loss_fn: the validation loss; default as in :func:`evaluate_model`.
+
+    Returns:
+        The contents of ``eval.json`` as a dict.
+    """
+    run_dir = Path(run_dir)
+    total = getattr(data.val, "num_samples", None)
+    keeper = _SampleKeeper(total if not distributed else None, data.mean, data.std)
+    result = _evaluate(
+        model,
+        data.val,
+        task=data.task,
+        loss_fn=loss_fn,
+        precision=precision,
+        device=device,
+        distributed=distributed,
+        tta="none",
+        crop_size=None,
+        threshold=0.5,
+        on_batch=keeper,
+    )
+    payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
+    if _rank() != 0:
+        return payload
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(run_dir / EVAL_FILE, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    probs = M.probabilities(result.logits, data.task)
+    _write_predictions(run_dir / PREDICTIONS_FILE, probs, result.targets, data.task)
+    kept = torch.as_tensor(keeper.index, dtype=torch.int64)
+    top_idx, top_prob = _topk(probs[kept], TOPK)
+    targets = result.targets[kept]
+    targets = (targets >= 0.5).to(torch.uint8) if data.task == "multilabel" else M.class_targets(targets)
+    images = np.concatenate(keeper.images) if keeper.images else np.zeros((0, 1, 1, 3), np.uint8)
+    tmp = run_dir / (SAMPLES_FILE + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        images=images,
+        index=kept.numpy(),
+        targets=targets.numpy(),
+        topk_indices=top_idx.numpy(),
+        topk_probs=top_prob.numpy().astype(np.float32),
+        classes=np.asarray(list(data.classes), dtype=str),
+        task=np.asarray(data.task),
+    )
+    os.replace(tmp, run_dir / SAMPLES_FILE)
+    return payload
+
+
+# --- imgcls eval -----------------------------------------------------------------------------------------------
+
+
+def _read_config(run: Path) -> dict:
+    path = run / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _known_fields(cls, values: dict | None) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in (values or {}).items() if k in names}
+
+
+def _class_mismatch(found: list[str], expected: list[str]) -> str:
+    extra = [c for c in found if c not in expected]
+    missing = [c for c in expected if c not in found]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"unknown {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}")
+    return "; ".join(parts) or "same names in another order"
+
+
+def evaluate(
+    run: str | os.PathLike,
+    data: str | None = None,
+    tta: str = "none",
+    json: bool = False,
+    *,
+    precision: str = "fp32",
+    device: str = "cpu",
+) -> dict:
+    """Measure a finished run again: backs ``imgcls eval --run RUN [--data SPEC] [--tta ...] [--json]``.
+
+    The model and class map come from the run (``model.json`` + ``model.safetensors``, SHA-256 checked); the
+    data from ``data`` or else the spec saved in the run's ``config.json`` (``data.spec``), built with the
+    run's data settings, seed (so a seeded train/val split is the same split), normalisation and class map.
+    A folder whose classes differ from the run's is refused.
+
+    Args:
+        run: the run folder.
+        data: a data SPEC to evaluate on instead of the run's own validation data.
+        tta: ``"none"``, ``"flip"`` or ``"ten-crop"``.
+        json: accepted for symmetry with the command line; the result is the same dict (printing is the CLI's).
+        precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns:
+        ``{"top1", "top5", "loss", ...}`` in percent, with per-class metrics, the confusion matrix and
+        ``run``, ``data``, ``task``, ``classes``, ``tta``.
+    """
+    from imgcls.data import DataConfig, build_data
+    from imgcls.data.transforms import AugmentConfig
+    from imgcls.engine.bundle import load_bundle
+
+    del json  # the CLI decides how to print
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder not found: {run} (check --run)")
+    if tta not in TTA_MODES:
+        raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, meta = load_bundle(run, map_location=device)
+    config = _read_config(run)
+    saved_data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    spec = data if data is not None else saved_data.get("spec")
+    if not spec:
+        raise UserError(f"{run / 'config.json'}: no data.spec saved in the run; pass --data SPEC")
+    train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
+    seed = int(train_cfg.get("seed", config.get("seed", 0)) or 0)
+    crop = int(meta.input_size[-1])
+    resize = int(meta.resize or crop)
+    # Ten-crop needs the square *before* the center crop: build the loader at the resize size.
+    image_size = resize if tta == "ten-crop" else crop
+    if tta == "ten-crop" and resize <= crop:
+        raise UserError(
+            f"--tta ten-crop: the run evaluates at {crop}px without a larger resize ({resize}px), so there is "
+            "nothing to crop from"
+        )
+    data_cfg = DataConfig.from_dict(_known_fields(DataConfig, saved_data))
+    aug_cfg = AugmentConfig.from_dict(_known_fields(AugmentConfig, config.get("augment")))
+    built = build_data(
+        spec,
+        data_cfg,
+        aug_cfg,
+        image_size=image_size,
+        in_chans=meta.in_chans,
+        seed=seed,
+        device=str(device),
+        task=meta.task,
+        mean=list(meta.mean),
+        std=list(meta.std),
+    )
+    if list(built.classes) != list(meta.classes):
+        raise UserError(
+            f"{spec}: its classes differ from the run's class map in {run / 'model.json'} "
+            f"({_class_mismatch(list(built.classes), list(meta.classes))})"
+        )
+    result = evaluate_model(
+        model, built.val, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
+    )
+    return {
+        "run": str(run),
+        "data": str(spec),
+        "task": meta.task,
+        "classes": list(meta.classes),
+        **result.metrics,
+    }
+
+
+__all__ = [
+    "EVAL_FILE",
+    "PREDICTIONS_FILE",
+    "SAMPLES_FILE",
+    "TTA_MODES",
+    "EvalResult",
+    "evaluate",
+    "evaluate_model",
+    "finalize_run",
+    "resolve_precision",
+]

@@ -1,0 +1,309 @@
+"""evaluate_model, test-time augmentation and the files finalize_run writes, on tiny models and in-memory loaders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imgcls.engine.evaluate import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE, evaluate_model, finalize_run
+
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.25, 0.2, 0.2)
+
+
+class TensorLoader:
+    """The data layer's loader contract in miniature: `iterate()` yields `(x, y)` batches in a fixed order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def iterate(self, start_batch: int = 0):
+        for i in range(start_batch * self.batch_size, len(self.x), self.batch_size):
+            yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+
+
+class FirstPixels(nn.Module):
+    """Logits = the first K pixel values: predictions are set by the input, so they can be counted by hand."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return x.flatten(1)[:, : self.num_classes]
+
+
+class MirrorSymmetricNet(nn.Module):
+    """Conv with left-right symmetric kernels + global pooling: exactly invariant to horizontal flips."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 5) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(in_chans, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+        with torch.no_grad():
+            self.conv.weight.copy_((self.conv.weight + self.conv.weight.flip(-1)) / 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class TinyConvNet(nn.Module):
+    """A small net that is not flip invariant (a column-position-dependent head)."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 5, size: int = 8) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * size, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=2).flatten(1))  # pools rows only: (N, 4·W)
+
+
+def _images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=gen)
+
+
+def test_top1_top5_and_loss_equal_hand_counts():
+    k, n = 6, 10
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 1, 4, 4)
+    x.view(n, -1)[:, :k] = torch.randn(n, k, generator=gen)
+    logits = x.view(n, -1)[:, :k]
+    order = logits.argsort(dim=1, descending=True)
+    # Targets: rank 1 for samples 0–3, rank 3 for 4–6, rank 6 (last) for 7–9 → top-1 4/10, top-5 7/10.
+    ranks = [0, 0, 0, 0, 2, 2, 2, 5, 5, 5]
+    y = torch.stack([order[i, r] for i, r in enumerate(ranks)])
+    res = evaluate_model(FirstPixels(k), TensorLoader(x, y, batch_size=3), task="multiclass")
+    assert res.top1 == pytest.approx(40.0)
+    assert res.top5 == pytest.approx(70.0)
+    expected_loss = torch.nn.functional.cross_entropy(logits, y).item()
+    assert res.loss == pytest.approx(expected_loss, rel=1e-6)  # batches 3, 3, 3, 1 weighted by size
+    assert res.logits.shape == (n, k) and torch.equal(res.targets, y)
+    assert res.metrics["confusion_matrix"][y[0]][y[0]] >= 1
+    assert sum(map(sum, res.metrics["confusion_matrix"])) == n
+
+
+def test_plain_iterable_loader_and_top5_none_under_five_classes():
+    x = _images(7)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    res = evaluate_model(TinyConvNet(num_classes=3), batches, task="multiclass")
+    assert res.top5 is None
+    assert res.num_samples == 7
+
+
+def test_flip_tta_of_flip_invariant_model_equals_no_tta():
+    torch.manual_seed(0)
+    model = MirrorSymmetricNet()
+    x = _images(12)
+    y = torch.randint(0, 5, (12,))
+    plain = evaluate_model(model, TensorLoader(x, y, 5), task="multiclass")
+    flip = evaluate_model(model, TensorLoader(x, y, 5), task="multiclass", tta="flip")
+    assert torch.allclose(torch.softmax(flip.logits, 1), torch.softmax(plain.logits, 1), atol=1e-6)
+    assert flip.top1 == plain.top1 and flip.top5 == plain.top5
+    assert flip.loss == pytest.approx(plain.loss, rel=1e-5)
+
+
+def test_flip_tta_averages_probabilities_of_image_and_mirror():
+    torch.manual_seed(1)
+    model = TinyConvNet().eval()
+    x = _images(9)
+    y = torch.randint(0, 5, (9,))
+    res = evaluate_model(model, TensorLoader(x, y, 4), task="multiclass", tta="flip")
+    with torch.no_grad():
+        expected = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1)) / 2
+    assert torch.allclose(torch.softmax(res.logits, 1), expected, atol=1e-6)
+    assert res.loss == pytest.approx(torch.nn.functional.nll_loss(expected.log(), y).item(), rel=1e-5)
+
+
+def test_flip_tta_multilabel_averages_sigmoids():
+    torch.manual_seed(2)
+    model = TinyConvNet(num_classes=4).eval()
+    x = _images(6)
+    y = (torch.rand(6, 4) < 0.5).float()
+    res = evaluate_model(model, TensorLoader(x, y, 6), task="multilabel", tta="flip")
+    with torch.no_grad():
+        expected = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-1)))) / 2
+    assert torch.allclose(torch.sigmoid(res.logits), expected, atol=1e-6)
+    assert res.top5 is None and res.metrics["mAP"] is not None
+
+
+def test_ten_crop_tta_averages_the_ten_hand_cut_crops():
+    pytest.importorskip("imgcls.data.views")
+    torch.manual_seed(3)
+    model = MirrorSymmetricNet(num_classes=5).eval()
+    x = _images(4, size=10)
+    y = torch.tensor([0, 1, 2, 3])
+    res = evaluate_model(model, TensorLoader(x, y, 3), task="multiclass", tta="ten-crop", crop_size=8)
+    s, big = 8, 10
+    corners = [(0, 0), (0, big - s), (big - s, 0), (big - s, big - s), ((big - s) // 2, (big - s) // 2)]
+    crops = [x[:, :, t : t + s, left : left + s] for t, left in corners]
+    crops += [c.flip(-1) for c in crops]
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(model(c), 1) for c in crops]).mean(0)
+    assert torch.allclose(torch.softmax(res.logits, 1), expected, atol=1e-5)
+
+
+def test_bf16_autocast_agrees_with_fp32_and_model_mode_is_restored():
+    torch.manual_seed(4)
+    model = TinyConvNet(num_classes=5)
+    model.train()
+    x = _images(16)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # well-defined targets: the fp32 predictions
+    model.train()
+    fp32 = evaluate_model(model, TensorLoader(x, y, 8), task="multiclass")
+    bf16 = evaluate_model(model, TensorLoader(x, y, 8), task="multiclass", precision="bf16")
+    assert model.training
+    assert fp32.top1 == 100.0
+    assert bf16.top1 >= 75.0  # bf16 rounding may flip a near-tie, not most predictions
+    assert torch.allclose(bf16.logits, fp32.logits, atol=0.1)
+
+
+def test_binary_single_logit_model_reports_auc():
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 2, (40,), generator=gen)
+    x = torch.zeros(40, 1, 2, 2)
+    x[:, 0, 0, 0] = (y.float() * 2 - 1) + 0.8 * torch.randn(40, generator=gen)
+    res = evaluate_model(FirstPixels(1), TensorLoader(x, y, 16), task="binary")
+    from sklearn.metrics import roc_auc_score
+
+    assert res.metrics["auc"] == pytest.approx(roc_auc_score(y.numpy(), x[:, 0, 0, 0].numpy()))
+    assert res.top1 == pytest.approx(100.0 * ((x[:, 0, 0, 0] > 0).long() == y).float().mean().item())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x[:, 0, 0, 0], y.float())
+    assert res.loss == pytest.approx(bce.item(), rel=1e-6)
+
+
+def _fake_data(n: int = 23, k: int = 5, size: int = 8):
+    gen = torch.Generator().manual_seed(6)
+    pixels = torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    x = (pixels.float() / 255 - mean) / std
+    y = torch.arange(n) % k
+    data = SimpleNamespace(
+        val=TensorLoader(x, y, 6),
+        task="multiclass",
+        classes=[f"class_{i}" for i in range(k)],
+        mean=list(MEAN),
+        std=list(STD),
+    )
+    return data, pixels
+
+
+def test_finalize_run_writes_valid_files(tmp_path):
+    torch.manual_seed(7)
+    data, pixels = _fake_data()
+    model = TinyConvNet(num_classes=5)
+    out = finalize_run(tmp_path, model, data)
+    ref = evaluate_model(model, data.val, task="multiclass")
+
+    saved = json.loads((tmp_path / EVAL_FILE).read_text())
+    assert saved == out
+    assert saved["top1"] == pytest.approx(ref.top1) and saved["top5"] == pytest.approx(ref.top5)
+    assert saved["classes"] == data.classes and saved["task"] == "multiclass"
+    assert np.asarray(saved["confusion_matrix"]).shape == (5, 5)
+    assert len(saved["per_class"]["recall"]) == 5
+
+    with open(tmp_path / PREDICTIONS_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 23
+    assert list(rows[0]) == ["index", "target"] + [f"pred_{i}" for i in range(1, 6)] + [
+        f"prob_{i}" for i in range(1, 6)
+    ]
+    probs = torch.softmax(ref.logits, 1)
+    for i, row in enumerate(rows):
+        assert int(row["index"]) == i and int(row["target"]) == int(data.val.y[i])
+        assert int(row["pred_1"]) == int(probs[i].argmax())
+        p = [float(row[f"prob_{j}"]) for j in range(1, 6)]
+        assert p == sorted(p, reverse=True) and sum(p) == pytest.approx(1.0, abs=1e-4)
+
+    with np.load(tmp_path / SAMPLES_FILE, allow_pickle=False) as npz:
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape[1:] == (8, 8, 3)
+        idx = npz["index"]
+        assert 1 < len(idx) <= 16 and idx[0] == 0 and idx[-1] == 22  # spread over the whole split
+        # Un-normalising gives back the original pixels.
+        assert np.array_equal(npz["images"], pixels[idx].permute(0, 2, 3, 1).numpy())
+        assert np.array_equal(npz["targets"], data.val.y[idx].numpy())
+        assert np.array_equal(npz["topk_indices"][:, 0], probs[idx].argmax(1).numpy())
+        assert npz["topk_probs"].shape == (len(idx), 5)
+        assert list(npz["classes"]) == data.classes and str(npz["task"]) == "multiclass"
+
+
+def test_finalize_run_multilabel(tmp_path):
+    torch.manual_seed(8)
+    data, _ = _fake_data(n=10, k=4)
+    gen = torch.Generator().manual_seed(0)
+    y = (torch.rand(10, 4, generator=gen) < 0.4).float()
+    y[0] = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    data.val = TensorLoader(data.val.x, y, 4)
+    data.task = "multilabel"
+    out = finalize_run(tmp_path, TinyConvNet(num_classes=4), data)
+    assert out["mAP"] is not None and "confusion_matrix" not in out
+    with open(tmp_path / PREDICTIONS_FILE, newline="") as f:
+        first = next(csv.DictReader(f))
+    assert first["target"] == "0;2"
+    with np.load(tmp_path / SAMPLES_FILE, allow_pickle=False) as npz:
+        assert npz["targets"].shape == (10, 4)
+
+
+_RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch, torch.distributed as dist
+    from torch import nn
+    from imgcls.engine.evaluate import evaluate_model
+
+    rank, store = int(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 7))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(13, 3, 8, 8, generator=gen), torch.randint(0, 7, (13,), generator=gen)
+    full = evaluate_model(model, [(x[:5], y[:5]), (x[5:], y[5:])], task="multiclass")
+    shard = slice(0, 8) if rank == 0 else slice(8, 13)  # uneven shards: 8 and 5 samples
+    part = evaluate_model(model, [(x[shard], y[shard])], task="multiclass", distributed=True)
+    same = torch.allclose(part.logits, full.logits, atol=1e-6) and torch.equal(part.targets, full.targets)
+    print(json.dumps({"same": same, "top1": [part.top1, full.top1], "loss": [part.loss, full.loss],
+                      "n": part.num_samples}))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_distributed_gathers_uneven_shards_like_one_process(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(tmp_path / "store")], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    for out in outs:
+        got = json.loads(out.strip().splitlines()[-1])
+        assert got["same"] and got["n"] == 13
+        assert got["top1"][0] == pytest.approx(got["top1"][1])
+        assert got["loss"][0] == pytest.approx(got["loss"][1])
