@@ -1,0 +1,401 @@
+"""Loading weights: format detection, key mapping, parity with torchvision/timm, class-count change, downloads.
+
+Parity: ``tests/models/golden/<name>.json`` holds the reference library's key layout and logits for weights
+filled by ``fill_value`` (the same procedure as ``tools/make_golden.py``, re-implemented here). The test writes
+those tensors under the reference key names into a file, loads it through ``create_model(weights=file)`` and
+compares our logits with the reference ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import logging
+import math
+import re
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import imgcls
+from imgcls.errors import UserError
+from imgcls.models import Classifier
+from imgcls.models import weights as W
+
+GOLDEN = Path(__file__).parent / "golden"
+_M32 = 0xFFFFFFFF
+
+
+# ---- the deterministic fill of tools/make_golden.py, re-implemented on our side -----------------------------------
+def uniform(key: str, n: int) -> torch.Tensor:
+    seed = zlib.crc32(key.encode())
+    h = (torch.arange(n, dtype=torch.int64) + seed) & _M32
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & _M32
+    h = h ^ (h >> 16)
+    return h.to(torch.float64) / 2.0**32
+
+
+def fill_value(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    n = math.prod(shape)
+    u = uniform(key, n).reshape(shape)
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        v = 0.5 + u
+    elif leaf == "running_mean":
+        v = (2 * u - 1) * 0.1
+    elif len(shape) >= 2:
+        v = (2 * u - 1) * math.sqrt(3.0 / (n // shape[0]))
+    elif leaf == "weight":
+        v = 0.75 + 0.5 * u
+    else:
+        v = (2 * u - 1) * 0.1
+    return v.to(torch.float32)
+
+
+def golden_state(golden: dict) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.zeros((), dtype=torch.int64) if k.endswith("num_batches_tracked") else fill_value(k, tuple(shape))
+        for k, shape in golden["keys"]
+    }
+
+
+def golden_input(golden: dict) -> torch.Tensor:
+    c, h, w = golden["input_size"]
+    return (2 * uniform("input", c * h * w) - 1).to(torch.float32).reshape(1, c, h, w)
+
+
+def test_fill_matches_the_reference_script():
+    # Values printed by tools/make_golden.py's own uniform() and fill_value() in the reference environment.
+    expected = [0.04211889184080064, 0.21260882238857448, 0.7138902528677136, 0.3057383643463254]
+    assert uniform("features.0.weight", 4).tolist() == expected
+    assert fill_value("bn1.running_var", (3,)).tolist() == [1.0340919494628906, 0.971885085105896, 1.157044768333435]
+
+
+GOLDEN_NAMES = sorted(p.stem for p in GOLDEN.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_parity_with_reference_library(name, tmp_path):
+    if name not in imgcls.list_models():
+        pytest.skip(f"{name} is not registered yet")
+    golden = json.loads((GOLDEN / f"{name}.json").read_text())
+    path = tmp_path / f"{name}.safetensors"
+    save_file(golden_state(golden), str(path))
+    model = imgcls.create_model(name, weights=path).eval()
+    with torch.no_grad():
+        out = model(golden_input(golden))[0].double()
+    ref = torch.tensor(golden["logits"], dtype=torch.float64)
+    scale = golden["logits_std"]
+    torch.testing.assert_close(out[: len(ref)], ref, rtol=1e-4, atol=1e-4 * scale)
+    assert float(out.mean()) == pytest.approx(golden["logits_mean"], abs=1e-4 * scale)
+    assert float(out.std()) == pytest.approx(golden["logits_std"], rel=1e-4)
+
+
+def test_densenet_published_old_style_keys_load(tmp_path):
+    """torchvision's published DenseNet files spell ``denselayer1.norm.1.weight``; they load to the same logits."""
+    if "densenet121" not in imgcls.list_models():
+        pytest.skip("densenet121 is not registered yet")
+    golden = json.loads((GOLDEN / "densenet121.json").read_text())
+    old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))([12])\.(weight|bias|running_mean|running_var)$")
+    state = {old.sub(r"\1.\2.\3", k): v for k, v in golden_state(golden).items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in state
+    path = tmp_path / "densenet121-old.pth"
+    torch.save(state, path)
+    model = imgcls.create_model("densenet121", weights=path).eval()
+    with torch.no_grad():
+        out = model(golden_input(golden))[0].double()
+    ref = torch.tensor(golden["logits"], dtype=torch.float64)
+    torch.testing.assert_close(out[: len(ref)], ref, rtol=1e-4, atol=1e-4 * golden["logits_std"])
+
+
+# ---- a small real model for the format and error tests -------------------------------------------------------------
+class TinyNet(Classifier):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = 8
+        self.conv1 = nn.Conv2d(in_chans, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x):
+        return self.pool(torch.relu(self.bn1(self.conv1(x)))).flatten(1)
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes):
+        self.num_classes = num_classes
+        self.fc = nn.Linear(8, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self):
+        return self.fc
+
+
+def trained_tiny(num_classes: int = 10) -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet(num_classes)
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-0.5, 0.5)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def outputs(model: nn.Module) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["safetensors", "pickle", "state_dict_wrapper", "model_wrapper", "ddp_prefix", "compile_prefix", "no_num_batches"],
+)
+def test_formats_are_detected_and_mapped(layout, tmp_path):
+    src = trained_tiny()
+    state = src.state_dict()
+    path = tmp_path / "weights.bin"  # the extension says nothing; the content decides
+    if layout == "safetensors":
+        save_file(dict(state), str(path))
+    elif layout == "pickle":
+        torch.save(state, path)
+    elif layout == "state_dict_wrapper":
+        torch.save({"state_dict": state, "epoch": 3, "optimizer": {"lr": 0.1}}, path)
+    elif layout == "model_wrapper":
+        torch.save({"model": state, "epoch": 3}, path)
+    elif layout == "ddp_prefix":
+        torch.save(OrderedDict((f"module.{k}", v) for k, v in state.items()), path)
+    elif layout == "compile_prefix":
+        save_file({f"_orig_mod.{k}": v for k, v in state.items()}, str(path))
+    else:
+        torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
+    dst = TinyNet()
+    report = W.load_weights(dst, "tiny", path)
+    assert report.file_format == ("safetensors" if layout in ("safetensors", "compile_prefix") else "pickle")
+    torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
+
+
+def test_one_by_one_conv_classifier_maps_to_linear(tmp_path):
+    src = trained_tiny()
+    state = dict(src.state_dict())
+    state["fc.weight"] = state["fc.weight"].reshape(10, 8, 1, 1)  # timm's DPN keeps its classifier as a conv
+    torch.save(state, tmp_path / "w.pth")
+    dst = TinyNet()
+    report = W.load_weights(dst, "tiny", tmp_path / "w.pth")
+    assert any("1x1" in m for m in report.mappings)
+    torch.testing.assert_close(outputs(dst), outputs(src))
+
+
+def test_first_conv_adapts_to_grey_input(tmp_path):
+    src = trained_tiny()
+    save_file(dict(src.state_dict()), str(tmp_path / "w.safetensors"))
+    dst = TinyNet(in_chans=1)
+    W.load_weights(dst, "tiny", tmp_path / "w.safetensors")
+    # A grey image through the summed filters equals the same grey value on all three RGB channels.
+    grey = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.eval()(grey), src(grey.expand(1, 3, 8, 8)), rtol=1e-5, atol=1e-6)
+
+
+def test_other_class_count_keeps_backbone_and_logs(tmp_path, caplog):
+    src = trained_tiny(num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "imagenet.pth")
+    torch.manual_seed(1)
+    dst = TinyNet(num_classes=5)
+    fresh_fc = dst.fc.weight.detach().clone()
+    with caplog.at_level(logging.INFO, logger="imgcls"):
+        report = W.load_weights(dst, "tiny", tmp_path / "imagenet.pth")
+    assert report.new_classifier
+    torch.testing.assert_close(dst.conv1.weight, src.conv1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(dst.bn1.running_var, src.bn1.running_var, rtol=0, atol=0)
+    torch.testing.assert_close(dst.fc.weight, fresh_fc, rtol=0, atol=0)
+    assert dst.fc.weight.shape == (5, 8)
+    lines = [r.getMessage() for r in caplog.records if r.name == "imgcls"]
+    assert len(lines) == 1 and "1000 classes" in lines[0] and "5" in lines[0]
+
+
+def test_feature_extractor_drops_classifier(tmp_path):
+    src = trained_tiny(num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "imagenet.pth")
+    dst = TinyNet(num_classes=0)
+    W.load_weights(dst, "tiny", tmp_path / "imagenet.pth")
+    torch.testing.assert_close(dst.conv1.weight, src.conv1.weight, rtol=0, atol=0)
+
+
+def test_file_that_does_not_fit_names_keys_and_shapes(tmp_path):
+    state = dict(trained_tiny().state_dict())
+    state["conv2.weight"] = torch.zeros(3)
+    del state["bn1.bias"]
+    state["conv1.weight"] = torch.zeros(16, 3, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(UserError) as err:
+        W.load_weights(TinyNet(), "tiny", tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert "\n" not in msg and "bad.pth" in msg
+    assert "missing 1: bn1.bias" in msg and "unexpected 1: conv2.weight" in msg
+    assert "conv1.weight (16, 3, 3, 3) vs (8, 3, 3, 3)" in msg
+
+
+def test_unreadable_and_foreign_files_are_user_errors(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match=r"junk\.pth: not a readable"):
+        W.load_weights(TinyNet(), "tiny", tmp_path / "junk.pth")
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pt")
+    with pytest.raises(UserError, match="holds no state dict"):
+        W.load_weights(TinyNet(), "tiny", tmp_path / "nostate.pt")
+    with pytest.raises(UserError, match="not found"):
+        W.load_weights(TinyNet(), "tiny", tmp_path / "absent.pt")
+
+
+def test_pickles_are_loaded_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="not a readable"):
+        W.load_weights(TinyNet(), "tiny", tmp_path / "evil.pt")
+
+
+def test_unknown_source_and_architecture():
+    with pytest.raises(UserError, match="publishes no weights for lenet5"):
+        W.published_file("lenet5", "torchvision")
+    with pytest.raises(UserError, match="unknown weights source"):
+        W.published_file("resnet50", "caffe")
+    assert W.published_file("resnet50", "torchvision:v1").path == "resnet50-0676ba61.pth"
+
+
+def test_published_table_hashes_are_well_formed():
+    for source, table in W.PUBLISHED.items():
+        for name, entry in table.items():
+            assert re.fullmatch(r"[0-9a-f]*", entry.sha256), (source, name)
+            if source == "torchvision":
+                assert entry.path.endswith(f"-{entry.sha256}.pth") and len(entry.sha256) >= 8
+            elif entry.sha256:
+                assert len(entry.sha256) == 64
+
+
+# ---- downloads against a real HTTP server on 127.0.0.1 -----------------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    # Set per test by the `server` fixture (a fresh subclass each time).
+    files: ClassVar[dict[str, bytes]]
+    truncate: ClassVar[set[str]]
+    requests: ClassVar[list[str]]
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # An interrupted transfer: the connection closes after half of the announced bytes.
+        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    handler = type("Handler", (_Handler,), {"files": {}, "truncate": set(), "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def published_tiny(monkeypatch, tmp_path):
+    """A torchvision-style published entry for the tiny model whose hash prefix is that of a real file."""
+    import io
+
+    buf = io.BytesIO()
+    src = trained_tiny()
+    torch.save(src.state_dict(), buf)
+    body = buf.getvalue()
+    prefix = hashlib.sha256(body).hexdigest()[:8]
+    entry = W.PublishedFile(f"tiny-{prefix}.pth", f"torchvision-tiny-{prefix}.pth", prefix)
+    monkeypatch.setitem(W.PUBLISHED["torchvision"], "tiny", entry)
+    monkeypatch.setenv(W.CACHE_ENV, str(tmp_path / "cache"))
+    return src, body, entry
+
+
+def test_download_good_file_is_cached_and_loaded(server, published_tiny, monkeypatch, tmp_path):
+    handler, url = server
+    src, body, entry = published_tiny
+    handler.files[f"/{entry.path}"] = body
+    monkeypatch.setenv(W.URL_ENV, url)
+    dst = TinyNet()
+    report = W.load_weights(dst, "tiny", "torchvision")
+    assert report.path == tmp_path / "cache" / entry.cache_name
+    assert report.path.read_bytes() == body
+    torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
+    W.load_weights(TinyNet(), "tiny", "torchvision")  # second time from the cache
+    assert handler.requests == [f"/{entry.path}"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.cache_name]
+
+
+def test_download_corrupted_file_is_refused_and_not_cached(server, published_tiny, tmp_path):
+    handler, url = server
+    _, body, entry = published_tiny
+    corrupted = bytearray(body)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    handler.files[f"/{entry.path}"] = bytes(corrupted)
+    with pytest.raises(UserError) as err:
+        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
+    msg = str(err.value)
+    assert entry.cache_name in msg and entry.sha256 in msg
+    assert hashlib.sha256(bytes(corrupted)).hexdigest() in msg
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_download_interrupted_transfer_leaves_nothing(server, published_tiny, tmp_path):
+    handler, url = server
+    _, body, entry = published_tiny
+    handler.files[f"/{entry.path}"] = body
+    handler.truncate.add(f"/{entry.path}")
+    with pytest.raises(UserError, match=r"interrupted|failed"):
+        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
+    assert list((tmp_path / "cache").iterdir()) == []
+    # The server recovers: the next attempt completes.
+    handler.truncate.clear()
+    W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
+    assert (tmp_path / "cache" / entry.cache_name).read_bytes() == body
+
+
+def test_download_missing_file_is_user_error(server, published_tiny, tmp_path):
+    _, url = server
+    with pytest.raises(UserError, match=r"download of .*tiny-.*\.pth failed"):
+        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_unpinned_timm_file_records_its_hash(server, monkeypatch, tmp_path):
+    handler, url = server
+    src = trained_tiny()
+    path = tmp_path / "src.safetensors"
+    save_file(dict(src.state_dict()), str(path))
+    body = path.read_bytes()
+    entry = W.PublishedFile("tiny.x_in1k/resolve/main/model.safetensors", "timm-tiny.x_in1k.safetensors", "")
+    monkeypatch.setitem(W.PUBLISHED["timm"], "tiny", entry)
+    handler.files[f"/{entry.path}"] = body
+    got = W.fetch_published("tiny", "timm", base_url=url, cache=tmp_path / "c")
+    dst = TinyNet()
+    W.load_weights(dst, "tiny", got)
+    assert (tmp_path / "c" / (entry.cache_name + ".sha256")).read_text().strip() == hashlib.sha256(body).hexdigest()
+    torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
