@@ -1,0 +1,112 @@
+"""`DataConfig`: where the data comes from and how it is read, cached and batched (not how it is augmented;
+that is `imgcls.data.transforms.AugmentConfig`).
+
+Storage-resolution policy (what the disk cache holds):
+
+* Built-in sets (digits, MNIST, CIFAR) are kept at their native resolution (8, 28, 32 px); the batch transform
+  resizes to ``image_size`` on the fly when they differ.
+* Photo folders and CSV lists: the training split is stored with its shorter side resized to ``resize`` and
+  center-cropped to a ``resize``×``resize`` square, so random crops still see more than the evaluation view.
+  The validation split is stored exactly as evaluation sees it (shorter side to ``resize``, center crop
+  ``image_size``), produced by the same function as `load_for_eval`, so a run predicts as it evaluated.
+* ``resize = round(image_size / crop_pct)``. With ``crop_pct=None`` the choice is made from the images: 1.0 (no
+  crop) when the typical image is no larger than ``image_size / 0.875`` (CIFAR-sized pictures), else 0.875, the
+  ImageNet convention (256 → 224; Krizhevsky et al. 2012, Sec. 2; Szegedy et al. 2015).
+* When the cache would exceed ``max_cache_bytes`` (or ``cache="never"``), images are streamed from their files
+  through DataLoader workers instead, decoded with Pillow's JPEG draft mode when downscaling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from imgcls.errors import UserError
+
+CACHE_POLICIES = ("auto", "always", "never")
+
+
+@dataclass
+class DataConfig:
+    """How a dataset is split, read, cached and batched.
+
+    Attributes:
+        batch_size: training batch size per rank.
+        eval_batch_size: validation batch size per rank (``None``: twice ``batch_size``).
+        val_fraction: share of each class held out for validation when the source has no validation split.
+        split_seed: seed of that split; fixed (not the training seed) so runs with different seeds compare on the
+            same validation images.
+        crop_pct: ``image_size / resize`` of the evaluation center crop; ``None`` chooses it (module docstring).
+        cache: ``"auto"`` (decode once to a uint8 disk cache when it fits ``max_cache_bytes``, else stream),
+            ``"always"`` or ``"never"`` (always stream from the files).
+        cache_dir: where decoded caches live; ``None`` uses ``$IMGCLS_DATA/cache`` (``~/.cache/imgcls/data``).
+        max_cache_bytes: largest training cache built before falling back to streaming.
+        max_pixels: largest image accepted, width × height read from the header before decoding.
+        max_file_bytes: largest file accepted.
+        label_sep: character separating labels in the ``labels`` column of a CSV list.
+        workers: decoding processes for cache building and streaming (``None``: one per CPU core, at most 8).
+        mirror: base URL replacing the official download locations of the built-in sets.
+    """
+
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    crop_pct: float | None = None
+    cache: str = "auto"
+    cache_dir: str | None = None
+    max_cache_bytes: int = 8 << 30
+    max_pixels: int = 100_000_000
+    max_file_bytes: int = 200 << 20
+    label_sep: str = " "
+    workers: int | None = None
+    mirror: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size: must be at least 1, got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise UserError(f"data.eval_batch_size: must be at least 1, got {self.eval_batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
+            raise UserError(f"data.crop_pct: must be in (0, 1], got {self.crop_pct}")
+        if self.cache not in CACHE_POLICIES:
+            raise UserError(f"data.cache: must be one of {', '.join(CACHE_POLICIES)}, got {self.cache!r}")
+        if len(self.label_sep) != 1:
+            raise UserError(f"data.label_sep: must be one character, got {self.label_sep!r}")
+        if self.max_pixels < 1 or self.max_file_bytes < 1:
+            raise UserError("data.max_pixels and data.max_file_bytes must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DataConfig:
+        """Build from a recipe's ``data`` section; an unknown key is a UserError naming it."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(
+                f"recipe data section: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return cls(**d)
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers if self.workers is not None else max(1, min(8, os.cpu_count() or 1))
+
+
+def data_home() -> Path:
+    """The user's data cache: ``$IMGCLS_DATA`` or ``~/.cache/imgcls/data``."""
+    env = os.environ.get("IMGCLS_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "imgcls" / "data"
+
+
+def cache_home(cfg: DataConfig) -> Path:
+    """Folder of decoded-image caches for `cfg`."""
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache"

@@ -1,0 +1,611 @@
+"""Batches for the engine: `build_data` and `BatchLoader`.
+
+Two paths give the same interface (ARCHITECTURE.md, "data/"):
+
+* **In memory / memory-mapped** (built-in sets, and folders whose decoded training split fits
+  ``DataConfig.max_cache_bytes``): a uint8 ``(N, C, S, S)`` array; each batch is one fancy-indexed gather,
+  then the batched augmentation of `imgcls.data.transforms` runs on the training device.
+* **Streaming** (larger folders, or ``cache="never"``): files are decoded in DataLoader worker processes, one
+  whole batch per work item, with Pillow's JPEG draft mode when downscaling. RandomResizedCrop is done per
+  sample there (on the full image, so that the draft scale can follow the crop size); every other augmentation
+  is the same batched transform as above.
+
+Determinism: the sample order of epoch ``e`` is a permutation drawn from ``(seed, e)``; batch ``b`` of rank
+``r`` draws all its augmentation from a fresh `torch.Generator` seeded from ``(seed, e, b, r)``, and in the
+streaming path sample ``j`` of that batch from ``(seed, e, b, r, j)``. Nothing depends on the global RNG or on
+the number of workers (each worker item is a whole batch), so resuming at batch ``b`` replays the run exactly.
+
+Sharding: under ``world_size > 1`` rank ``r`` takes every ``world_size``-th sample of the epoch permutation,
+after trimming it to a multiple of ``world_size``, so shards are disjoint and of equal length. Validation is
+not shuffled and not trimmed: every sample is evaluated exactly once overall (shards differ by at most one).
+A training epoch drops its last incomplete batch, unless the rank has fewer samples than one batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls.data.cache import View, build_or_load, channel_stats, decode
+from imgcls.data.config import DataConfig, cache_home
+from imgcls.data.reader import (
+    ImageError,
+    header_size,
+    load_for_eval,
+    open_image,
+    pil_to_tensor,
+    read_image,
+    to_channels,
+)
+from imgcls.data.sources import Source, Split, resolve_source
+from imgcls.errors import UserError
+
+log = logging.getLogger("imgcls.data")
+
+# ImageNet statistics (the torchvision/timm constants) for streamed data, whose statistics are not computed.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875  # 224 / 256: Krizhevsky et al. 2012 and every ImageNet evaluation since
+_ORDER, _BATCH, _SAMPLE = 0, 1, 2  # independent random streams
+_EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixing `parts` (NumPy's SeedSequence hash: nearby inputs give unrelated seeds)."""
+    words = np.random.SeedSequence([int(p) % (1 << 64) for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def generator(*parts: int) -> torch.Generator:
+    """A CPU `torch.Generator` seeded from `parts`."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def convert_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` to `in_chans` channels: grey → RGB replicates, RGB → grey is ITU-R 601-2 luma
+    (the weights Pillow's ``convert("L")`` uses), so arrays and files convert alike."""
+    c = x.shape[1]
+    if c == in_chans:
+        return x
+    if c == 1 and in_chans == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and in_chans == 1:
+        w = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+        return ((x.to(torch.int32) * w).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").to(torch.uint8)
+    raise UserError(f"in_chans: cannot convert {c}-channel images to {in_chans} channels")
+
+
+def _aug_api(name: str) -> Callable:
+    """Find an augmentation-side function, wherever the augmentation package keeps it."""
+    import importlib
+
+    for module in ("imgcls.data.transforms", "imgcls.data.mixing", "imgcls.data.imbalance"):
+        try:
+            fn = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if fn is not None:
+            return fn
+    raise UserError(f"this installation lacks imgcls.data.{name} (needed by the augment recipe)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Samples: where a batch's uint8 images come from.
+
+
+class ArraySamples:
+    """Decoded images in memory or memory-mapped: uint8 ``(N, C, H, W)``."""
+
+    streaming = False
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, in_chans: int):
+        self.images, self.targets, self.in_chans = images, targets, in_chans
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def gather(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # Sorted reads are sequential on a memory map; the batch keeps its permuted order.
+        order = np.argsort(index, kind="stable")
+        x = np.empty((len(index), *self.images.shape[1:]), dtype=np.uint8)
+        x[order] = self.images[index[order]]
+        return convert_channels(torch.from_numpy(x), self.in_chans), torch.from_numpy(np.asarray(self.targets[index]))
+
+
+@dataclass(frozen=True)
+class FileView:
+    """How the streaming path turns one file into a uint8 ``(C, S, S)`` image."""
+
+    kind: str  # "eval" | "storage" | "rrc"
+    size: int
+    resize: int
+    in_chans: int
+    max_pixels: int
+    max_file_bytes: int
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+class FileSamples:
+    """Image files decoded on demand (streaming path)."""
+
+    streaming = True
+
+    def __init__(self, paths: list[str], targets: np.ndarray, view: FileView):
+        self.paths, self.targets, self.view = paths, targets, view
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int, seed: int) -> torch.Tensor:
+        v, path = self.view, self.paths[i]
+        limits = {"max_pixels": v.max_pixels, "max_file_bytes": v.max_file_bytes}
+        if v.kind == "eval":
+            return load_for_eval(path, v.size, v.resize, v.in_chans, **limits)
+        if v.kind == "storage":
+            return torch.from_numpy(decode(path, View("storage", v.size, v.resize, v.in_chans, **limits)))
+        # RandomResizedCrop on the full image: the box is drawn from the header size (after EXIF rotation), so
+        # the decoder can skip detail the box will not keep (draft scale chosen from the box, not the image).
+        im = open_image(path, **limits)
+        try:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+        finally:
+            im.close()
+        if orientation in _EXIF_TRANSPOSED:
+            width, height = height, width
+        top, left, h, w = _aug_api("sample_resized_crop")(height, width, v.rrc_scale, v.rrc_ratio, generator(seed))
+        min_side = math.ceil(min(width, height) * v.size / max(1, min(h, w)))
+        im = read_image(path, min_side=min_side, **limits)
+        sx, sy = im.width / width, im.height / height
+        box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+        im = im.resize((v.size, v.size), resample=2, box=box, reducing_gap=None)  # 2 = bilinear
+        return pil_to_tensor(to_channels(im, v.in_chans))
+
+    def load_batch(self, index: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Decode `index`; a file that fails is replaced by the next sample (deterministically) and reported."""
+        images, used, issues = [], [], []
+        n = len(self)
+        for i, seed in zip(index.tolist(), seeds):
+            for attempt in range(16):
+                k = (i + attempt) % n
+                try:
+                    images.append(self.load(k, seed))
+                    used.append(k)
+                    break
+                except ImageError as exc:
+                    issues.append((exc.path, exc.reason))
+            else:
+                raise UserError(f"{self.paths[i]} and the 15 samples after it could not be decoded; check the data")
+        return torch.stack(images), torch.from_numpy(np.asarray(self.targets[np.asarray(used)])), issues
+
+
+class _StreamBatches(Dataset):
+    """One item per batch (so results do not depend on how batches are spread over workers)."""
+
+    def __init__(self, samples: FileSamples, order: np.ndarray, batch_size: int, batches: range, seeds: tuple):
+        self.samples, self.order, self.batch_size, self.batches, self.seeds = samples, order, batch_size, batches, seeds
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, item: int):
+        b = self.batches[item]
+        index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        seeds = [derive_seed(*self.seeds, b, j, _SAMPLE) for j in range(len(index))]
+        return self.samples.load_batch(index, seeds)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one decoding process per core; intra-op threads would oversubscribe
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class BatchLoader:
+    """Batches of one split for one rank (module docstring for order, seeding and sharding).
+
+    Args:
+        samples: `ArraySamples` or `FileSamples`.
+        batch_size: samples per batch on this rank.
+        train: shuffle, drop the last incomplete batch, augment and mix; else the fixed evaluation order.
+        seed: the run's seed.
+        transform: ``fn(x_uint8, generator) -> x_float`` (`imgcls.data.transforms.build_batch_transform`).
+        mixer: ``fn(x, y, generator, epoch) -> (x, y_soft)`` or None.
+        device: where batches are delivered.
+        rank, world_size: this process's shard.
+        balanced: draw each epoch with `class_balanced_indices` instead of a permutation.
+        workers: decoding processes of the streaming path (0: in this process).
+        issues: list to which files found unusable while streaming are appended.
+    """
+
+    def __init__(
+        self,
+        samples: ArraySamples | FileSamples,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        mixer: Callable | None = None,
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        balanced: bool = False,
+        workers: int = 0,
+        issues: list | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.samples, self.batch_size, self.train, self.seed = samples, batch_size, train, seed
+        self.transform, self.mixer, self.device = transform, mixer, torch.device(device)
+        self.rank, self.world_size, self.balanced, self.workers = rank, world_size, balanced, workers
+        self.issues = issues if issues is not None else []
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next `iterate` replays."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        n = len(self.samples)
+        if self.train:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        if self.train and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """This rank's sample indices for the current epoch, in batch order."""
+        n = len(self.samples)
+        if not self.train:
+            return np.arange(self.rank, n, self.world_size)
+        g = generator(self.seed, self.epoch, _ORDER)
+        if self.balanced:
+            targets = torch.as_tensor(np.asarray(self.samples.targets))
+            perm = _aug_api("class_balanced_indices")(targets, n, g)
+        else:
+            perm = torch.randperm(n, generator=g)
+        per_rank = n // self.world_size
+        return perm.numpy()[self.rank : per_rank * self.world_size : self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate()
+
+    def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` for batches ``start_batch, ..., len(self) - 1`` of the current epoch."""
+        order, bs, total = self.order(), self.batch_size, len(self)
+        batches = range(start_batch, total)
+        if not self.samples.streaming:
+            for b in batches:
+                x, y = self.samples.gather(order[b * bs : (b + 1) * bs])
+                yield self._finish(x, y, b)
+            return
+        dataset = _StreamBatches(self.samples, order, bs, batches, (self.seed, self.epoch, self.rank))
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=_worker_init if self.workers else None,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+        )
+        for b, (x, y, issues) in zip(batches, loader):
+            for issue in issues:
+                if issue not in self.issues:
+                    log.warning("skipped %s: %s", *issue)
+                    self.issues.append(tuple(issue))
+            yield self._finish(x, y, b)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = generator(self.seed, self.epoch, b, self.rank, _BATCH)
+        x = self.transform(x.to(self.device, non_blocking=True), g)
+        y = y.to(self.device, non_blocking=True)
+        if self.mixer is not None:
+            x, y = self.mixer(x, y, g, self.epoch)
+        return x, y
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """What `build_data` returns (ARCHITECTURE.md, "data/")."""
+
+    spec: str
+    classes: list[str]
+    task: str
+    mean: list[float]
+    std: list[float]
+    resize: int
+    image_size: int
+    in_chans: int
+    issues: list[tuple[str, str]]
+    train: BatchLoader
+    val: BatchLoader | None
+    storage: str  # "memory" | "cache" | "stream"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def write_issues(self, path: str | Path) -> Path:
+        """Write ``path,reason`` for every skipped file (header included, even when there are none)."""
+        path = Path(path)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows(sorted(set(self.issues)))
+        return path
+
+
+def choose_resize(source: Source, image_size: int, crop_pct: float | None, limits: dict) -> int:
+    """Shorter side before the evaluation center crop (policy in `imgcls.data.config`)."""
+    if source.kind == "builtin":
+        return image_size
+    if crop_pct is None:
+        paths = source.train.paths or []
+        probe = paths[:: max(1, len(paths) // 64)][:64]
+        sides = []
+        for p in probe:
+            try:
+                sides.append(min(header_size(p, **limits)))
+            except ImageError:
+                continue
+        typical = float(np.median(sides)) if sides else image_size
+        crop_pct = 1.0 if typical <= image_size / DEFAULT_CROP_PCT else DEFAULT_CROP_PCT
+    return max(image_size, round(image_size / crop_pct))
+
+
+def _prescan(paths: list[str], limits: dict) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Header check of every file before streaming (empty, not an image, too large); truncation shows later."""
+    good, issues = [], []
+    for i, p in enumerate(paths):
+        try:
+            header_size(p, **limits)
+            good.append(i)
+        except ImageError as exc:
+            issues.append((exc.path, exc.reason))
+    return np.asarray(good, dtype=np.int64), issues
+
+
+def _report(split_name: str, spec: str, total: int, issues: list, kept: int) -> None:
+    if issues:
+        log.warning(
+            "%s: skipped %d of %d %s files (unreadable, too large or not images; listed in data_issues.csv)",
+            spec,
+            len(issues),
+            total,
+            split_name,
+        )
+    if total and kept == 0:
+        raise UserError(f"{spec}: none of the {total} {split_name} image files could be used (first: {issues[0][1]})")
+
+
+def _warn_empty_classes(targets: np.ndarray, classes: list[str], spec: str) -> None:
+    if targets.ndim != 1:
+        return
+    counts = np.bincount(targets, minlength=len(classes))
+    for name, count in zip(classes, counts):
+        if count == 0:
+            log.warning("%s: class %r has no usable training image", spec, name)
+
+
+def build_data(
+    spec: str | Path,
+    cfg: DataConfig | None = None,
+    aug: Any = None,
+    *,
+    image_size: int,
+    in_chans: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    task: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> Data:
+    """Resolve `spec`, decode or cache its images and return the training and validation loaders.
+
+    Args:
+        spec: folder, CSV list or built-in name (`imgcls.data.sources`).
+        cfg: reading, caching and batching settings.
+        aug: `imgcls.data.transforms.AugmentConfig` (None: no augmentation).
+        image_size: side of the square model input.
+        in_chans: 1 or 3; images are converted deliberately (`convert_channels`).
+        seed: the run's seed (order and augmentation; the validation split uses ``cfg.split_seed``).
+        rank, world_size: this process's shard.
+        device: where batches are delivered and augmented.
+        task: ``multiclass``, ``binary`` or ``multilabel``; None infers it from the source.
+        mean, std: normalisation in [0, 1] units; None computes them from the training cache (ImageNet's when
+            streaming).
+
+    Returns:
+        `Data` with ``classes``, ``task``, ``num_classes``, ``mean``, ``std``, ``resize``, ``issues``,
+        ``write_issues(path)``, ``train`` and ``val`` (None when the source has no validation samples).
+    """
+    from imgcls.data.transforms import AugmentConfig, build_batch_transform
+
+    cfg = cfg or DataConfig()
+    aug = aug or AugmentConfig()
+    if in_chans not in (1, 3):
+        raise UserError(f"in_chans: must be 1 or 3, got {in_chans}")
+    if image_size < 1:
+        raise UserError(f"--image-size: must be positive, got {image_size}")
+    source = resolve_source(spec, cfg, task)
+    limits = {"max_pixels": cfg.max_pixels, "max_file_bytes": cfg.max_file_bytes}
+    resize = choose_resize(source, image_size, cfg.crop_pct, limits)
+    issues: list[tuple[str, str]] = list(source.issues)
+    stats: tuple[list[float], list[float]] | None = None
+
+    train_split = source.train
+    if train_split.images is not None:
+        storage = "memory"
+        train_samples: ArraySamples | FileSamples = ArraySamples(train_split.images, train_split.targets, in_chans)
+    else:
+        assert train_split.paths is not None
+        estimate = len(train_split) * in_chans * resize * resize
+        stream = cfg.cache == "never" or (cfg.cache == "auto" and estimate > cfg.max_cache_bytes)
+        if stream:
+            storage = "stream"
+            good, found = _prescan(train_split.paths, limits)
+            issues += found
+            _report("training", source.spec, len(train_split), found, len(good))
+            kept = train_split.subset(good)
+            kind = "rrc" if aug.random_resized_crop else "storage"
+            view = FileView(kind, image_size, resize, in_chans, **limits)
+            if kind == "rrc":
+                view = dataclasses.replace(view, rrc_scale=tuple(aug.rrc_scale), rrc_ratio=tuple(aug.rrc_ratio))
+            train_samples = FileSamples(kept.paths, kept.targets, view)
+            stats = (_gray(IMAGENET_MEAN, in_chans), _gray(IMAGENET_STD, in_chans))
+        else:
+            storage = "cache"
+            view = View("storage", image_size, resize, in_chans, **limits)
+            cached = build_or_load(train_split.paths, view, cache_home(cfg), workers=cfg.num_workers)
+            issues += cached.issues
+            _report("training", source.spec, len(train_split), cached.issues, len(cached.kept))
+            train_samples = ArraySamples(cached.images, train_split.targets[cached.kept], in_chans)
+            stats = (cached.mean, cached.std)
+    _warn_empty_classes(np.asarray(train_samples.targets), source.classes, source.spec)
+
+    if aug.smote:
+        if train_samples.streaming:
+            raise UserError("augment.smote: needs the decoded training set in memory; use a smaller dataset or cache")
+        x = np.asarray(train_samples.images)
+        x, y = _aug_api("smote_oversample")(torch.from_numpy(x.copy()), torch.from_numpy(train_samples.targets), seed)
+        train_samples = ArraySamples(np.asarray(x), np.asarray(y), in_chans)
+        stats = None if train_split.images is not None else stats
+
+    if mean is None or std is None:
+        if stats is None:
+            stats = _array_stats(train_samples)
+        mean, std = list(stats[0]), list(stats[1])
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"mean/std: need {in_chans} values each, got {len(mean)} and {len(std)}")
+
+    norm_mean: Any = mean
+    if getattr(aug, "normalize", "mean_std") == "mean_image":
+        if train_samples.streaming:
+            raise UserError("augment.normalize: 'mean_image' needs the decoded training set (not streaming)")
+        norm_mean = _aug_api("mean_image")(convert_channels(_as_tensor(train_samples.images), in_chans))
+
+    train_aug = (
+        dataclasses.replace(aug, random_resized_crop=False) if storage == "stream" and aug.random_resized_crop else aug
+    )
+    mixer = None
+    if (aug.mixup > 0 or aug.cutmix > 0 or aug.sample_pairing) and source.task != "multilabel":
+        mixer = _aug_api("build_mixer")(aug, len(source.classes))
+    train = BatchLoader(
+        train_samples,
+        batch_size=cfg.batch_size,
+        train=True,
+        seed=seed,
+        transform=build_batch_transform(train_aug, True, image_size, norm_mean, std),
+        mixer=mixer,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        balanced=aug.sampler == "balanced",
+        workers=cfg.num_workers if train_samples.streaming else 0,
+        issues=issues,
+    )
+    val = None
+    if source.val is not None and len(source.val):
+        val_samples = _val_samples(source.val, cfg, image_size, resize, in_chans, limits, issues, source.spec)
+        val = BatchLoader(
+            val_samples,
+            batch_size=cfg.eval_batch,
+            train=False,
+            seed=seed,
+            transform=build_batch_transform(aug, False, image_size, norm_mean, std),
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            workers=cfg.num_workers if val_samples.streaming else 0,
+            issues=issues,
+        )
+    return Data(
+        spec=str(spec),
+        classes=list(source.classes),
+        task=source.task,
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        resize=resize,
+        image_size=image_size,
+        in_chans=in_chans,
+        issues=issues,
+        train=train,
+        val=val,
+        storage=storage,
+    )
+
+
+def _val_samples(
+    split: Split, cfg: DataConfig, image_size: int, resize: int, in_chans: int, limits: dict, issues: list, spec: str
+) -> ArraySamples | FileSamples:
+    if split.images is not None:
+        return ArraySamples(split.images, split.targets, in_chans)
+    assert split.paths is not None
+    estimate = len(split) * in_chans * image_size * image_size
+    if cfg.cache == "never" or (cfg.cache == "auto" and estimate > cfg.max_cache_bytes):
+        good, found = _prescan(split.paths, limits)
+        issues += found
+        _report("validation", spec, len(split), found, len(good))
+        kept = split.subset(good)
+        return FileSamples(kept.paths, kept.targets, FileView("eval", image_size, resize, in_chans, **limits))
+    cached = build_or_load(
+        split.paths, View("eval", image_size, resize, in_chans, **limits), cache_home(cfg), workers=cfg.num_workers
+    )
+    issues += cached.issues
+    _report("validation", spec, len(split), cached.issues, len(cached.kept))
+    return ArraySamples(cached.images, split.targets[cached.kept], in_chans)
+
+
+def _gray(values: tuple[float, float, float], in_chans: int) -> list[float]:
+    if in_chans == 3:
+        return list(values)
+    return [0.299 * values[0] + 0.587 * values[1] + 0.114 * values[2]]
+
+
+def _as_tensor(images: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only memory map: we never write through it
+        return torch.from_numpy(np.asarray(images))
+
+
+def _array_stats(samples: ArraySamples) -> tuple[list[float], list[float]]:
+    images = samples.images
+    if images.shape[1] == samples.in_chans:
+        return channel_stats(images)
+    if images.shape[1] == 1:  # grey replicated to RGB: the same statistics in every channel
+        m, s = channel_stats(images)
+        return m * 3, s * 3
+    luma = np.concatenate(
+        [convert_channels(_as_tensor(images[i : i + 4096]), 1).numpy() for i in range(0, len(images), 4096)]
+    )
+    return channel_stats(luma)
+
+
+__all__ = ["ArraySamples", "BatchLoader", "Data", "FileSamples", "FileView", "build_data", "derive_seed", "generator"]

@@ -1,0 +1,293 @@
+"""Decode one image file into a well-defined PIL image, or say precisely why it cannot be used.
+
+What `read_image` does, in order, and why:
+
+1. Refuses empty files and files over ``max_file_bytes`` before opening them.
+2. Opens lazily (header only) and checks width × height against ``max_pixels`` *before* decoding: Pillow's own
+   decompression-bomb guard only warns below about 179 MP, and a 48 KB PNG can declare 400 MP.
+3. Animated images (GIF, WebP, APNG, multi-page TIFF) use their first frame.
+4. For JPEG, when the caller will downscale anyway, asks the decoder for a 1/2, 1/4 or 1/8 scale (draft mode):
+   the DCT is simply not computed at full size, which is several times faster on photos.
+5. Applies the EXIF orientation (`ImageOps.exif_transpose`); Pillow does not rotate by itself, and phone
+   pictures are often stored sideways.
+6. Converts every mode deliberately to ``"RGB"`` or ``"L"``:
+
+   * 16-bit and 32-bit integer grayscale (``I;16*``, ``I``) is *scaled* to 8 bit (value / 257, rounded): a plain
+     ``convert("RGB")`` clips almost every pixel of a 16-bit PNG to 255. Float (``F``) images are taken as
+     [0, 1] when their maximum is at most 1, else as [0, 255].
+   * Transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) is composited on a **white**
+     background, the way a viewer shows it and the way documents and product photos are made.
+   * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` and palette images become ``RGB``; 1-bit images become ``L``.
+7. A truncated or otherwise undecodable file raises `ImageError` with the reason; nothing here calls
+   ``ImageFile.LOAD_TRUNCATED_IMAGES`` (a global that would silently train on grey half-images).
+
+`load_for_eval` is the single preprocessing of predict, serve and the validation split.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import warnings
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from imgcls.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+BACKGROUND = 255  # white, for compositing transparent pixels
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_FILE_BYTES = 200 << 20
+
+Source = str | os.PathLike | bytes | BinaryIO
+
+
+class ImageError(UserError):
+    """A file that cannot be used as an image: ``path`` and a short ``reason`` (listed in data_issues.csv)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether `path` has a recognised image extension (case-insensitive) and is not a hidden file."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _name_of(src: Source) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return getattr(src, "name", "<bytes>") if not isinstance(src, bytes) else "<bytes>"
+
+
+def open_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    """Open lazily and validate size limits from the header; nothing is decoded yet.
+
+    Returns:
+        The lazily opened ``PIL.Image`` (its file stays open until loaded or closed).
+
+    Raises:
+        ImageError: empty, too large (bytes or pixels), or not an image.
+    """
+    name = _name_of(src)
+    if isinstance(src, bytes):
+        nbytes, fp = len(src), io.BytesIO(src)
+    elif isinstance(src, (str, os.PathLike)):
+        try:
+            nbytes = os.path.getsize(src)
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+        fp = src
+    else:
+        fp, nbytes = src, None
+    if nbytes == 0:
+        raise ImageError(name, "empty file (0 bytes)")
+    if nbytes is not None and nbytes > max_file_bytes:
+        raise ImageError(name, f"file too large ({nbytes / 2**20:.1f} MiB > {max_file_bytes / 2**20:.1f} MiB limit)")
+    try:
+        with warnings.catch_warnings():
+            # We check the pixel count ourselves just below, against our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+    except Image.DecompressionBombError:
+        raise ImageError(name, "image too large (declares more pixels than Pillow will open)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(name, f"not an image or unsupported format ({type(exc).__name__})") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        im.close()
+        raise ImageError(name, f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        im.close()
+        raise ImageError(name, f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP limit)")
+    return im
+
+
+def read_image(
+    src: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    min_side: int | None = None,
+) -> Image.Image:
+    """Decode an image file (path, bytes or binary file object) to an ``"RGB"`` or ``"L"`` PIL image.
+
+    Args:
+        src: the image.
+        max_pixels: refuse images whose header declares more pixels than this.
+        max_file_bytes: refuse files larger than this.
+        min_side: the caller will resize the shorter side down to this; JPEG may then be decoded at a reduced
+            scale whose shorter side is still at least `min_side` (draft mode).
+
+    Returns:
+        A loaded image in mode ``"RGB"`` or ``"L"`` with the EXIF orientation applied.
+
+    Raises:
+        ImageError: the file is empty, too large, not an image, truncated or corrupt.
+    """
+    name = _name_of(src)
+    im = open_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        if min_side and im.format == "JPEG" and min(im.size) > 2 * min_side:
+            w, h = im.size
+            s = min_side / min(w, h)
+            # draft() keeps both sides >= the request, so the shorter side stays >= min_side.
+            im.draft(im.mode if im.mode in ("RGB", "L") else None, (math.ceil(w * s), math.ceil(h * s)))
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return _to_standard_mode(im)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise ImageError(name, f"truncated or corrupt image ({reason})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(name, "image too large (decompression bomb)") from None
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    """RGBA or LA on a white background: out = alpha · colour + (1 − alpha) · 255."""
+    gray = im.mode in ("LA", "La")
+    im = im.convert("LA" if gray else "RGBA")
+    background = Image.new(im.mode, im.size, (BACKGROUND, 255) if gray else (BACKGROUND,) * 3 + (255,))
+    return Image.alpha_composite(background.convert("RGBA"), im.convert("RGBA")).convert("L" if gray else "RGB")
+
+
+def _to_standard_mode(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("RGB", "L"):
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return _composite_on_white(im)
+    if mode == "P":
+        if "transparency" in im.info:
+            return _composite_on_white(im.convert("RGBA"))
+        return im.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        # Integer grayscale is 16-bit in practice (PNG, TIFF); scale [0, 65535] -> [0, 255] instead of clipping.
+        a = np.clip(a, 0, 65535)
+        return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(a) * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    # CMYK, YCbCr, LAB, HSV, I;16-RGB variants: Pillow's conversions to RGB are exact or standard.
+    return im.convert("RGB")
+
+
+def to_channels(im: Image.Image, in_chans: int) -> Image.Image:
+    """Grayscale ↔ RGB, deliberately: L → RGB replicates the channel; RGB → L uses ITU-R 601-2 luma."""
+    if in_chans == 1:
+        return im if im.mode == "L" else im.convert("L")
+    if in_chans == 3:
+        return im if im.mode == "RGB" else im.convert("RGB")
+    raise UserError(f"in_chans: must be 1 or 3 for image data, got {in_chans}")
+
+
+def resize_shorter(im: Image.Image, side: int) -> Image.Image:
+    """Resize so the shorter side equals `side` (bilinear, antialiased when downscaling), keeping aspect."""
+    w, h = im.size
+    if min(w, h) == side:
+        return im
+    # Long side rounded, as `imgcls.data.transforms` does for tensors, so both paths agree.
+    if w <= h:
+        size = (side, max(side, round(h * side / w)))
+    else:
+        size = (max(side, round(w * side / h)), side)
+    return im.resize(size, Image.BILINEAR, reducing_gap=None)
+
+
+def center_crop(im: Image.Image, size: int) -> Image.Image:
+    """Center `size` × `size` crop, offset ``(W - size) // 2`` (as `imgcls.data.transforms.center_crop`)."""
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """``"RGB"``/``"L"`` PIL image -> uint8 tensor ``(C, H, W)``."""
+    a = np.asarray(im, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def eval_view(im: Image.Image, size: int, resize: int, in_chans: int) -> Image.Image:
+    """The evaluation view: shorter side to `resize`, center crop `size`, then `in_chans` channels."""
+    return to_channels(center_crop(resize_shorter(im, resize), size), in_chans)
+
+
+def storage_view(im: Image.Image, side: int, in_chans: int) -> Image.Image:
+    """The training storage view: shorter side to `side`, center `side` × `side` square, `in_chans` channels."""
+    return to_channels(center_crop(resize_shorter(im, side), side), in_chans)
+
+
+def load_for_eval(
+    src: Source,
+    size: int,
+    resize: int,
+    in_chans: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> torch.Tensor:
+    """Read an image as predict, serve and validation see it.
+
+    Args:
+        src: path, bytes or binary file object.
+        size: side of the center crop (the model's input size).
+        resize: shorter side before the crop (``== size`` for no crop).
+        in_chans: 1 (grayscale) or 3 (RGB).
+
+    Returns:
+        uint8 tensor ``(in_chans, size, size)``.
+
+    Raises:
+        ImageError: the file cannot be used (see `read_image`).
+    """
+    if resize < size:
+        raise UserError(f"resize ({resize}) must be at least the crop size ({size})")
+    im = read_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes, min_side=resize)
+    return pil_to_tensor(eval_view(im, size, resize, in_chans))
+
+
+def header_size(path: str | os.PathLike, **limits) -> tuple[int, int]:
+    """``(width, height)`` from the header (after EXIF rotation is *not* applied), validating the limits."""
+    im = open_image(path, **limits)
+    try:
+        return im.size
+    finally:
+        im.close()
+
+
+__all__ = [
+    "BACKGROUND",
+    "IMAGE_EXTENSIONS",
+    "ImageError",
+    "center_crop",
+    "eval_view",
+    "header_size",
+    "is_image_file",
+    "load_for_eval",
+    "open_image",
+    "pil_to_tensor",
+    "read_image",
+    "resize_shorter",
+    "storage_view",
+    "to_channels",
+]
