@@ -1,7 +1,160 @@
-"""Command-line verbs (placeholder: filled in by the issue that owns these verbs)."""
+"""Verbs `predict`, `export` and `serve`: parse, call the inference or serve layer, print."""
+
+from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
+
+from imgcls.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's verbs to the `imgcls` parser."""
+    p = sub.add_parser(
+        "predict",
+        help="top-k labels for image files, folders and globs",
+        description="Classify images with a run folder or a weights file. Every input gets an answer; the exit "
+        "status is 1 when any input could not be read.",
+    )
+    p.add_argument("--run", help="run folder (model.safetensors + model.json)")
+    p.add_argument("--model", help="registered model name, with --weights")
+    p.add_argument("--weights", help="weights file for --model (ours, torchvision or timm), or an exported .onnx")
+    p.add_argument("--topk", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference engine (default torch)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="torch backend: auto = bf16 where the CPU has native bfloat16, else fp32",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON array, one object per input")
+    out.add_argument("--csv", metavar="FILE", help="write one CSV row per input to FILE (for large folders)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.set_defaults(func=predict)
+
+    p = sub.add_parser(
+        "export",
+        help="write ONNX or TorchScript and check it against PyTorch",
+        description="Export a run's weights; the written file is run on a few inputs and refused when its outputs "
+        "differ from PyTorch by more than the tolerance.",
+    )
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest logit difference, relative (default 1e-3)")
+    p.set_defaults(func=export)
+
+    p = sub.add_parser("serve", help="HTTP service and web page for a run")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference engine (default torch)")
+    p.add_argument("--max-bytes", type=int, default=10 << 20, help="largest request body in bytes (default 10 MiB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width × height (default 40 M)")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests per forward pass (default 32)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more (default 5)")
+    p.set_defaults(func=serve)
+
+
+def predict(args: argparse.Namespace) -> int:
+    from imgcls.inference import Predictor, expand_inputs
+
+    if args.run and (args.model or args.weights):
+        raise UserError("give either --run RUN or --model NAME --weights FILE, not both")
+    if not args.run and not args.weights:
+        raise UserError("give --run RUN, or --model NAME --weights FILE")
+    if args.weights and not args.model and not args.weights.endswith(".onnx"):
+        raise UserError(f"--weights {args.weights}: needs --model NAME (only an exported .onnx file stands alone)")
+    options = dict(backend=args.backend, batch_size=args.batch_size)
+    if args.run:
+        predictor = Predictor.from_run(args.run, precision=args.precision, **options)
+    else:
+        predictor = Predictor.from_weights(args.model, args.weights, precision=args.precision, **options)
+    paths = expand_inputs(args.paths)
+    results = predictor.iter_predict(paths, topk=args.topk)
+    if args.json:
+        failed = _write_json(results, sys.stdout)
+    elif args.csv:
+        failed = _write_csv(results, args.csv, args.topk)
+    else:
+        failed = _write_text(results, sys.stdout)
+    if failed:
+        print(f"imgcls: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_text(results, stream) -> int:
+    failed = 0
+    for r in results:
+        if r.ok:
+            top = ", ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions)
+            print(f"{r.path}: {top}", file=stream, flush=True)
+        else:
+            failed += 1
+            print(f"{r.path}: error: {r.error}", file=stream, flush=True)
+    return failed
+
+
+def _write_json(results, stream) -> int:
+    # Streamed element by element so that a long folder shows progress and never sits in memory twice.
+    failed, first = 0, True
+    stream.write("[")
+    for r in results:
+        failed += not r.ok
+        stream.write(("\n  " if first else ",\n  ") + json.dumps(r.to_dict()))
+        stream.flush()
+        first = False
+    stream.write("\n]\n" if not first else "]\n")
+    return failed
+
+
+def _write_csv(results, path: str, topk: int) -> int:
+    try:
+        f = open(path, "w", newline="")  # noqa: SIM115 (closed below, after the generator is consumed)
+    except OSError as exc:
+        raise UserError(f"--csv {path}: cannot write ({exc.strerror})") from None
+    failed, count = 0, 0
+    with f:
+        writer = csv.writer(f)
+        header = ["path", "error"]
+        for k in range(1, topk + 1):
+            header += [f"label_{k}", f"index_{k}", f"probability_{k}"]
+        writer.writerow(header)
+        for r in results:
+            row = [r.path, r.error or ""]
+            for p in r.predictions:
+                row += [p.label, p.index, f"{p.probability:.6f}"]
+            writer.writerow(row)
+            failed += not r.ok
+            count += 1
+    print(f"imgcls: wrote {count} rows to {path}", file=sys.stderr)
+    return failed
+
+
+def export(args: argparse.Namespace) -> int:
+    from imgcls.inference import ExportMismatch, export_run
+
+    try:
+        report = export_run(args.run, args.fmt, args.out, tolerance=args.tolerance)
+    except ExportMismatch as exc:
+        print(f"imgcls: error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from imgcls.serve import ServeLimits, serve
+
+    limits = ServeLimits(
+        max_bytes=args.max_bytes,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    serve(args.run, host=args.host, port=args.port, limits=limits, backend=args.backend)
+    return 0

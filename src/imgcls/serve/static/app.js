@@ -1,0 +1,90 @@
+// The page of `imgcls serve`: choose or drop an image, show it, post it to /predict, draw the top-5 as bars.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function showModel() {
+  try {
+    const res = await fetch("/model");
+    const m = await res.json();
+    const [c, h, w] = m.input_size;
+    $("model").textContent = `${m.name} · ${m.num_classes} classes · ${c}×${h}×${w} · ${m.backend} ${m.precision}`;
+  } catch (err) {
+    $("model").textContent = "model information unavailable";
+  }
+}
+
+function setStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = isError ? "error" : "muted";
+}
+
+function drawBars(predictions) {
+  const list = $("bars");
+  list.replaceChildren();
+  for (const p of predictions) {
+    const li = document.createElement("li");
+    const row = document.createElement("div");
+    row.className = "row";
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = p.label; // textContent: labels are data, never markup
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = `${(100 * p.probability).toFixed(1)}%`;
+    row.append(label, pct);
+    const track = document.createElement("div");
+    track.className = "track";
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${Math.max(0, Math.min(100, 100 * p.probability))}%`;
+    track.append(bar);
+    li.append(row, track);
+    list.append(li);
+  }
+}
+
+let previewUrl = null;
+
+async function classify(file) {
+  if (!file) return;
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  const preview = $("preview");
+  preview.src = previewUrl;
+  preview.alt = file.name;
+  preview.hidden = false;
+  $("hint").hidden = true;
+  $("bars").replaceChildren();
+  setStatus(`Classifying ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const res = await fetch("/predict?topk=5", { method: "POST", body: form });
+    const body = await res.json();
+    if (!res.ok) {
+      setStatus(`${file.name}: ${body.detail || res.statusText}`, true);
+      return;
+    }
+    setStatus(`Top-${body.predictions.length} for ${file.name}`);
+    drawBars(body.predictions);
+  } catch (err) {
+    setStatus(`${file.name}: request failed (${err})`, true);
+  }
+}
+
+function init() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (e) => classify(e.target.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
+  showModel();
+}
+
+document.addEventListener("DOMContentLoaded", init);
