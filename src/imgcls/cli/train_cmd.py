@@ -1,7 +1,160 @@
-"""Command-line verbs (placeholder: filled in by the issue that owns these verbs)."""
+"""`imgcls train` and `imgcls eval`: parse flags, call the engine, print."""
+
+from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from imgcls.errors import UserError
+
+# flag attribute -> (recipe section, key): flags override the recipe, which overrides the defaults.
+FLAG_TARGETS = {
+    "data": ("data", "spec"),
+    "model": ("model", "name"),
+    "weights": ("model", "weights"),
+    "image_size": ("model", "image_size"),
+    "compile": ("model", "compile"),
+    "batch_size": ("data", "batch_size"),
+    "workers": ("data", "workers"),
+    "lr": ("optim", "lr"),
+    "freeze_backbone": ("optim", "freeze_backbone"),
+    "epochs": ("train", "epochs"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "precision": ("train", "precision"),
+    "task": ("train", "task"),
+    "out": ("train", "out"),
+    "resume": ("train", "resume"),
+    "overwrite": ("train", "overwrite"),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's verbs to the `imgcls` parser."""
+    """Add `train` and `eval` to the `imgcls` parser."""
+    p = sub.add_parser(
+        "train",
+        help="train a model on a dataset into a run folder",
+        description="Train a model. Settings: defaults < --recipe < flags. "
+        "Under torchrun (`torchrun --nproc_per_node N -m imgcls train ...`) it trains data-parallel.",
+    )
+    p.add_argument("--data", metavar="SPEC", help="a folder, a CSV file, or digits, cifar10, cifar100, mnist...")
+    p.add_argument("--model", metavar="NAME", help="a registered model (see `imgcls models`)")
+    p.add_argument("--recipe", metavar="NAME|FILE", help="digits, cifar10, imagenet, finetune, or a YAML file")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="images per step and process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: the model's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--task", choices=("multiclass", "multilabel", "binary"))
+    p.add_argument("--out", metavar="RUN", help="the run folder to write")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --out")
+    p.add_argument("--weights", metavar="FILE", help="start from these weights (fine-tuning): a file or torchvision")
+    p.add_argument("--workers", type=int, help="data decoding processes")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other setting, e.g. --set optim.name=adamw --set train.ema_decay=0.999 (repeatable)",
+    )
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="measure a finished run again (optionally on other data, with TTA)")
+    e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
+    e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
+    e.add_argument("--tta", choices=("none", "flip", "ten-crop"), default="none", help="test-time augmentation")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=run_eval)
+
+
+def _parse_set(items: list[str]) -> dict[str, dict]:
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UserError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. optim.name=adamw")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
+    """The flags the user gave, as recipe-shaped sections (``--set`` first, named flags win)."""
+    out = _parse_set(args.set)
+    for attr, (section, key) in FLAG_TARGETS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def build_config(args: argparse.Namespace):
+    """defaults < recipe < flags; with --resume the run's saved configuration replaces defaults and recipe."""
+    from imgcls.engine.config import SECTIONS, config_from_dict, merge, read_run_config, resolve_config
+
+    overrides = overrides_from_args(args)
+    if args.resume and args.out and (Path(args.out) / "config.json").is_file():
+        saved = read_run_config(args.out)
+        base = {name: saved.get(name) or {} for name in SECTIONS}
+        return config_from_dict(merge(base, overrides))
+    return resolve_config(args.recipe, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from imgcls.engine.train import train
+
+    train(build_config(args))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from imgcls.engine.evaluate import evaluate
+
+    result = evaluate(args.run, data=args.data, tta=args.tta, json=args.json, device=args.device)
+    if args.json:
+        print(json.dumps(result, allow_nan=False, default=_none_for_nan))
+        return 0
+    print(format_eval(result))
+    return 0
+
+
+def _none_for_nan(value):
+    return None
+
+
+def format_eval(result: dict) -> str:
+    """Human-readable summary of an evaluation: headline numbers, then one line per class."""
+    lines = [f"{result.get('run', '')} on {result.get('data', '')} ({result.get('num_samples', '?')} images)"]
+    head = [f"top-1 {result['top1']:.2f}%"] if result.get("top1") is not None else []
+    if result.get("top5") is not None:
+        head.append(f"top-5 {result['top5']:.2f}%")
+    for key, label in (("loss", "loss"), ("map", "mAP"), ("auc", "ROC-AUC"), ("macro_f1", "macro F1")):
+        if isinstance(result.get(key), (int, float)):
+            head.append(f"{label} {result[key]:.4g}")
+    lines.append("  ".join(head))
+    per_class = result.get("per_class") or {}
+    classes = result.get("classes") or []
+    if per_class.get("precision") and classes:
+        width = max(len(c) for c in classes)
+        lines.append(f"{'class':<{width}}  precision  recall     F1  support")
+        for i, name in enumerate(classes):
+            p, r, f = (per_class[k][i] for k in ("precision", "recall", "f1"))
+            support = per_class.get("support", [""] * len(classes))[i]
+            lines.append(f"{name:<{width}}  {100 * p:8.2f}%  {100 * r:6.2f}%  {100 * f:5.2f}%  {support:>7}")
+    return "\n".join(lines)
+
+
+__all__ = ["build_config", "format_eval", "overrides_from_args", "register"]
