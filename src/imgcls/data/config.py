@@ -90,6 +90,9 @@ class DataConfig:
             raise UserError(
                 f"recipe data section: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
+        typed = {f.name: f.type for f in fields(cls)}
+        for key, value in d.items():
+            d[key] = _coerce(value, str(typed[key]), f"data.{key}")
         return cls(**d)
 
     @property
@@ -99,6 +102,23 @@ class DataConfig:
     @property
     def num_workers(self) -> int:
         return self.workers if self.workers is not None else max(1, min(8, os.cpu_count() or 1))
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """YAML numbers written as strings (PyYAML reads ``8e9`` as text) and integral floats for int fields."""
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        if annotation.startswith("int"):
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if annotation.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected {annotation}, got {value!r}") from None
+    return value
 
 
 def data_home() -> Path:
