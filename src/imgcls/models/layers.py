@@ -12,7 +12,15 @@ from torch import Tensor, nn
 
 from imgcls.errors import UserError
 
-__all__ = ["POOL_KINDS", "ConvBNAct", "GlobalPool2d", "LocalResponseNorm", "StochasticPool2d", "make_pool"]
+__all__ = [
+    "POOL_KINDS",
+    "ConvBNAct",
+    "GlobalPool2d",
+    "LocalResponseNorm",
+    "StochasticPool2d",
+    "init_weights",
+    "make_pool",
+]
 
 POOL_KINDS = ("max", "avg", "stochastic")
 
@@ -219,3 +227,22 @@ def make_pool(
     if kind == "stochastic":
         return StochasticPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)
     raise UserError(f"pool must be one of {', '.join(POOL_KINDS)}, got {kind!r} (check pool)")
+
+
+def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
+    """Initialise a classic CNN: He-normal convolutions, N(0, `linear_std`) linears, unit/zero norms, zero biases.
+
+    He et al. 2015 (arXiv:1502.01852), Eq. 10, in its fan-out form: deep plain ReLU nets (VGG's 16-19 layers) then
+    train from scratch without the paper's staged initialisation. Linears follow Krizhevsky et al. 2012, Section 5.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
