@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,12 +39,10 @@ from torch import Tensor, nn
 
 from imgcls.engine import metrics as M
 from imgcls.errors import UserError
+from imgcls.report import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE
 
 TTA_MODES = ("none", "flip", "ten-crop")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-EVAL_FILE = "eval.json"
-PREDICTIONS_FILE = "predictions.csv"
-SAMPLES_FILE = "samples.npz"
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
 TOPK = 5
 
@@ -534,6 +533,8 @@ def evaluate(
             "nothing to crop from"
         )
     data_cfg = DataConfig.from_dict(_known_fields(DataConfig, saved_data))
+    if tta == "ten-crop":  # no center crop: the loader yields the resize×resize square (data.config docstring)
+        data_cfg = dataclasses.replace(data_cfg, crop_pct=1.0)
     aug_cfg = AugmentConfig.from_dict(_known_fields(AugmentConfig, config.get("augment")))
     built = build_data(
         spec,
