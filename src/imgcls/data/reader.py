@@ -224,7 +224,7 @@ def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     a = np.asarray(im, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())  # a copy: PIL buffers are read-only
 
 
 def eval_view(im: Image.Image, size: int, resize: int, in_chans: int) -> Image.Image:

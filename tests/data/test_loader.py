@@ -1,0 +1,196 @@
+"""build_data and BatchLoader: determinism, resume, sharding, eval parity with load_for_eval, streaming."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.data import DataConfig, build_data, load_for_eval
+from imgcls.data.loader import ArraySamples, BatchLoader, convert_channels
+from imgcls.data.transforms import AugmentConfig
+
+AUG = AugmentConfig(crop_padding=2, hflip=0.5, cutout=3)
+
+
+def _identity(x, generator):
+    return x.float()
+
+
+def _photos(root, per_class=6, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(a).save(root / split / c / f"{i}.jpg", quality=90)
+    return root
+
+
+def _loader(n=10, **kw):
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
+    kw.setdefault("batch_size", 3)
+    kw.setdefault("train", True)
+    return BatchLoader(ArraySamples(images, np.arange(n), 1), seed=kw.pop("seed", 0), transform=_identity, **kw)
+
+
+def _ids(loader):
+    return [y.tolist() for _, y in loader]
+
+
+def test_order_is_seeded_per_epoch_and_resumable():
+    a, b = _loader(), _loader()
+    assert _ids(a) == _ids(b)
+    assert len(a) == 3 and sum(map(len, _ids(a))) == 9  # last incomplete batch dropped
+    a.set_epoch(1)
+    first_epoch = _ids(b)
+    assert _ids(a) != first_epoch
+    b.set_epoch(1)
+    assert [y.tolist() for _, y in b.iterate(start_batch=1)] == _ids(a)[1:]
+    assert _ids(_loader(seed=1)) != first_epoch
+
+
+def test_augmentation_draws_replay_on_resume():
+    data = build_data("digits", DataConfig(batch_size=256), AUG, image_size=8, in_chans=1, seed=5)
+    data.train.set_epoch(2)
+    full = list(data.train.iterate())
+    resumed = list(data.train.iterate(start_batch=4))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full[4:], resumed))
+    again = build_data("digits", DataConfig(batch_size=256), AUG, image_size=8, in_chans=1, seed=5)
+    again.train.set_epoch(2)
+    assert torch.equal(next(iter(again.train))[0], full[0][0])
+    state = torch.random.get_rng_state()
+    list(data.train.iterate(start_batch=len(data.train) - 1))
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is never touched
+
+
+def test_shards_are_disjoint_and_equal():
+    shards = [_ids(_loader(n=11, rank=r, world_size=3, batch_size=1)) for r in range(3)]
+    flat = [sum(s, []) for s in shards]
+    assert len({len(f) for f in flat}) == 1 and len(flat[0]) == 3
+    assert len(set(sum(flat, []))) == 9
+    val = [sum(_ids(_loader(n=11, rank=r, world_size=3, train=False)), []) for r in range(3)]
+    assert sorted(sum(val, [])) == list(range(11))  # every sample evaluated exactly once overall
+
+
+def test_small_training_set_keeps_its_partial_batch():
+    loader = _loader(n=2, batch_size=8)
+    assert len(loader) == 1 and loader.num_samples == 2
+
+
+def test_channel_conversion():
+    rgb = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert convert_channels(rgb, 1).item() == 76  # 0.299 * 255, as Pillow's convert("L")
+    gray = torch.full((2, 1, 2, 2), 9, dtype=torch.uint8)
+    assert convert_channels(gray, 3).shape == (2, 3, 2, 2)
+    data = build_data("digits", DataConfig(batch_size=16), None, image_size=8, in_chans=3, seed=0)
+    x, _ = next(iter(data.train))
+    assert x.shape == (16, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
+    assert len(data.mean) == 3 and data.mean[0] == data.mean[2]
+
+
+def test_folder_build_issues_and_eval_parity(tmp_path):
+    root = _photos(tmp_path / "photos")
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"")
+    (root / "train" / "dog" / "text.png").write_text("nope")
+    cfg = DataConfig(batch_size=4, cache_dir=str(tmp_path / "cache"), workers=1)
+    data = build_data(root, cfg, AUG, image_size=24, in_chans=3, seed=0)
+    assert data.classes == ["cat", "dog"] and data.num_classes == 2 and data.storage == "cache"
+    assert data.resize == 27  # 30 px photos are larger than 24 / 0.875: the ImageNet-style 0.875 crop
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in data.issues) == ["broken.jpg", "text.png"]
+    out = data.write_issues(tmp_path / "data_issues.csv")
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "reason"] and len(rows) == 3
+    assert data.train.num_samples == 12
+    x, y = next(iter(data.train))
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+    # The validation loader preprocesses exactly as predict/serve do.
+    xs = torch.cat([x for x, _ in data.val])
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    files = sorted((root / "val").glob("*/*.jpg"))
+    ref = torch.stack([load_for_eval(f, 24, data.resize, 3) for f in files]).float()
+    assert torch.allclose(xs * std * 255 + mean * 255, ref, atol=1e-3)
+
+    big = build_data(
+        root, DataConfig(cache_dir=str(tmp_path / "cache"), crop_pct=0.875), None, image_size=16, in_chans=3, seed=0
+    )
+    assert big.resize == 18
+
+
+def test_no_usable_image_is_an_error(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "x.jpg").write_bytes(b"")
+    from imgcls.errors import UserError
+
+    with pytest.raises(UserError, match="none of the 2 training image files"):
+        build_data(
+            tmp_path, DataConfig(cache_dir=str(tmp_path / "c"), val_fraction=0), None, image_size=8, in_chans=3, seed=0
+        )
+
+
+@pytest.mark.parametrize("rrc", [False, True])
+def test_streaming_is_independent_of_workers(tmp_path, rrc):
+    root = _photos(tmp_path / "p", per_class=5, size=(64, 48))
+    aug = AugmentConfig(hflip=0.5, random_resized_crop=rrc)
+    out = []
+    for workers in (0, 2):
+        cfg = DataConfig(batch_size=4, cache="never", workers=workers)
+        data = build_data(root, cfg, aug, image_size=32, in_chans=3, seed=1)
+        assert data.storage == "stream" and data.mean == pytest.approx([0.485, 0.456, 0.406])
+        data.train.set_epoch(3)
+        out.append([(x, y) for x, y in data.train])
+        assert len(out[-1]) == 2 and out[-1][0][0].shape == (4, 3, 32, 32)
+        assert torch.cat([y for _, y in data.val]).tolist() == [0, 0, 1, 1]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*out))
+
+
+def test_streaming_without_rrc_matches_cache(tmp_path):
+    root = _photos(tmp_path / "p", per_class=4, size=(50, 40))
+    aug = AugmentConfig(crop_padding=2, hflip=0.5)
+    stats = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    cached = build_data(
+        root, DataConfig(batch_size=4, cache_dir=str(tmp_path / "c")), aug, image_size=32, in_chans=3, seed=2, **stats
+    )
+    streamed = build_data(
+        root, DataConfig(batch_size=4, cache="never", workers=0), aug, image_size=32, in_chans=3, seed=2, **stats
+    )
+    for (xa, ya), (xb, yb) in zip(cached.train, streamed.train):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert torch.equal(torch.cat([x for x, _ in cached.val]), torch.cat([x for x, _ in streamed.val]))
+
+
+def test_multilabel_csv_targets(tmp_path):
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
+    lines = [f"{i}.png,{'a b' if i % 2 else 'b'}" for i in range(6)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    data = build_data(
+        tmp_path / "l.csv",
+        DataConfig(batch_size=2, cache_dir=str(tmp_path / "c"), val_fraction=0.34),
+        None,
+        image_size=8,
+        in_chans=3,
+        seed=0,
+    )
+    assert data.task == "multilabel" and data.classes == ["a", "b"]
+    _, y = next(iter(data.train))
+    assert y.dtype == torch.float32 and y.shape == (2, 2) and (y[:, 1] == 1).all()
+
+
+@pytest.mark.slow
+def test_shared_cifar10_folders(cifar10_folder, tmp_path):
+    cfg = DataConfig(batch_size=500, cache_dir=str(tmp_path / "cache"))
+    data = build_data(cifar10_folder, cfg, AUG, image_size=32, in_chans=3, seed=0)
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert data.train.num_samples == 50_000 and data.val.num_samples == 10_000 and not data.issues
+    assert data.resize == 32
+    assert data.mean == pytest.approx([0.491, 0.482, 0.447], abs=0.01)  # the published CIFAR-10 means
+    x, y = next(iter(data.train))
+    assert x.shape == (500, 3, 32, 32) and len(torch.unique(y)) == 10
