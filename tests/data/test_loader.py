@@ -70,11 +70,11 @@ def test_augmentation_draws_replay_on_resume():
 
 def test_shards_are_disjoint_and_equal():
     shards = [_ids(_loader(n=11, rank=r, world_size=3, batch_size=1)) for r in range(3)]
-    flat = [sum(s, []) for s in shards]
+    flat = [[i for batch in s for i in batch] for s in shards]
     assert len({len(f) for f in flat}) == 1 and len(flat[0]) == 3
-    assert len(set(sum(flat, []))) == 9
-    val = [sum(_ids(_loader(n=11, rank=r, world_size=3, train=False)), []) for r in range(3)]
-    assert sorted(sum(val, [])) == list(range(11))  # every sample evaluated exactly once overall
+    assert len({i for f in flat for i in f}) == 9
+    val = [i for r in range(3) for batch in _ids(_loader(n=11, rank=r, world_size=3, train=False)) for i in batch]
+    assert sorted(val) == list(range(11))  # every sample evaluated exactly once overall
 
 
 def test_small_training_set_keeps_its_partial_batch():

@@ -76,7 +76,7 @@ def test_transparency_is_composited_on_white(tmp_path):
 def test_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
-    r, g, b = np.asarray(read_image(tmp_path / "anim.gif")).reshape(-1, 3).mean(0)
+    r, _, b = np.asarray(read_image(tmp_path / "anim.gif")).reshape(-1, 3).mean(0)
     assert r > 200 and b < 50
 
 
