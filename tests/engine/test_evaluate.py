@@ -307,3 +307,89 @@ def test_distributed_gathers_uneven_shards_like_one_process(tmp_path):
         assert got["same"] and got["n"] == 13
         assert got["top1"][0] == pytest.approx(got["top1"][1])
         assert got["loss"][0] == pytest.approx(got["loss"][1])
+
+
+# --- imgcls eval: a real run folder, a real image folder --------------------------------------------------------
+
+
+def _image_folder(root, classes, per_class: int = 4, size: int = 40, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", per_class + 1)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 120, (size, size)) + 60 * c  # class sets the brightness
+                Image.fromarray(pixels.astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+    return root
+
+
+def _run_folder(run, data_root, classes, *, resize: int = 36):
+    from imgcls import create_model
+    from imgcls.engine.bundle import ModelMeta, save_bundle
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=len(classes), in_chans=1)
+    meta = ModelMeta(
+        name="lenet5", num_classes=len(classes), classes=list(classes), input_size=[1, 32, 32], mean=[0.45],
+        std=[0.3], resize=resize, in_chans=1,
+    )  # fmt: skip
+    save_bundle(run, model, meta)
+    config = {"data": {"spec": str(data_root), "workers": 1, "batch_size": 4}, "train": {"seed": 0}}
+    (run / "config.json").write_text(json.dumps(config))
+    return model.eval(), meta
+
+
+@pytest.fixture
+def eval_run(tmp_path, monkeypatch):
+    pytest.importorskip("imgcls.data.loader")
+    if "lenet5" not in __import__("imgcls").list_models("lenet5"):
+        pytest.skip("lenet5 not registered")
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
+    classes = ["bright", "dark", "mid"]
+    data_root = _image_folder(tmp_path / "pictures", classes)
+    model, meta = _run_folder(tmp_path / "run", data_root, classes)
+    return SimpleNamespace(run=tmp_path / "run", data_root=data_root, model=model, meta=meta, tmp=tmp_path)
+
+
+def test_eval_matches_predicting_each_file_by_hand(eval_run):
+    from imgcls.data import load_for_eval
+    from imgcls.engine.evaluate import evaluate
+
+    out = evaluate(eval_run.run)
+    cm = np.zeros((3, 3), dtype=np.int64)
+    for c, name in enumerate(eval_run.meta.classes):
+        for path in sorted((eval_run.data_root / "val" / name).iterdir()):
+            pixels = load_for_eval(path, 32, 36, 1).float() / 255
+            x = ((pixels - 0.45) / 0.3)[None]
+            with torch.no_grad():
+                cm[c, int(eval_run.model(x).argmax())] += 1
+    assert out["num_samples"] == 15
+    assert out["confusion_matrix"] == cm.tolist()
+    assert out["top1"] == pytest.approx(100 * np.trace(cm) / 15)
+    assert out["top5"] is None and out["classes"] == eval_run.meta.classes
+    json.dumps(out, allow_nan=False)
+
+
+def test_eval_flip_and_ten_crop_run_on_the_real_loader(eval_run):
+    from imgcls.engine.evaluate import evaluate
+
+    for tta in ("flip", "ten-crop"):
+        out = evaluate(eval_run.run, tta=tta)
+        assert out["tta"] == tta and out["num_samples"] == 15
+        assert 0 <= out["top1"] <= 100 and out["loss"] > 0
+
+
+def test_eval_refuses_a_folder_with_other_classes_and_a_missing_run(eval_run):
+    from imgcls.engine.evaluate import evaluate
+    from imgcls.errors import UserError
+
+    other = _image_folder(eval_run.tmp / "other", ["bright", "dark", "zebra"], per_class=2)
+    with pytest.raises(UserError, match=r"classes differ .*missing mid; unknown zebra"):
+        evaluate(eval_run.run, data=str(other))
+    with pytest.raises(UserError, match="run folder not found"):
+        evaluate(eval_run.tmp / "nope")
+    with pytest.raises(UserError, match="--tta"):
+        evaluate(eval_run.run, tta="sideways")

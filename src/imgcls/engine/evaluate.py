@@ -533,8 +533,9 @@ def evaluate(
             "nothing to crop from"
         )
     data_cfg = DataConfig.from_dict(_known_fields(DataConfig, saved_data))
-    if tta == "ten-crop":  # no center crop: the loader yields the resize×resize square (data.config docstring)
-        data_cfg = dataclasses.replace(data_cfg, crop_pct=1.0)
+    # The run's own resize/crop, not one chosen again from (maybe other) images, so that evaluation sees what
+    # training's validation saw; for ten-crop no center crop: the loader yields the resize×resize square.
+    data_cfg = dataclasses.replace(data_cfg, crop_pct=1.0 if tta == "ten-crop" else crop / resize)
     aug_cfg = AugmentConfig.from_dict(_known_fields(AugmentConfig, config.get("augment")))
     built = build_data(
         spec,
@@ -553,6 +554,8 @@ def evaluate(
             f"{spec}: its classes differ from the run's class map in {run / 'model.json'} "
             f"({_class_mismatch(list(built.classes), list(meta.classes))})"
         )
+    if built.val is None or not len(built.val):
+        raise UserError(f"{spec}: no validation images to evaluate (needs val/ or test/, or a split fraction)")
     result = evaluate_model(
         model, built.val, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
     )
