@@ -18,6 +18,13 @@ it. Work the model's own ``forward`` does outside any child (e.g. a functional `
 registered directly on the model land in a final ``(other)`` row, so rows always sum to the totals. Children
 the eval-mode forward does not call (auxiliary heads) keep their parameters in a row with no output shape
 and 0 MACs; they are part of ``params`` because they are part of the weights file.
+
+A model built on the meta device is profiled without memory or arithmetic (FlopCounterMode counts from
+shapes), which is how the model table is made::
+
+    with torch.device("meta"):
+        model = create_model("vgg16")
+    profile(model).macs  # 15_470_264_320
 """
 
 from __future__ import annotations
@@ -149,6 +156,41 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Pr
     return Profile(tuple(input_size), params_total, macs_total, rows)
 
 
+def profile_model(name: str, input_size: tuple[int, int, int] | None = None, **kw) -> tuple[nn.Module, Profile]:
+    """Build registered model `name` on the meta device and profile it (no weights allocated, no arithmetic).
+
+    Args:
+        name: a registered model name.
+        input_size: ``(C, H, W)``; default: the model's native input size.
+        **kw: passed to ``create_model`` (``num_classes``...).
+
+    Returns:
+        ``(model, profile)``. Falls back to a CPU model when the meta device cannot run the model.
+    """
+    from imgcls.errors import UserError
+    from imgcls.models._registry import create_model, model_entry
+
+    entry = model_entry(name)
+    size = tuple(input_size) if input_size is not None else entry.input_size
+    kw.setdefault("in_chans", size[0])
+    last_error: Exception | None = None
+    for device in ("meta", "cpu"):
+        with torch.device(device):
+            model = create_model(name, **kw)
+        try:
+            return model, profile(model, size)
+        except NotImplementedError as exc:  # an operator without a meta kernel: count on the CPU instead
+            last_error = exc
+        except RuntimeError as exc:  # e.g. the input shrinks to nothing inside the network
+            raise UserError(f"input size {'x'.join(map(str, size))} does not fit {name}: {_first_line(exc)}") from None
+    raise UserError(f"cannot profile {name}: {_first_line(last_error)}")
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def format_count(n: int | float) -> str:
     """Human-readable count: 1.8G, 11.7M, 2.7K, 64."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -191,6 +233,10 @@ def describe(name: str, module: nn.Module) -> str:
         return f"{label} {_pair(pool.kernel_size)}/{stride if isinstance(stride, int) else stride[0]}"
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return "avg pool (global)" if isinstance(module, nn.AdaptiveAvgPool2d) else "max pool (global)"
+    if "globalpool" in kind.lower():  # our layers.GlobalPool2d keeps its kind ("avg" or "max")
+        return f"{getattr(module, 'kind', 'avg')} pool (global)"
+    if isinstance(module, nn.LocalResponseNorm):
+        return f"local response norm ({module.size})"
     if isinstance(module, nn.Dropout):
         return f"dropout ({module.p:.0%})"
     if isinstance(module, nn.Linear):
@@ -245,4 +291,13 @@ def format_table(prof: Profile, model: nn.Module | None = None, paper: bool = Fa
     return "\n".join([line(header), rule, *(line(r) for r in body), rule, line(total)])
 
 
-__all__ = ["LayerProfile", "Profile", "describe", "format_count", "format_shape", "format_table", "profile"]
+__all__ = [
+    "LayerProfile",
+    "Profile",
+    "describe",
+    "format_count",
+    "format_shape",
+    "format_table",
+    "profile",
+    "profile_model",
+]
