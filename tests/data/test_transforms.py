@@ -1,0 +1,313 @@
+"""Batched augmentation: config contract, evaluation geometry and every training op on hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imgcls.data.transforms import (
+    AugmentConfig,
+    build_batch_transform,
+    crop_flip,
+    cutout_mask,
+    mean_image,
+    sample_resized_crop,
+    sample_resized_crops,
+)
+from imgcls.errors import UserError
+
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.25, 0.2, 0.3)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def normalised(x_uint8: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (x_uint8.float() / 255 - m) / s
+
+
+def unnormalised(y: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+    return y * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+
+
+def random_batch(n=16, c=3, h=32, w=32, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, c, h, w), generator=gen(seed), dtype=torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_from_dict_rejects_unknown_key_naming_it():
+    with pytest.raises(UserError, match="'crop_pading'"):
+        AugmentConfig.from_dict({"crop_pading": 4})
+
+
+def test_from_dict_reads_lists_and_dashes_and_round_trips():
+    aug = AugmentConfig.from_dict({"crop-padding": 4, "color_jitter": [0.4, 0.4, 0.4, 0.1], "hflip": 0.5})
+    assert aug.crop_padding == 4 and aug.color_jitter == (0.4, 0.4, 0.4, 0.1)
+    assert AugmentConfig.from_dict(aug.to_dict()) == aug
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hflip": 1.5},
+        {"padding_mode": "wrap"},
+        {"autoaugment": "coco"},
+        {"randaugment": "two,nine"},
+        {"randaugment": "2,40"},
+        {"color_jitter": [0.4, 0.4]},
+        {"color_jitter": [0, 0, 0, 0.7]},
+        {"rrc_scale": [1.0, 0.5]},
+        {"crop_padding": 2.5},
+        {"sampler": "weighted"},
+        {"normalize": "zca"},
+        {"autoaugment": "cifar10", "trivialaugment": True},
+        {"sample_pairing": True, "mixup": 0.2},
+    ],
+)
+def test_invalid_values_are_user_errors_naming_the_key(bad):
+    with pytest.raises(UserError, match=f"augment.{next(iter(bad)).replace('-', '_')}|augment.autoaugment"):
+        AugmentConfig.from_dict(bad)
+
+
+def test_defaults_do_nothing_in_training():
+    x = random_batch()
+    train = build_batch_transform(AugmentConfig(), True, 32, MEAN, STD)(x, gen(0))
+    assert train.dtype == torch.float32 and train.shape == (16, 3, 32, 32)
+    assert torch.allclose(train, normalised(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- eval geometry
+
+
+def test_eval_center_crops_a_larger_storage():
+    x = random_batch(n=2, h=40, w=48)
+    y = build_batch_transform(AugmentConfig(hflip=1.0), False, 32, MEAN, STD)(x, None)
+    assert torch.allclose(y, normalised(x[:, :, 4:36, 8:40]), atol=1e-5)  # no flip in evaluation
+
+
+def test_eval_upscales_small_storage_and_resize_sets_the_short_side():
+    digits = random_batch(n=3, c=1, h=8, w=8)
+    y = build_batch_transform(AugmentConfig(), False, 32, (0.5,), (0.5,))(digits, None)
+    assert y.shape == (3, 1, 32, 32)
+    big = random_batch(n=2, h=64, w=80)
+    y = build_batch_transform(AugmentConfig(), False, 28, MEAN, STD, resize=32)(big, None)
+    assert y.shape == (2, 3, 28, 28)
+    # A constant image stays constant through resize and crop.
+    flat = torch.full((1, 3, 64, 80), 200, dtype=torch.uint8)
+    y = build_batch_transform(AugmentConfig(), False, 28, MEAN, STD, resize=32)(flat, None)
+    assert torch.allclose(y, normalised(flat[:, :, :28, :28]), atol=1e-4)
+
+
+def test_mean_image_normalisation_subtracts_the_mean_image():
+    x = random_batch(n=8)
+    mimg = mean_image(x)
+    assert mimg.shape == (3, 32, 32)
+    assert torch.allclose(mimg, x.float().mean(0) / 255, atol=1e-6)
+    aug = AugmentConfig(normalize="mean_image")
+    y = build_batch_transform(aug, False, 32, mimg, STD)(x, None)
+    assert torch.allclose(y, (x.float() / 255 - mimg) / torch.tensor(STD).view(3, 1, 1), atol=1e-5)
+    with pytest.raises(UserError, match="mean_image"):
+        build_batch_transform(aug, True, 32, MEAN, STD)
+
+
+# ---------------------------------------------------------------------------------------------- every op: contract
+
+CONFIGS = {
+    "pad_crop_flip_cutout": {"crop_padding": 4, "hflip": 0.5, "cutout": 16},
+    "reflect_translate": {"crop_padding": 4, "padding_mode": "reflect", "translate": 0.1, "vflip": 0.5},
+    "edge": {"crop_padding": 6, "padding_mode": "edge"},
+    "rrc": {"random_resized_crop": True, "hflip": 0.5, "vflip": 0.5},
+    "rotation_scale": {"rotation": 30, "scale_aspect": [0.2, 0.3]},
+    "color_jitter": {"color_jitter": [0.4, 0.4, 0.4, 0.1]},
+    "pca": {"pca_lighting": 0.5},
+    "channel_permute": {"channel_permute": 1.0},
+    "noise_blur": {"gaussian_noise": 0.05, "gaussian_blur": 1.0},
+    "coarse_dropout": {"coarse_dropout": 4, "coarse_dropout_size": 0.25},
+    "random_erasing": {"random_erasing": 1.0},
+    "autoaugment": {"autoaugment": "imagenet"},
+    "randaugment": {"randaugment": "2,9"},
+    "trivialaugment": {"trivialaugment": True},
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_augmentation_contract(name):
+    aug = AugmentConfig.from_dict(CONFIGS[name])
+    fn = build_batch_transform(aug, True, 32, MEAN, STD)
+    x = random_batch(n=12, h=40, w=40) if name == "rrc" else random_batch(n=12)
+    a, b, c = fn(x, gen(1)), fn(x, gen(1)), fn(x, gen(2))
+    assert a.shape == (12, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b), "same seed must give identical output"
+    assert not torch.equal(a, c), "another seed must give another output"
+    pixels = unnormalised(a)
+    erased = name in ("pad_crop_flip_cutout", "coarse_dropout")  # erased pixels sit at the mean (0 after norm)
+    lo, hi = (min(MEAN) - 1e-4, max(MEAN) + 1e-4) if erased else (0, 1)
+    assert pixels.min() >= min(lo, 0) - 1e-4 and pixels.max() <= max(hi, 1) + 1e-4
+    assert not torch.allclose(a, normalised(x[..., :32, :32]), atol=1e-3), "the op must change something"
+
+
+# ---------------------------------------------------------------------------------------------- ops on hand-made inputs
+
+
+def test_crop_flip_takes_the_stated_window_of_the_padded_image():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    top, left = torch.tensor([-2, 1]), torch.tensor([3, 0])
+    out = crop_flip(x, top, left, 4)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    assert torch.equal(out[0], padded[0, :, 0:4, 5:9])
+    assert torch.equal(out[1], padded[1, :, 3:7, 2:6])
+    flipped = crop_flip(x, top, left, 4, hflip=torch.tensor([True, False]), vflip=torch.tensor([False, True]))
+    assert torch.equal(flipped[0], out[0].flip(-1)) and torch.equal(flipped[1], out[1].flip(-2))
+
+
+@pytest.mark.parametrize("mode,np_mode", [("reflect", "reflect"), ("edge", "edge")])
+def test_crop_padding_modes_match_numpy_pad(mode, np_mode):
+    x = random_batch(n=3, c=2, h=7, w=9)
+    top, left = torch.tensor([-3, 0, 2]), torch.tensor([-3, 4, -1])
+    out = crop_flip(x, top, left, 7, padding_mode=mode)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)), mode=np_mode)
+    for i in range(3):
+        t, l_ = int(top[i]) + 3, int(left[i]) + 3
+        assert np.array_equal(out[i].numpy(), padded[i, :, t : t + 7, l_ : l_ + 7])
+
+
+def test_pad_crop_shifts_content_by_at_most_the_padding():
+    x = random_batch(n=32, seed=3)
+    y = build_batch_transform(AugmentConfig(crop_padding=4), True, 32, MEAN, STD)(x, gen(5))
+    padded = torch.nn.functional.pad(normalised(x), (4, 4, 4, 4), value=0.0)
+    # zero padding in pixel space is -mean/std after normalisation
+    black = normalised(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))
+    padded = torch.where(torch.nn.functional.pad(torch.ones(32, 1, 32, 32), (4, 4, 4, 4)) > 0, padded, black)
+    shifts = []
+    for i in range(32):
+        found = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.allclose(y[i], padded[i, :, dy : dy + 32, dx : dx + 32], atol=1e-5)
+        ]
+        assert found, f"image {i} is not a shifted window of its padded input"
+        shifts.append(found[0])
+    assert len(set(shifts)) > 5, "offsets must vary per image"
+
+
+def test_flips_flip():
+    x = random_batch(n=4)
+    h = build_batch_transform(AugmentConfig(hflip=1.0), True, 32, MEAN, STD)(x, gen(0))
+    v = build_batch_transform(AugmentConfig(vflip=1.0), True, 32, MEAN, STD)(x, gen(0))
+    assert torch.allclose(h, normalised(x).flip(-1), atol=1e-5)
+    assert torch.allclose(v, normalised(x).flip(-2), atol=1e-5)
+    many = random_batch(n=64)
+    half = build_batch_transform(AugmentConfig(hflip=0.5), True, 32, MEAN, STD)(many, gen(0))
+    reference = normalised(many)
+    flipped = sum(torch.allclose(half[i], reference[i].flip(-1), atol=1e-5) for i in range(64))
+    assert 16 <= flipped <= 48
+
+
+def test_cutout_zeroes_squares_of_the_stated_size():
+    x = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)  # white: far from the mean, so zeros are the holes
+    y = build_batch_transform(AugmentConfig(cutout=8), True, 32, MEAN, STD)(x, gen(0))
+    full = 0
+    for i in range(64):
+        zero = (y[i] == 0).all(0)
+        assert (y[i] == 0).any(0).equal(zero), "a hole spans every channel"
+        rows, cols = zero.any(1).nonzero().squeeze(1), zero.any(0).nonzero().squeeze(1)
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8
+        assert int(zero.sum()) == len(rows) * len(cols), "the hole is one rectangle"
+        assert rows.diff().eq(1).all() and cols.diff().eq(1).all()
+        full += int(zero.sum()) == 64
+    assert full > 20, "holes away from the border keep the full 8x8 size"
+    m = cutout_mask(500, 32, 32, 16, 1, gen(1))
+    assert m.float().mean() == pytest.approx(0.2, abs=0.05)  # E[area] of a clipped 16-square on 32x32
+
+
+def test_random_erasing_fills_one_rectangle_with_noise():
+    x = torch.full((32, 3, 32, 32), 128, dtype=torch.uint8)
+    y = build_batch_transform(AugmentConfig(random_erasing=1.0), True, 32, MEAN, STD)(x, gen(0))
+    changed = (~torch.isclose(y, normalised(x), atol=1e-5)).any(1)  # (N, H, W)
+    area = changed.float().mean((1, 2))
+    assert (area > 0.01).float().mean() > 0.9 and area.max() <= 0.45
+    assert unnormalised(y).min() >= -1e-4 and unnormalised(y).max() <= 1 + 1e-4
+
+
+def test_rrc_full_box_is_identity_and_flip_is_folded_in():
+    x = random_batch(n=4)
+    aug = AugmentConfig(random_resized_crop=True, rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0))
+    y = build_batch_transform(aug, True, 32, MEAN, STD)(x, gen(0))
+    assert torch.allclose(y, normalised(x), atol=1e-3)
+    aug = AugmentConfig(random_resized_crop=True, rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0), hflip=1.0)
+    y = build_batch_transform(aug, True, 32, MEAN, STD)(x, gen(0))
+    assert torch.allclose(y, normalised(x).flip(-1), atol=1e-3)
+
+
+def test_sample_resized_crop_boxes_fit_and_follow_the_ranges():
+    boxes = sample_resized_crops(2000, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3), gen(0))
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 60).all() and (left + w <= 80).all()
+    area = (h * w).float() / (60 * 80)
+    assert area.min() >= 0.07 and area.max() <= 1.0 and area.std() > 0.1
+    ratio = w.float() / h.float()
+    assert ratio.min() >= 0.7 and ratio.max() <= 1.4
+    one = sample_resized_crop(60, 80, (0.08, 1.0), (3 / 4, 4 / 3), gen(3))
+    assert one == sample_resized_crop(60, 80, (0.08, 1.0), (3 / 4, 4 / 3), gen(3))
+    # impossible aspect ratio: falls back to the largest centred box within the ratio range
+    assert sample_resized_crop(10, 100, (0.9, 1.0), (1.0, 1.0), gen(0)) == (0, 45, 10, 10)
+
+
+def test_color_ops_on_hand_made_inputs():
+    grey = torch.full((4, 3, 8, 8), 100, dtype=torch.uint8)
+    sat = build_batch_transform(AugmentConfig(color_jitter=(0, 0, 0.9, 0.5)), True, 8, MEAN, STD)(grey, gen(0))
+    assert torch.allclose(sat, normalised(grey), atol=1e-4), "saturation and hue leave grey untouched"
+    bright = build_batch_transform(AugmentConfig(color_jitter=(0.5, 0, 0, 0)), True, 8, MEAN, STD)(grey, gen(0))
+    factor = unnormalised(bright)[:, 0, 0, 0] / (100 / 255)
+    assert ((factor >= 0.5 - 1e-4) & (factor <= 1.5 + 1e-4)).all() and factor.std() > 0.01
+    assert torch.allclose(unnormalised(bright), factor.view(-1, 1, 1, 1) * 100 / 255, atol=1e-4)
+
+
+def test_pca_lighting_adds_one_rgb_offset_per_image():
+    x = random_batch(n=8).clamp(60, 190)  # away from the clip
+    y = unnormalised(build_batch_transform(AugmentConfig(pca_lighting=0.1), True, 32, MEAN, STD)(x, gen(0)))
+    delta = y - x.float() / 255
+    assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-5)
+    assert delta[:, :, 0, 0].abs().max() > 1e-3
+
+
+def test_channel_permute_permutes_channels():
+    x = random_batch(n=16)
+    y = unnormalised(
+        build_batch_transform(AugmentConfig(channel_permute=1.0), True, 32, (0.5,) * 3, (0.25,) * 3)(x, gen(0)),
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
+    perms = set()
+    for i in range(16):
+        src = x[i].float() / 255
+        order = [next(c for c in range(3) if torch.allclose(y[i, k], src[c], atol=1e-5)) for k in range(3)]
+        assert sorted(order) == [0, 1, 2]
+        perms.add(tuple(order))
+    assert len(perms) > 2
+
+
+def test_blur_smooths_and_noise_has_the_stated_std():
+    x = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    noisy = unnormalised(build_batch_transform(AugmentConfig(gaussian_noise=0.05), True, 32, MEAN, STD)(x, gen(0)))
+    assert (noisy - 128 / 255).std().item() == pytest.approx(0.05, rel=0.05)
+    rnd = random_batch(n=8)
+    blurred = unnormalised(build_batch_transform(AugmentConfig(gaussian_blur=1.0), True, 32, MEAN, STD)(rnd, gen(0)))
+    assert blurred.diff(dim=-1).abs().mean() < (rnd.float() / 255).diff(dim=-1).abs().mean() * 0.9
+
+
+def test_rotation_keeps_the_centre_of_a_symmetric_image():
+    x = torch.zeros(8, 3, 33, 33, dtype=torch.uint8)
+    x[:, :, 12:21, 12:21] = 255
+    y = unnormalised(build_batch_transform(AugmentConfig(rotation=45), True, 33, MEAN, STD)(x, gen(0)))
+    assert torch.allclose(y[:, :, 16, 16], torch.ones(8, 3), atol=1e-4)
+    assert not torch.allclose(y, x.float() / 255, atol=1e-2)
