@@ -8,10 +8,12 @@ Two paths give the same interface (ARCHITECTURE.md, "data/"):
 * **Streaming** (larger folders, or ``cache="never"``): files are decoded in DataLoader worker processes, one
   whole batch per work item, with Pillow's JPEG draft mode when downscaling. RandomResizedCrop is done per
   sample there (on the full image, so that the draft scale can follow the crop size); every other augmentation
-  is the same batched transform as above.
+  is the same batched transform as above; on a CPU device it runs in the workers as well (same generator,
+  same result), so decoding and augmentation use every core.
 
 Determinism: the sample order of epoch ``e`` is a permutation drawn from ``(seed, e)``; batch ``b`` of rank
-``r`` draws all its augmentation from a fresh `torch.Generator` seeded from ``(seed, e, b, r)``, and in the
+``r`` draws all its augmentation from a fresh `torch.Generator` seeded from ``(seed, e, b, r)`` (batch mixing
+from a second one), and in the
 streaming path sample ``j`` of that batch from ``(seed, e, b, r, j)``. Nothing depends on the global RNG or on
 the number of workers (each worker item is a whole batch), so resuming at batch ``b`` replays the run exactly.
 
@@ -57,7 +59,7 @@ log = logging.getLogger("imgcls.data")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # 224 / 256: Krizhevsky et al. 2012 and every ImageNet evaluation since
-_ORDER, _BATCH, _SAMPLE = 0, 1, 2  # independent random streams
+_ORDER, _BATCH, _SAMPLE, _MIX = 0, 1, 2, 3  # independent random streams
 _EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -194,8 +196,17 @@ class FileSamples:
 class _StreamBatches(Dataset):
     """One item per batch (so results do not depend on how batches are spread over workers)."""
 
-    def __init__(self, samples: FileSamples, order: np.ndarray, batch_size: int, batches: range, seeds: tuple):
+    def __init__(
+        self,
+        samples: FileSamples,
+        order: np.ndarray,
+        batch_size: int,
+        batches: range,
+        seeds: tuple,
+        transform: Callable | None = None,
+    ):
         self.samples, self.order, self.batch_size, self.batches, self.seeds = samples, order, batch_size, batches, seeds
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -204,7 +215,11 @@ class _StreamBatches(Dataset):
         b = self.batches[item]
         index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         seeds = [derive_seed(*self.seeds, b, j, _SAMPLE) for j in range(len(index))]
-        return self.samples.load_batch(index, seeds)
+        x, y, issues = self.samples.load_batch(index, seeds)
+        if self.transform is not None:
+            # Same generator as the main process would use: where the transform runs does not change the result.
+            x = self.transform(x, generator(self.seeds[0], self.seeds[1], b, self.seeds[2], _BATCH))
+        return x, y, issues
 
 
 def _worker_init(_: int) -> None:
@@ -299,7 +314,10 @@ class BatchLoader:
                 x, y = self.samples.gather(order[b * bs : (b + 1) * bs])
                 yield self._finish(x, y, b)
             return
-        dataset = _StreamBatches(self.samples, order, bs, batches, (self.seed, self.epoch, self.rank))
+        # On a CPU device the batch transform runs in the workers too, in parallel with decoding.
+        in_workers = self.workers > 0 and self.device.type == "cpu"
+        transform = self.transform if in_workers else None
+        dataset = _StreamBatches(self.samples, order, bs, batches, (self.seed, self.epoch, self.rank), transform)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -315,14 +333,17 @@ class BatchLoader:
                 if issue not in self.issues:
                     log.warning("skipped %s: %s", *issue)
                     self.issues.append(tuple(issue))
-            yield self._finish(x, y, b)
+            yield self._finish(x, y, b, transformed=in_workers)
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = generator(self.seed, self.epoch, b, self.rank, _BATCH)
-        x = self.transform(x.to(self.device, non_blocking=True), g)
+    def _finish(
+        self, x: torch.Tensor, y: torch.Tensor, b: int, transformed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if not transformed:
+            x = self.transform(x, generator(self.seed, self.epoch, b, self.rank, _BATCH))
         y = y.to(self.device, non_blocking=True)
         if self.mixer is not None:
-            x, y = self.mixer(x, y, g, self.epoch)
+            x, y = self.mixer(x, y, generator(self.seed, self.epoch, b, self.rank, _MIX), self.epoch)
         return x, y
 
 
