@@ -359,7 +359,7 @@ def _build_everything(cfg: RunConfig, info: D.DistInfo, device: str):
     if data is None:
         data = build((info.rank, info.world_size))
     D.check_same(json.dumps([list(data.classes), data.task, data.train.num_samples]), "the class map and file list")
-    if len(data.train) == 0:
+    if len(data.train) == 0 or data.train.num_samples < cfg.data.batch_size:
         raise UserError(
             f"--batch-size {cfg.data.batch_size} is larger than the {data.train.num_samples} training images "
             f"of {cfg.data_spec} per process"
@@ -471,6 +471,9 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
             rngs = [None] * info.world_size
             torch.distributed.all_gather_object(rngs, rng_state())
         if not info.is_main:
+            return
+        # A checkpoint is the run's fallback: never replace it with weights that are already NaN/Inf.
+        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
             return
         save_checkpoint(
             run / CHECKPOINT,
