@@ -18,7 +18,9 @@ from imgcls.inference.predictor import read_onnx_metadata
 
 
 # A CIFAR-size model and an ImageNet-size architecture (at a reduced input, to stay fast: the layers are the same).
-@pytest.mark.parametrize(("name", "size"), [("resnet18_cifar", 32), ("resnet18", 64)])
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet18_cifar", 32), pytest.param("resnet18", 64, marks=pytest.mark.slow)]
+)
 def test_onnx_parity_dynamic_batch_and_metadata(kit, tmp_path, name, size):
     run = kit.write_run(tmp_path / "run", name=name, num_classes=10, size=size)
     report = export_run(run, "onnx", tmp_path / "model.onnx")
