@@ -197,9 +197,13 @@ def build_report(run_dir: str | os.PathLike) -> Path:
                 f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}, weight decay {optim.get('weight_decay', '?')}",
             )
         )
-    precision = config.get("precision") or _get(config, "train", "precision")
-    if precision:
-        summary.append(("precision", str(precision)))
+    asked, chosen = _get(config, "train", "precision"), _get(config, "run", "precision")
+    if chosen or asked:
+        summary.append(("precision", f"{chosen} (asked: {asked})" if chosen and asked and asked != chosen
+                        else str(chosen or asked)))  # fmt: skip
+    world = _get(config, "run", "world_size")
+    if world and world > 1:
+        summary.append(("processes", f"{world} (data-parallel)"))
     if meta.get("sha256"):
         summary.append(("weights SHA-256", meta["sha256"][:16] + "…"))
     if config.get("git_commit"):

@@ -235,7 +235,8 @@ def plot_samples(
     s = len(images)
     columns = max(1, min(columns, s))
     rows = max(1, -(-s // columns))
-    img_in, label_in, bar_in = 1.55, _text_inches(["x" * 16], 8) + 0.12, 1.45
+    shown = [_short(classes[int(t)], 16) for t in np.unique(topk_indices)]
+    img_in, label_in, bar_in = 1.55, max(0.3, _text_inches(shown, 8) + 0.15), 1.45
     cell_w, cell_h, head = img_in + label_in + bar_in + 0.45, img_in + 0.55, 0.55
     width, height = columns * cell_w + 0.1, rows * cell_h + head
     fig = Figure(figsize=(width, height))
@@ -271,7 +272,10 @@ def plot_samples(
                           color=GREEN if t in truth else "#7f9fc6")
             )  # fmt: skip
             ax.text(bx - 0.06, y, _short(classes[t], 16), ha="right", va="center", fontsize=8)
-            ax.text(bx + bar_in - 0.03, y, f"{p:.2f}", ha="right", va="center", fontsize=7, color="#333333")
+            # A long bar carries its number inside its end (white); a short one leaves it at the track's end.
+            inside = p >= 0.8
+            ax.text(bx + bar_in * (min(p, 1.0) if inside else 1.0) - 0.03, y, f"{p:.2f}", ha="right", va="center",
+                    fontsize=7, color="white" if inside else "#333333")  # fmt: skip
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     ax.set_aspect("auto")
