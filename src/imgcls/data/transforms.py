@@ -545,10 +545,13 @@ def box_mask(y0: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor, x1: torch.Ten
     """Union of boxes ``[y0, y1) × [x0, x1)`` given as ``(N, K)`` tensors, as a bool mask ``(N, H, W)``."""
     rows = torch.arange(h, device=y0.device)
     cols = torch.arange(w, device=x0.device)
-    in_rows = ((rows >= y0[..., None]) & (rows < y1[..., None])).float()  # (N, K, H)
-    in_cols = ((cols >= x0[..., None]) & (cols < x1[..., None])).float()  # (N, K, W)
-    # Boxes covering each pixel, as a batched outer product: (N, H, K) @ (N, K, W) -> (N, H, W).
-    return torch.bmm(in_rows.transpose(1, 2), in_cols) > 0
+    in_rows = (rows >= y0[..., None]) & (rows < y1[..., None])  # (N, K, H)
+    in_cols = (cols >= x0[..., None]) & (cols < x1[..., None])  # (N, K, W)
+    # One broadcast AND per box (K is 1 for Cutout): far cheaper than N tiny outer-product matmuls.
+    mask = in_rows[:, 0, :, None] & in_cols[:, 0, None, :]
+    for k in range(1, in_rows.shape[1]):
+        mask |= in_rows[:, k, :, None] & in_cols[:, k, None, :]
+    return mask
 
 
 def cutout_mask(n: int, h: int, w: int, size: int, holes: int, g: torch.Generator) -> torch.Tensor:
@@ -800,7 +803,7 @@ def _erase(x: torch.Tensor, aug: AugmentConfig, g: torch.Generator, normalize: _
         erased = mask if erased is None else erased | mask
     if erased is not None:
         # Multiplying by a stride-0 expanded keep mask is the fastest way to zero pixels in all channels.
-        keep = torch.logical_not(erased, out=torch.empty(erased.shape, dtype=x.dtype)).to(x.device)[:, None]
+        keep = torch.where(erased, 0.0, 1.0).to(device=x.device, dtype=x.dtype)[:, None]
         x = x.mul_(keep.expand_as(x))
     if aug.random_erasing > 0:
         mask = random_erasing_mask(n, h, w, aug.random_erasing, g).to(x.device)
