@@ -393,3 +393,18 @@ def test_eval_refuses_a_folder_with_other_classes_and_a_missing_run(eval_run):
         evaluate(eval_run.tmp / "nope")
     with pytest.raises(UserError, match="--tta"):
         evaluate(eval_run.run, tta="sideways")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_evaluation_agrees_with_cpu():
+    torch.manual_seed(9)
+    model = TinyConvNet(num_classes=5).eval()
+    x = _images(32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cpu = evaluate_model(model, TensorLoader(x, y, 8), task="multiclass")
+    gpu = evaluate_model(model.cuda(), TensorLoader(x, y, 8), task="multiclass", device="cuda", precision="bf16")
+    assert gpu.logits.device.type == "cpu"
+    assert torch.allclose(gpu.logits, cpu.logits, atol=0.1)
+    assert gpu.top1 >= 75.0  # bf16 rounding may flip a near-tie, not most predictions

@@ -15,9 +15,12 @@ the averaged probabilities and the loss is the log loss of the averaged predicti
 
 - ``"flip"``: the image and its horizontal mirror.
 - ``"ten-crop"``: the four corner crops and the center crop, each with its mirror (Krizhevsky et al. 2012,
-  Section 4.1). The loader must then yield images *larger* than the network's input: ``evaluate`` builds the
-  validation loader at the run's ``resize`` (shorter side resized, center ``resize``×``resize`` square), and
-  the ten crops of ``input_size`` are taken from that square; :func:`evaluate_model` needs ``crop_size``.
+  Section 4.1), cut by ``imgcls.data.views.make_views``. The loader must then yield images *larger* than the
+  network's input: ``evaluate`` builds the validation data with ``image_size=resize`` and ``crop_pct=1.0``
+  (shorter side to the run's ``resize``, center ``resize``×``resize`` square, no center crop), and the ten
+  crops of ``input_size`` are taken from that square; :func:`evaluate_model` needs ``crop_size`` for it. A run
+  trained without a resize margin (``resize == input_size``, e.g. CIFAR at 32 px) has nothing to crop from, and
+  ``imgcls eval --tta ten-crop`` says so.
 """
 
 from __future__ import annotations
