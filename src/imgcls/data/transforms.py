@@ -102,9 +102,8 @@ class AugmentConfig:
 
     Batch mixing (`imgcls.data.mixing`): ``mixup`` and ``cutmix`` are Beta(α, α) parameters (0 = off), applied to a
     batch with probability ``mix_prob`` (which also gates SamplePairing); ``sample_pairing`` with its schedule in
-    epochs: off before
-    ``sample_pairing_start``, then ``sample_pairing_on`` epochs on and ``sample_pairing_off`` off, off for good from
-    ``sample_pairing_stop`` (fine-tuning; ``None``: never).
+    epochs: off before ``sample_pairing_start``, then ``sample_pairing_on`` epochs on and ``sample_pairing_off``
+    off, off for good from ``sample_pairing_stop`` (fine-tuning; ``None``: never).
 
     Imbalance and normalisation: ``smote`` (oversample minority classes before training), ``sampler``
     ("random" | "balanced"), ``normalize`` ("mean_std" | "mean_image").
