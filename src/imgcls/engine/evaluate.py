@@ -25,7 +25,6 @@ the averaged probabilities and the loss is the log loss of the averaged predicti
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -41,11 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgcls.engine import metrics as M
+from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
 from imgcls.report import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE
 
 TTA_MODES = ("none", "flip", "ten-crop")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
 TOPK = 5
 
@@ -88,30 +87,6 @@ def _batches(loader) -> Iterator[tuple[Tensor, Tensor]]:
     yield from it
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` → ``"bf16"`` where the device computes it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs),
-    else ``"fp32"``; fp16 is never chosen automatically for evaluation (it needs no loss scaling here, but its
-    range can overflow logits of models trained in fp32)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        with contextlib.suppress(AttributeError, RuntimeError):
-            if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                return "bf16"
-    return "fp32"
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _is_channels_last(model: nn.Module) -> bool:
     # Feed channels_last inputs to a channels_last model, or the first convolution converts every batch.
     for p in model.parameters():
@@ -120,10 +95,10 @@ def _is_channels_last(model: nn.Module) -> bool:
     return False
 
 
-def _forward(model: nn.Module, x: Tensor, precision: str, device: torch.device, channels_last: bool) -> Tensor:
+def _forward(model: nn.Module, x: Tensor, precision: Precision, channels_last: bool) -> Tensor:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(precision, device):
+    with precision.autocast():
         out = model(x)
     if isinstance(out, (tuple, list)):  # auxiliary heads are training-only, but a wrapper might still return them
         out = out[0]
@@ -152,12 +127,11 @@ def _predict(
     task: str,
     tta: str,
     crop_size: int | None,
-    precision: str,
-    device: torch.device,
+    precision: Precision,
     channels_last: bool,
 ) -> Tensor:
     if tta == "none":
-        return _forward(model, x, precision, device, channels_last)
+        return _forward(model, x, precision, channels_last)
     if tta == "flip":
         views = [x, x.flip(-1)]
     else:
@@ -174,7 +148,7 @@ def _predict(
         stacked = make_views(x, "ten-crop", crop_size)  # (N*V, C, s, s), the V views of each image together
         views = list(stacked.reshape(n, -1, *stacked.shape[1:]).unbind(1))
     # One view at a time keeps peak memory at one batch's worth of activations.
-    outs = [_forward(model, view, precision, device, channels_last) for view in views]
+    outs = [_forward(model, view, precision, channels_last) for view in views]
     single = outs[0].ndim == 1  # one binary logit per sample: keep the model's output shape
     per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)  # (N, V, K)
     averaged = _average_views(per_view, task)
@@ -200,7 +174,7 @@ def _evaluate(
     if task not in M.TASKS:
         raise ValueError(f"task must be one of {M.TASKS}, got {task!r}")
     device = torch.device(device)
-    precision = resolve_precision(precision, device)
+    chosen = resolve_precision(precision, str(device))
     channels_last = _is_channels_last(model)
     was_training = model.training
     model.eval()
@@ -219,8 +193,7 @@ def _evaluate(
                     task=task,
                     tta=tta,
                     crop_size=crop_size,
-                    precision=precision,
-                    device=device,
+                    precision=chosen,
                     channels_last=channels_last,
                 )
                 # The loss in float32 outside autocast: the logits are already float32.
@@ -244,7 +217,7 @@ def _evaluate(
         count = M.all_reduce_sum(count)
     loss_value = float(loss_sum / count) if count > 0 else None
     found = M.classification_metrics(logits, targets, task, threshold=threshold)
-    found.update(loss=M.finite_or_none(loss_value), tta=tta, precision=precision)
+    found.update(loss=M.finite_or_none(loss_value), tta=tta, precision=chosen.name)
     return EvalResult(
         loss=loss_value, top1=found["top1"], top5=found["top5"], logits=logits, targets=targets, metrics=found
     )
@@ -272,7 +245,8 @@ def evaluate_model(
         task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
         loss_fn: ``loss_fn(logits, y) -> mean loss``; default cross-entropy (BCE-with-logits for multi-label
             and single-logit binary models).
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (bf16 where native).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (as training resolves it,
+            `imgcls.engine.precision.resolve_precision`).
         device: where the model lives; batches are moved there.
         distributed: gather logits and targets from every rank (every rank must call this); each rank then
             holds the metrics of the whole validation set.
@@ -516,8 +490,7 @@ def evaluate(
         raise UserError(f"run folder not found: {run} (check --run)")
     if tta not in TTA_MODES:
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model, meta = load_bundle(run, map_location=device)
     config = _read_config(run)
     saved_data = config.get("data") if isinstance(config.get("data"), dict) else {}
@@ -580,5 +553,4 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "finalize_run",
-    "resolve_precision",
 ]
