@@ -157,7 +157,9 @@ def bench_imagenet(folder: Path, workers: int) -> tuple[float, float, int]:
 
 
 def run() -> str:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One intra-op thread: the plain pipelines are single-threaded per process, and on a shared 2-core machine
+    # OpenMP spin-waiting under contention makes 2-thread timings swing by 10x or more.
+    torch.set_num_threads(1)
     workers = max(1, min(2, os.cpu_count() or 1))
     lines = [
         "## Data pipeline",
