@@ -165,12 +165,12 @@ def test_a_burst_is_answered_in_batches(served, kit):
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
             return await asyncio.gather(*(c.post("/predict", content=bodies[i % len(bodies)]) for i in range(n)))
 
-    responses = asyncio.run(burst(300))
-    assert [r.status_code for r in responses] == [200] * 300
+    responses = asyncio.run(burst(200))
+    assert [r.status_code for r in responses] == [200] * 200
     expected = [r.predictions[0].index for r in predictor.predict(images, topk=1)]
-    assert [r.json()["predictions"][0]["index"] for r in responses] == [expected[i % 6] for i in range(300)]
+    assert [r.json()["predictions"][0]["index"] for r in responses] == [expected[i % 6] for i in range(200)]
     after = httpx.get(server.url + "/health").json()
     images_served = after["images"] - before["images"]
     batches = after["batches"] - before["batches"]
-    assert images_served == 300
-    assert batches < 300 and after["largest_batch"] > 1  # requests were stacked into shared forward passes
+    assert images_served == 200
+    assert batches < 200 and after["largest_batch"] > 1  # requests were stacked into shared forward passes
