@@ -29,10 +29,10 @@ import torch
 import torchvision
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "models" / "golden"
-FILL_VERSION = 1
+FILL_VERSION = 2
 NUM_LOGITS = 32  # how many of the 1000 logits are stored (plus the mean and std of all of them)
 _M32 = 0xFFFFFFFF
-_CHUNK = 1 << 22
+PERIOD = 65521  # largest prime below 2**16
 
 
 def _tv(name: str, **kw):
@@ -64,16 +64,18 @@ ARCHITECTURES = {
 
 
 def uniform(key: str, n: int) -> torch.Tensor:
-    """`n` float64 numbers in [0, 1) from an integer hash of (CRC-32 of `key`, index); platform independent."""
+    """`n` float64 numbers in [0, 1) from an integer hash of (CRC-32 of `key`, index); platform independent.
+
+    Values repeat with period ``PERIOD`` (a prime, so rows of a weight matrix are not copies of each other):
+    hashing each of the ~10^8 elements of the larger models would dominate the parity test's time.
+    """
     seed = zlib.crc32(key.encode())
-    parts = []
-    for start in range(0, max(n, 1), _CHUNK):
-        h = (torch.arange(start, min(n, start + _CHUNK), dtype=torch.int64) + seed) & _M32
-        for _ in range(2):  # the "hash32" integer mixer: xor-shift, multiply, twice
-            h = ((h ^ (h >> 16)) * 0x45D9F3B) & _M32
-        h = h ^ (h >> 16)
-        parts.append(h.to(torch.float64) / 2.0**32)
-    return torch.cat(parts)[:n]
+    h = (torch.arange(min(n, PERIOD), dtype=torch.int64) + seed) & _M32
+    for _ in range(2):  # the "hash32" integer mixer: xor-shift, multiply, twice
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & _M32
+    h = h ^ (h >> 16)
+    u = h.to(torch.float64) / 2.0**32
+    return u.repeat(-(-n // PERIOD))[:n] if n > PERIOD else u
 
 
 def fill_value(key: str, shape: tuple[int, ...]) -> torch.Tensor:

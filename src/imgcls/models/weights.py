@@ -395,9 +395,17 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
                 more = f" and {len(items) - 3} more" if len(items) > 3 else ""
                 parts.append(f"{label} {len(items)}: {', '.join(items[:3])}{more}")
         raise UserError(f"{source}: does not fit {name} ({'; '.join(parts)})")
-    merged = {k: state.get(k, v) for k, v in target.items()}
+    merged = {k: state.get(k, v).to(dtype=v.dtype) for k, v in target.items()}
+    on_meta = any(v.is_meta for v in target.values())
+    if on_meta:
+        # A model built under `torch.device("meta")` (no memory, no initialisation) takes the file's tensors as
+        # they are; only what the file may omit (BatchNorm's step counters) is made here.
+        left = [k for k, v in merged.items() if v.is_meta and not k.endswith("num_batches_tracked")]
+        if left:
+            raise ValueError(f"a model on the meta device needs every tensor from the file; not in it: {left[:3]}")
+        merged = {k: torch.zeros((), dtype=torch.long) if v.is_meta else v for k, v in merged.items()}
     with torch.no_grad():
-        model.load_state_dict({k: v.to(dtype=target[k].dtype) for k, v in merged.items()}, strict=True)
+        model.load_state_dict(merged, strict=True, assign=on_meta)
     return LoadReport(Path(source), "", applied, ckpt_classes is not None)
 
 
