@@ -48,6 +48,26 @@ def test_hand_counted_model_rows_sum_to_totals():
     assert model.training  # mode restored
 
 
+class SlicedHead(nn.Module):
+    """Calls its head in pieces, as VGG does (``classifier[:-1]`` then ``classifier[-1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 2))
+
+    def forward(self, x):
+        return self.head[-1](self.head[:-1](self.body(x)))
+
+
+def test_child_called_in_pieces_is_attributed_to_it():
+    prof = profile(SlicedHead(), (3, 4, 4))
+    rows = {r.name: r for r in prof.layers}
+    assert set(rows) == {"body", "head"}
+    assert rows["head"].macs == 64 * 6 + 6 * 2 and rows["head"].output_shape == (2,)
+    assert rows["body"].macs == 4 * 3 * 16
+
+
 def test_plain_sequential_and_table():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
     prof = profile(model, (1, 8, 8))

@@ -13,11 +13,12 @@ Table 1 "FLOPs" are multiply-adds of conv/fc layers; Szegedy et al. 2014, Table 
 ``_ops`` metadata and of timm's ``GMACs``, so the figures compare directly: ResNet-18 1.8 G, VGG-16 15.5 G at
 224×224.
 
-Each row covers one top-level child (``model.named_children()``), in the order the forward pass first calls
-it. Work the model's own ``forward`` does outside any child (e.g. a functional ``F.linear``) and parameters
-registered directly on the model land in a final ``(other)`` row, so rows always sum to the totals. Children
-the eval-mode forward does not call (auxiliary heads) keep their parameters in a row with no output shape
-and 0 MACs; they are part of ``params`` because they are part of the weights file.
+Each row covers one top-level child (``model.named_children()``) and everything below it, in the order the
+forward pass first calls it; its output shape is that of the last call into it. Work the model's own
+``forward`` does outside any child (e.g. a functional ``F.linear``) and parameters registered directly on the
+model land in a final ``(other)`` row, so rows always sum to the totals. Children the eval-mode forward does
+not call (auxiliary heads) keep their parameters in a row with no output shape and 0 MACs; they are part of
+``params`` because they are part of the weights file.
 
 A model built on the meta device is profiled without memory or arithmetic (FlopCounterMode counts from
 shapes), which is how the model table is made::
@@ -104,26 +105,39 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Pr
     shapes: dict[str, tuple | None] = {name: None for name in children}
     counter = FlopCounterMode(display=False)
     start: dict[str, int] = {}
+    depth: dict[str, int] = {name: 0 for name in children}
 
+    # Hooks go on every module below a child, not only on the child: a model may call a child in pieces
+    # (VGG's head runs `classifier[:-1]` then `classifier[-1]`, which never calls `classifier` itself). The
+    # outermost active call of a child's subtree opens and closes its count; its output is the child's output.
     def pre_hook(name):
         def hook(module, args):
-            start[name] = counter.get_total_flops()
+            if depth[name] == 0:
+                start[name] = counter.get_total_flops()
+            depth[name] += 1
 
         return hook
 
     def post_hook(name):
         def hook(module, args, output):
-            macs[name] += (counter.get_total_flops() - start.pop(name)) // 2
-            if name not in order:
-                order.append(name)
+            depth[name] -= 1
+            if depth[name] == 0:
+                macs[name] += (counter.get_total_flops() - start.pop(name)) // 2
                 shapes[name] = _shape_of(output)
+                if name not in order:
+                    order.append(name)
 
         return hook
 
     handles = []
+    owner: dict[int, str] = {}
     for name, child in children.items():
-        handles.append(child.register_forward_pre_hook(pre_hook(name)))
-        handles.append(child.register_forward_hook(post_hook(name)))
+        for module in child.modules():
+            if id(module) in owner:  # shared with an earlier child: counted there
+                continue
+            owner[id(module)] = name
+            handles.append(module.register_forward_pre_hook(pre_hook(name)))
+            handles.append(module.register_forward_hook(post_hook(name)))
     was_training = model.training
     model.eval()
     try:
