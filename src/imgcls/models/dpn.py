@@ -9,8 +9,9 @@ residual path and the first ``2 · inc`` channels of a new dense path.
 
 DPN-92 (Table 1): stem 7×7/2 conv to 64 channels + 3×3/2 max-pool; stages of 3, 4, 20, 3 blocks with residual
 widths 256, 512, 1024, 2048, bottleneck widths 96, 192, 384, 768 at cardinality 32, and dense increments
-16, 32, 24, 128. Units are pre-activation (BN → ReLU → conv, BN eps 1e-3) as in the authors' MXNet release;
-the final BN of the concatenated paths is followed by an ELU, as in that release.
+16, 32, 24, 128. Units are pre-activation (BN → ReLU → conv, BN eps 1e-3) as in the authors' MXNet release,
+and the concatenated paths pass a last BN → ReLU before pooling. With the same weights, outputs equal timm's
+``dpn92`` exactly.
 
 State-dict keys equal timm's ``dpn92`` (``features.conv1_1.conv``, ``features.conv2_1.c1x1_w_s1.bn``,
 ``features.conv3_1.c1x1_w_s2.conv``, ``c1x1_a``, ``c3x3_b``, ``c1x1_c``, ``features.conv5_bn_ac.bn``, and a
@@ -118,12 +119,12 @@ class DualPathBlock(nn.Module):
 
 
 class CatBnAct(nn.Module):
-    """Concatenate the two paths, then BN and an activation (``bn``)."""
+    """Concatenate the two paths, then BN → ReLU (``bn``)."""
 
-    def __init__(self, chans: int, act: nn.Module, eps: float = 1e-3) -> None:
+    def __init__(self, chans: int, eps: float = 1e-3) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(chans, eps=eps)
-        self.act = act
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: DualState) -> Tensor:
         return self.act(self.bn(torch.cat(x, 1)))
@@ -204,7 +205,7 @@ class DPN(Classifier):
         if spec.cifar:
             blocks["conv5_cat"] = Cat()
         else:
-            blocks["conv5_bn_ac"] = CatBnAct(chans, nn.ELU(inplace=True), eps)
+            blocks["conv5_bn_ac"] = CatBnAct(chans, eps)
         self.features = nn.Sequential(blocks)
         self.num_features = chans
         self.global_pool = GlobalPool2d(global_pool, flatten=False)
