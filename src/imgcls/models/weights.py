@@ -28,6 +28,7 @@ unexpected keys and the shape mismatches.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -198,7 +199,7 @@ def fetch_published(
                     out.write(block)
                     h.update(block)
                     size += len(block)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise UserError(f"download of {url} failed: {reason}") from None
         if expected_size is not None and size != int(expected_size):
