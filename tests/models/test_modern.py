@@ -82,8 +82,10 @@ PARAMS = {
     "dpn92_cifar": 34_236_634,
 }
 
-# Multiply-adds at 224×224 (G): He et al. 2015, Table 1 (the paper's V1 stride placement), torchvision's V1.5
-# figure for ResNet-50, and Xie et al. 2016, Table 1 for ResNeXt-50 (whose stride already sits on the 3×3).
+# Multiply-adds at the native input size (G): He et al. 2015, Table 1 (the paper's V1 stride placement), the
+# V1.5 figure torchvision gives for ResNet-50, Xie et al. 2016, Tables 1 and 5 (ResNeXt, whose stride already
+# sits on the 3×3), Chen et al. 2017, Table 2 (DPN-92), and torchvision's model tables for DenseNet-121 and
+# Inception v3 (their papers give no such table).
 MACS = [
     ("resnet18", {}, 1.8),
     ("resnet34", {}, 3.6),
@@ -92,6 +94,10 @@ MACS = [
     ("resnet152", {"stride_in_1x1": True}, 11.3),
     ("resnet50", {}, 4.1),
     ("resnext50_32x4d", {}, 4.2),
+    ("resnext101_32x4d", {}, 7.8),
+    ("dpn92", {}, 6.5),
+    ("densenet121", {}, 2.83),
+    ("inception_v3", {}, 5.71),
 ]
 
 # Real forward/backward passes: (name, input side). The fast set covers every block type (basic, bottleneck,
@@ -156,7 +162,7 @@ def test_parameter_count_matches_reference(name):
 
 @pytest.mark.parametrize(("name", "kw", "paper_gmacs"), MACS)
 def test_multiply_adds_match_paper(name, kw, paper_gmacs):
-    gmacs = _macs(_meta_model(name, **kw), 224) / 1e9
+    gmacs = _macs(_meta_model(name, **kw), model_entry(name).input_size[-1]) / 1e9
     assert gmacs == pytest.approx(paper_gmacs, rel=0.03)
 
 
@@ -435,3 +441,16 @@ def test_outputs_equal_reference_implementation(name, source, kw, side):
     x = torch.randn(2, 3, side, side)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "densenet121", "dpn92", "inception_v3", "inception_v4", "inception_resnet_v2"]
+)
+def test_drop_rate_is_dropout_before_the_classifier(name):
+    # Allocated without initialisation (the classifier is not used by pre_logits).
+    model = _meta_model(name, drop_rate=0.5).to_empty(device="cpu")
+    feats = torch.ones(4, model.num_features, 2, 2)
+    pooled = model.train().forward_head(feats, pre_logits=True)
+    assert set(pooled.unique().tolist()) == {0.0, 2.0}  # inverted dropout: survivors scaled by 1 / (1 - p)
+    assert 0.3 < (pooled == 0).float().mean() < 0.7
+    torch.testing.assert_close(model.eval().forward_head(feats, pre_logits=True), torch.ones(4, model.num_features))
