@@ -13,9 +13,11 @@ over the old file, so a crash at any moment leaves either the old or the new che
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +78,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(path: Path, keep: Path) -> None:
+    """Delete what writers killed mid-save left behind (``.last.pt.<pid>.tmp``, each as large as a checkpoint).
+
+    One process (rank 0) writes a run's checkpoint, so any other temporary of the same file is an orphan;
+    without this, every kill -9 during a save would leave a checkpoint-sized file in the run folder forever.
+    """
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if stale != keep and stale.name.removeprefix(f".{path.name}.").removesuffix(".tmp").isdigit():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove_stale_temporaries(path, keep=tmp)
     try:
         with open(tmp, "wb") as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
