@@ -1,0 +1,130 @@
+"""Shared pieces of the fault-injection suite (issue 7): real subprocesses, real files, real servers.
+
+Every scenario records the figure the issue asks for with the ``figure`` fixture. When ``IMGCLS_FAULT_FIGURES``
+names a JSON file, the figures are merged into it at the end of the session; `benchmarks/bench_reliability.py`
+runs the suite that way and turns the file into the "Reliability" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.engine.checkpoint import load_checkpoint
+
+FIGURES_ENV = "IMGCLS_FAULT_FIGURES"
+_FIGURES: dict[str, object] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    target = os.environ.get(FIGURES_ENV)
+    if not target or not _FIGURES:
+        return
+    path = Path(target)
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(_FIGURES)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def kit():
+    """This module: the helpers below, for tests (``--import-mode=importlib`` cannot import a conftest)."""
+    return sys.modules[__name__]
+
+
+@pytest.fixture
+def figure() -> Callable[[str, object], None]:
+    """``figure(key, value)``: keep one measured figure for the Reliability section."""
+
+    def record(key: str, value: object) -> None:
+        _FIGURES[key] = value
+
+    return record
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """One intra-op thread (bit-identical CPU kernels across runs), unbuffered output, no inherited interface."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("GLOO_SOCKET_IFNAME", None)  # the engine chooses loopback itself
+    return env
+
+
+def train_argv(run: Path, *extra: str, epochs: int = 2, batch: int = 64, seed: int = 3) -> list[str]:
+    """`imgcls train` on the bundled digits with LeNet-5: a few seconds per epoch on one core."""
+    return [
+        "train", "--recipe", "digits", "--epochs", str(epochs), "--batch-size", str(batch), "--seed", str(seed),
+        "--out", str(run), "--set", "train.save=last", "--set", "train.report=false",
+        "--set", "train.progress=none", *extra,
+    ]  # fmt: skip
+
+
+def imgcls(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "imgcls", *argv]
+
+
+def start(argv: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def run_to_end(argv: list[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None while none is there (a reader never sees half a file: rename)."""
+    try:
+        return load_checkpoint(path) if path.is_file() else None
+    except Exception:
+        return None
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, path: Path, done: Callable[[dict], bool], timeout: float = 300) -> dict:
+    """Poll `path` until ``done(state)``; fail when the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the run ended (code {proc.returncode}) before the checkpoint waited for:\n{out[-3000:]}")
+        state = read_checkpoint(path)
+        if state is not None and done(state):
+            return state
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"timed out waiting for a checkpoint at {path}")
+
+
+def assert_same_weights(ours: dict, reference: dict) -> None:
+    """Model tensors and optimiser buffers equal bit for bit (``torch.equal``), at the same optimiser step."""
+    assert ours["step"] == reference["step"]
+    assert ours["model"].keys() == reference["model"].keys()
+    for name, tensor in reference["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    for key, value in reference["optimizer"]["state"].items():
+        for buf, tensor in value.items():
+            if isinstance(tensor, torch.Tensor):
+                assert torch.equal(ours["optimizer"]["state"][key][buf], tensor), (key, buf)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Resident memory of process `pid` in KiB (``VmRSS`` of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
