@@ -110,3 +110,10 @@ def test_parse_input_size(text, expected):
 def test_parse_input_size_rejects(text):
     with pytest.raises(UserError, match="--input-size"):
         parse_input_size(text, (3, 224, 224))
+
+
+def test_summary_input_too_small_is_exit_2(capsys):
+    needs("vgg16")
+    assert main(["summary", "vgg16", "--input-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgcls: error: input size 3x16x16 does not fit vgg16:") and err.count("\n") == 1
