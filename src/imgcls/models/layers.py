@@ -232,12 +232,15 @@ def make_pool(
 def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
     """Initialise a classic CNN: He-normal convolutions, N(0, `linear_std`) linears, unit/zero norms, zero biases.
 
-    He et al. 2015 (arXiv:1502.01852), Eq. 10, in its fan-out form: deep plain ReLU nets (VGG's 16-19 layers) then
-    train from scratch without the paper's staged initialisation. Linears follow Krizhevsky et al. 2012, Section 5.
+    He et al. 2015 (arXiv:1502.01852), Eq. 10, with n = k²·C_in (fan-in): it keeps the forward signal at a
+    constant scale through ReLU layers, so plain nets without batch norm (VGG's 11-19 layers, NiN, GoogLeNet)
+    train from scratch without the papers' staged or hand-tuned initialisation. The fan-out form would blow
+    up Inception's narrow 1×1 reductions (C_out ≪ C_in) and shrink stems like AlexNet's 11×11/4 (C_in ≪ C_out).
+    Linear layers follow Krizhevsky et al. 2012, Section 5 (N(0, 0.01)).
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
