@@ -35,7 +35,7 @@ def pytest_sessionfinish(session, exitstatus):
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit():
     """This module: the helpers below, for tests (``--import-mode=importlib`` cannot import a conftest)."""
     return sys.modules[__name__]
