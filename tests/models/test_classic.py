@@ -372,3 +372,36 @@ def test_pool_option_selects_stochastic_pooling():
     assert sum(isinstance(m, StochasticPool2d) for m in _meta_model("vgg11", pool="stochastic").modules()) == 5
     with pytest.raises(UserError, match="pool"):
         create_model("alexnet", pool="median")
+
+
+@pytest.mark.slow
+def test_lenet5_learns_handwritten_digits():
+    """Real data: the 1,797 8×8 digits bundled with scikit-learn, padded to 32×32 as the paper pads MNIST."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=24, mode="bilinear", align_corners=False)
+    x = torch.nn.functional.pad(x, (4, 4, 4, 4))  # 24×24 digit centred in a 32×32 field, like LeCun's 20×20 in 28
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(digits.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    train, test = perm[:1400], perm[1400:]
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(4):
+        model.train()
+        order = train[torch.randperm(len(train), generator=g)]
+        for i in range(0, len(order), 50):
+            batch = order[i : i + 50]
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    assert accuracy > 0.95, accuracy

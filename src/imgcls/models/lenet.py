@@ -33,16 +33,9 @@ MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
 
-class ScaledTanh(nn.Module):
+def scaled_tanh(x: Tensor) -> Tensor:
     """LeCun et al. 1998, Appendix A, Eq. 7: ``f(a) = A tanh(S a)`` with A = 1.7159 and S = 2/3, so f(±1) = ±1."""
-
-    def __init__(self, amplitude: float = 1.7159, slope: float = 2.0 / 3.0) -> None:
-        super().__init__()
-        self.amplitude = amplitude
-        self.slope = slope
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.amplitude * torch.tanh(self.slope * x)
+    return 1.7159 * torch.tanh(x * (2.0 / 3.0))
 
 
 class LeNet5(Classifier):
@@ -63,7 +56,6 @@ class LeNet5(Classifier):
         self.c3 = nn.Conv2d(6, 16, 5)  # -> 16@10×10
         self.s4 = make_pool(pool, kernel_size=2, stride=2)  # -> 16@5×5
         self.c5 = nn.Conv2d(16, 120, 5)  # -> 120@1×1
-        self.act = ScaledTanh()
         self.num_features = 120
         self.global_pool = GlobalPool2d("avg")
         self.f6 = nn.Linear(120, 84)
@@ -80,12 +72,12 @@ class LeNet5(Classifier):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.s2(self.act(self.c1(x)))
-        x = self.s4(self.act(self.c3(x)))
-        return self.act(self.c5(x))
+        x = self.s2(scaled_tanh(self.c1(x)))
+        x = self.s4(scaled_tanh(self.c3(x)))
+        return scaled_tanh(self.c5(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.act(self.f6(self.global_pool(x)))  # (N, 120, 1, 1) -> (N, 84)
+        x = scaled_tanh(self.f6(self.global_pool(x)))  # (N, 120, 1, 1) -> (N, 84)
         return x if pre_logits else self.fc(x)
 
     def get_classifier(self) -> nn.Module:
