@@ -40,21 +40,34 @@ def _rows(run: Path) -> list[dict]:
     return list(csv.DictReader((run / "metrics.csv").open()))
 
 
-def test_two_ranks_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("GLOO_SOCKET_IFNAME", None)  # the engine sets it for loopback runs
+    return env
+
+
+def _launcher(*extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), *extra, "-m", "imgcls",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory):
+    multi = tmp_path_factory.mktemp("ddp") / "multi"
+    done = subprocess.run(_launcher() + _train_args(multi, 16), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return multi, done
+
+
+def test_two_ranks_match_one_process(tmp_path, multi_run):
     single = tmp_path / "single"
     subprocess.run(
         [sys.executable, "-m", "imgcls", *_train_args(single, 32), "--set", "train.report=false"],
-        env=env, check=True, capture_output=True, timeout=600,
+        env=_env(), check=True, capture_output=True, timeout=600,
     )  # fmt: skip
-    multi = tmp_path / "multi"
-    launcher = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "imgcls",
-    ]  # fmt: skip
-    done = subprocess.run(launcher + _train_args(multi, 16), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    multi, done = multi_run
     assert "2 processes" in done.stdout
     assert done.stdout.count("epoch 1/1  train loss") == 1  # rank 0 alone speaks
 

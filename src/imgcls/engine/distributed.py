@@ -51,6 +51,11 @@ def env_info() -> DistInfo:
     )
 
 
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this worker group (``--max-restarts``); 0 on the first start."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
+
+
 def init_distributed(device: str = "cpu", timeout_s: float = 600.0) -> DistInfo:
     """Join the process group described by the environment; a no-op for a single process.
 
@@ -156,6 +161,7 @@ __all__ = [
     "broadcast_object",
     "check_same",
     "cleanup",
+    "elastic_restart",
     "env_info",
     "init_distributed",
     "is_active",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -301,6 +302,9 @@ def train(cfg: RunConfig) -> RunResult:
         KeyboardInterrupt: after SIGTERM / Ctrl-C, once the checkpoint is written.
     """
     device = resolve_device(cfg.train.device)
+    if D.elastic_restart() and cfg.train.out and (Path(cfg.train.out) / CHECKPOINT).is_file():
+        # torchrun --max-restarts relaunches the same command after a rank died: continue from the checkpoint.
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True, overwrite=False))
     info = D.init_distributed(device)
     if info.enabled and device.startswith("cuda"):
         device = f"cuda:{info.local_rank}"
@@ -368,6 +372,9 @@ def _build_everything(cfg: RunConfig, info: D.DistInfo, device: str):
     model = create_model(
         mc.name, num_classes=data.num_classes, in_chans=in_chans, weights=mc.weights, **(mc.kwargs or {})
     )
+    if info.rank:
+        # DDP copies rank 0's initial weights to every rank; from here on each rank draws its own dropout masks.
+        _seed_everything(tc.seed + 1_000_003 * info.rank)
     return run, data, model, in_chans, image_size
 
 
@@ -497,10 +504,11 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
         )
 
     params_m = sum(p.numel() for p in net.parameters()) / 1e6
+    n_val = int(D.all_reduce_sum(torch.tensor([data.val.num_samples], dtype=torch.int64))[0])
     _say(
         info,
         f"imgcls: {cfg.model.name} ({params_m:.2f}M params) on {cfg.data_spec}: {data.num_classes} classes "
-        f"({task}), {data.train.num_samples * info.world_size} train / {data.val.num_samples} val images at "
+        f"({task}), {data.train.num_samples * info.world_size} train / {n_val} val images at "
         f"{image_size}px · {device}, {precision.name} ({precision.reason})"
         f"{', channels_last' if channels_last else ''}{', compiled' if cfg.model.compile else ''}"
         f" · {info.world_size} process{'es' if info.world_size > 1 else ''}"
