@@ -47,7 +47,7 @@ SMALL = [
     ("vgg16_cifar", 32, 2),
     ("nin", 224, 1),
     ("googlenet", 96, 2),
-    ("inception_v2", 96, 2),
+    ("inception_v2", 64, 2),
 ]
 LARGE = [(name, 224, 1) for name in CLASSIC if name.startswith(("alexnet", "zfnet", "vgg")) and "cifar" not in name]
 
@@ -84,6 +84,7 @@ PARAM_COUNTS = {
     ("vgg16_bn", 1000): 138_365_992,
     ("vgg19_bn", 1000): 143_678_248,
     ("vgg16_cifar", 10): 14_728_266,  # kuangliu/pytorch-cifar VGG('VGG16')
+    ("nin_cifar", 10): 966_986,  # Lin et al. 2013, the released CIFAR-10 model's ~0.97M
 }
 
 
