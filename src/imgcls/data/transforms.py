@@ -76,6 +76,9 @@ class AugmentConfig:
         padding_mode: "constant" (zeros), "reflect" or "edge" for the padded border.
         translate: maximum shift as a fraction of the input size, added to the padding range.
         hflip, vflip: probability of a horizontal / vertical flip per image.
+        alternate_flip: flip each training image in every other epoch, starting from a random per-image choice
+            (airbench, Jordan 2024, arXiv:2404.00498, Section 3.6): every image is seen both ways in any two
+            consecutive epochs. Done by the loader, which knows the sample index; exclusive with ``hflip``.
         rotation: maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
         random_resized_crop: Inception-style crop of a random area and aspect ratio, resized to the input size.
         rrc_scale, rrc_ratio: its area fraction and aspect-ratio ranges (Szegedy et al. 2015: 8–100 %, 3/4–4/3).
@@ -113,6 +116,7 @@ class AugmentConfig:
     padding_mode: str = "constant"
     translate: float = 0.0
     hflip: float = 0.0
+    alternate_flip: bool = False
     vflip: float = 0.0
     rotation: float = 0.0
     random_resized_crop: bool = False
@@ -228,6 +232,8 @@ def _validate(a: AugmentConfig) -> None:
     for name in ("hflip", "vflip", "channel_permute", "gaussian_blur", "random_erasing", "mix_prob"):
         number(name, 0.0, 1.0)
     number("translate", 0.0, 1.0)
+    if not isinstance(a.alternate_flip, bool) or (a.alternate_flip and a.hflip > 0):
+        fail("alternate_flip", "expected true or false, and hflip 0 when true")
     number("rotation", 0.0, 180.0)
     number("pca_lighting", 0.0, 10.0)
     number("gaussian_noise", 0.0, 1.0)
