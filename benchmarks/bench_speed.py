@@ -1,0 +1,326 @@
+"""The measured speed table: the machine's fp32/bf16 peaks and the zoo's training and inference images/s.
+
+Two parts, both in one process:
+
+- ``measure_peaks()``: the best FLOP/s of a large matrix product (4096×4096 by 4096×4096) and of a large
+  convolution (256 → 256 channels, 3×3, batch 64 at 56×56, the shape of ResNet's widest early stage), in fp32
+  (NCHW) and in bf16 (bf16 tensors, channels_last for the convolution). These are the ceilings the table's
+  achieved figures are read against; the speedrun imports this function for the same purpose.
+- ``speed_table()``: for each model at its native input size, one training step (forward, backward with the
+  auxiliary heads the model returns in training mode, SGD with momentum) and one inference pass (eval mode,
+  ``torch.inference_mode``), in fp32 NCHW and in bf16 autocast + channels_last. The two precisions are
+  measured in interleaved repetitions (fp32, bf16, fp32, bf16, ...) after one warm-up each, and the median is
+  kept, so a change of load on the shared machine hits both columns alike.
+
+FLOP accounting: a forward pass costs 2 FLOPs per multiply-accumulate (MACs from ``imgcls.profile``: convs,
+linear layers, matrix products; the papers' convention). A training step is counted as 3× the forward pass
+(the backward pass computes gradients with respect to both activations and weights, each about as costly as
+the forward; Kaplan et al. 2020, arXiv:2001.08361, Section 2.1). Auxiliary heads, pooling, normalisation and
+activations are left out, so the achieved fractions are slight underestimates.
+
+Command: ``.venv/bin/python -m benchmarks.run speed`` (``IMGCLS_BENCH_SPEED_REPEATS`` sets the repetitions,
+default 3; ``IMGCLS_BENCH_SPEED_MODELS`` a comma-separated list of models).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The representative set: one model per family at ImageNet size, and the CIFAR-10 table's models.
+MODELS = (
+    "lenet5",
+    "alexnet",
+    "vgg16",
+    "googlenet",
+    "inception_v3",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "densenet121",
+    "dpn92",
+    "inception_v4",
+    "resnet18_cifar",
+    "vgg16_cifar",
+    "airbench94",
+    "densenet121_cifar",
+)
+PRECISIONS = ("fp32", "bf16")
+MAX_ITERATIONS = 50  # per timed repetition, for the smallest models (see ``min_seconds``)
+MIN_SECONDS = 0.3  # per timed repetition in the benchmark
+COLUMNS = (
+    "model",
+    "input",
+    "batch",
+    "GMACs/img",
+    "train fp32 img/s",
+    "train bf16 img/s",
+    "train bf16/fp32",
+    "infer fp32 img/s",
+    "infer bf16 img/s",
+    "infer bf16/fp32",
+    "train bf16 % peak",
+    "infer bf16 % peak",
+)
+
+
+def _best_rate(fn: Callable[[], object], flops: float, repeats: int) -> float:
+    """FLOP/s of the fastest of `repeats` calls of `fn`, after one warm-up call (oneDNN builds kernels then)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return flops / best
+
+
+def measure_peaks(
+    matmul_size: int = 4096,
+    conv_shape: tuple[int, int, int, int] = (64, 256, 56, 56),
+    repeats: int = 5,
+) -> dict:
+    """The machine's measured fp32 and bf16 peak FLOP/s on a large matmul and a large 3×3 convolution.
+
+    Args:
+        matmul_size: ``n`` of the ``(n, n) @ (n, n)`` product (``2·n³`` FLOPs).
+        conv_shape: ``(N, C, H, W)`` input of a ``C → C`` 3×3 convolution with padding 1
+            (``2·N·H·W·C²·9`` FLOPs).
+        repeats: timed calls per case after one warm-up; the fastest counts.
+
+    Returns:
+        ``{"threads", "matmul_size", "conv_shape", "matmul_fp32", "matmul_bf16", "conv_fp32", "conv_bf16",
+        "fp32", "bf16"}``: rates in FLOP/s; ``fp32``/``bf16`` are the better of matmul and conv.
+    """
+    n = matmul_size
+    batch, chans, h, w = conv_shape
+    matmul_flops = 2.0 * n**3
+    conv_flops = 2.0 * batch * h * w * chans * chans * 9
+    gen = torch.Generator().manual_seed(0)
+    peaks: dict = {"threads": torch.get_num_threads(), "matmul_size": n, "conv_shape": tuple(conv_shape)}
+    with torch.inference_mode():
+        for name, dtype, layout in (
+            ("fp32", torch.float32, torch.contiguous_format),
+            ("bf16", torch.bfloat16, torch.channels_last),
+        ):
+            a = torch.randn(n, n, generator=gen).to(dtype)
+            b = torch.randn(n, n, generator=gen).to(dtype)
+            peaks[f"matmul_{name}"] = _best_rate(lambda a=a, b=b: torch.mm(a, b), matmul_flops, repeats)
+            del a, b
+            conv = nn.Conv2d(chans, chans, 3, padding=1, bias=False).to(dtype=dtype, memory_format=layout)
+            x = torch.randn(conv_shape, generator=gen).to(dtype).contiguous(memory_format=layout)
+            peaks[f"conv_{name}"] = _best_rate(lambda conv=conv, x=x: conv(x), conv_flops, repeats)
+            peaks[name] = max(peaks[f"matmul_{name}"], peaks[f"conv_{name}"])
+    return peaks
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    """One model's figures: images/s keyed by ``(phase, precision)``, e.g. ``rates["train", "bf16"]``."""
+
+    model: str
+    input_size: tuple[int, int, int]
+    batch_size: int
+    macs: int  # forward multiply-accumulates per image
+    rates: dict[tuple[str, str], float]
+
+    def ratio(self, phase: str) -> float:
+        return self.rates[phase, "bf16"] / self.rates[phase, "fp32"]
+
+    def flops_per_image(self, phase: str) -> float:
+        """2 FLOPs per MAC forward; a training step is 3 forward passes' worth (see the module docstring)."""
+        return 2.0 * self.macs * (3 if phase == "train" else 1)
+
+
+def default_batch_size(input_size: Sequence[int]) -> int:
+    """Small batches that keep the whole table within minutes: 8 at ImageNet sizes, 128 at 32×32."""
+    return 8 if min(input_size[1:]) >= 96 else 128
+
+
+def _loss(out, target: torch.Tensor, aux_weights: Sequence[float]) -> torch.Tensor:
+    """Cross-entropy of the main logits plus the auxiliary heads' weighted losses (as the engine trains)."""
+    if isinstance(out, tuple):
+        logits, *aux = out
+        loss = F.cross_entropy(logits, target)
+        for weight, extra in zip(aux_weights, aux, strict=False):
+            loss = loss + weight * F.cross_entropy(extra, target)
+        return loss
+    return F.cross_entropy(out, target)
+
+
+class _Runner:
+    """One precision's copy of the model, its optimiser and input batch, with a train step and an inference pass."""
+
+    def __init__(self, model: nn.Module, precision: str, x: torch.Tensor, y: torch.Tensor):
+        bf16 = precision == "bf16"
+        layout = torch.channels_last if bf16 else torch.contiguous_format
+        self.model = model.to(memory_format=layout)
+        self.x = x.contiguous(memory_format=layout)
+        self.y = y
+        self.dtype = torch.bfloat16 if bf16 else None
+        self.aux_weights = tuple(getattr(model, "aux_weights", ()))
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype is not None)
+
+    def train_step(self) -> None:
+        self.model.train()
+        with self._autocast():
+            loss = _loss(self.model(self.x), self.y, self.aux_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def infer(self) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            self.model(self.x)
+
+
+def _seconds(fn: Callable[[], None], iterations: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        fn()
+    return (time.perf_counter() - t0) / iterations
+
+
+def measure_model(
+    name: str, batch_size: int | None = None, iterations: int = 1, repeats: int = 3, min_seconds: float = 0.0
+) -> SpeedRow:
+    """Training and inference images/s of one registered model at its native input size, fp32 vs bf16.
+
+    Args:
+        name: registered model name.
+        batch_size: images per step; ``default_batch_size`` of the native input size when ``None``.
+        iterations: steps per timed repetition, at least.
+        repeats: interleaved repetitions (fp32 then bf16, each training then inference); the median counts.
+        min_seconds: raise the steps of each (phase, precision) until one repetition lasts about this long, judged
+            from a second warm-up step; small models otherwise time little more than thread wake-ups.
+    """
+    from imgcls.models import create_model, model_entry, profile
+
+    input_size = tuple(model_entry(name).input_size)
+    batch_size = batch_size or default_batch_size(input_size)
+    num_classes = 1000 if min(input_size[1:]) >= 96 else 10
+    with torch.device("meta"):
+        macs = profile(create_model(name, num_classes=num_classes, in_chans=input_size[0]), input_size).macs
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, in_chans=input_size[0])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *input_size), generator=gen)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    runners = {p: _Runner(model if p == "fp32" else copy.deepcopy(model), p, x, y) for p in PRECISIONS}
+    for runner in runners.values():  # warm-up: oneDNN creates its kernels, the optimiser its momentum buffers
+        runner.train_step()
+        runner.infer()
+    steps = {}
+    for precision, runner in runners.items():
+        for phase, fn in (("train", runner.train_step), ("infer", runner.infer)):
+            once = _seconds(fn, 1) if min_seconds > 0 else float("inf")
+            steps[phase, precision] = max(iterations, min(MAX_ITERATIONS, round(min_seconds / once)))
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    for _ in range(repeats):
+        for precision, runner in runners.items():
+            times["train", precision].append(_seconds(runner.train_step, steps["train", precision]))
+            times["infer", precision].append(_seconds(runner.infer, steps["infer", precision]))
+    rates = {key: batch_size / statistics.median(values) for key, values in times.items()}
+    return SpeedRow(name, input_size, batch_size, macs, rates)
+
+
+def speed_table(
+    names: Sequence[str] = MODELS, iterations: int = 1, repeats: int = 3, min_seconds: float = MIN_SECONDS
+) -> list[SpeedRow]:
+    """``measure_model`` for each registered name in `names` (unregistered ones are skipped)."""
+    from imgcls.models import list_models
+
+    known = set(list_models())
+    return [measure_model(n, None, iterations, repeats, min_seconds) for n in names if n in known]
+
+
+def format_table(rows: Sequence[SpeedRow], peaks: dict) -> list[str]:
+    """The Markdown table (header, rule, one line per row); ``% peak`` is achieved FLOP/s over ``peaks["bf16"]``."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * (len(COLUMNS) - 2)]
+    for r in rows:
+        pct = {ph: 100 * r.rates[ph, "bf16"] * r.flops_per_image(ph) / peaks["bf16"] for ph in ("train", "infer")}
+        cells = [
+            r.model,
+            "×".join(map(str, r.input_size)),
+            str(r.batch_size),
+            f"{r.macs / 1e9:.3g}",
+            f"{r.rates['train', 'fp32']:.1f}",
+            f"{r.rates['train', 'bf16']:.1f}",
+            f"{r.ratio('train'):.2f}x",
+            f"{r.rates['infer', 'fp32']:.1f}",
+            f"{r.rates['infer', 'bf16']:.1f}",
+            f"{r.ratio('infer'):.2f}x",
+            f"{pct['train']:.1f}",
+            f"{pct['infer']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def run() -> str:
+    repeats = int(os.environ.get("IMGCLS_BENCH_SPEED_REPEATS", "3"))
+    names = [n for n in os.environ.get("IMGCLS_BENCH_SPEED_MODELS", "").split(",") if n] or list(MODELS)
+    load_before = _load()
+    t0 = time.perf_counter()
+    peaks = measure_peaks()
+    rows = speed_table(names, repeats=repeats)
+    elapsed = time.perf_counter() - t0
+    load_after = _load()
+
+    from imgcls.models import list_models
+
+    missing = [n for n in names if n not in set(list_models())]
+    g = 1e9
+    lines = [
+        "## Speed: machine peaks and the zoo's training and inference images/s",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.run speed` (`IMGCLS_BENCH_SPEED_REPEATS={repeats}`). "
+        f"torch {torch.__version__}, {peaks['threads']} intra-op threads, {os.cpu_count()} logical CPUs; "
+        f"load average (1/5/15 min) {load_before} at the start, {load_after} at the end; {elapsed:.0f} s in all.",
+        "",
+        "Measured peaks (best of 5 after a warm-up; fp32 NCHW, bf16 tensors with channels_last for the conv):",
+        "",
+        "| kernel | fp32 GFLOP/s | bf16 GFLOP/s | bf16/fp32 |",
+        "|---|---:|---:|---:|",
+        f"| matmul {peaks['matmul_size']}×{peaks['matmul_size']} @ {peaks['matmul_size']}×{peaks['matmul_size']} | "
+        f"{peaks['matmul_fp32'] / g:.0f} | {peaks['matmul_bf16'] / g:.0f} | "
+        f"{peaks['matmul_bf16'] / peaks['matmul_fp32']:.2f}x |",
+        "| conv 3×3 {1}→{1} on {0}×{1}×{2}×{3} | ".format(*peaks["conv_shape"])
+        + f"{peaks['conv_fp32'] / g:.0f} | {peaks['conv_bf16'] / g:.0f} | "
+        f"{peaks['conv_bf16'] / peaks['conv_fp32']:.2f}x |",
+        "",
+        "Models at native resolution, seeded random weights. Each repetition runs one step, or as many as fill "
+        f"about {MIN_SECONDS} s for small models (at most {MAX_ITERATIONS}); the median of {repeats} "
+        "interleaved repetitions after warm-up counts. Training = forward, backward (auxiliary heads included) and an "
+        "SGD-momentum step; inference = eval mode under `torch.inference_mode`. fp32 runs NCHW; bf16 runs "
+        "autocast with model and input in channels_last. `% peak` is the bf16 column's achieved FLOP/s "
+        f"(2 FLOPs per MAC, training counted as 3 forward passes) over the measured bf16 peak "
+        f"({peaks['bf16'] / g:.0f} GFLOP/s).",
+        "",
+        *format_table(rows, peaks),
+        "",
+    ]
+    if missing:
+        lines += [f"Not registered when this ran, so not measured: {', '.join(missing)}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
