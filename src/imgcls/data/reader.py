@@ -145,7 +145,7 @@ def read_image(
             im.draft(im.mode if im.mode in ("RGB", "L") else None, (math.ceil(w * s), math.ceil(h * s)))
         im.load()
         im = ImageOps.exif_transpose(im) or im
-        return _to_standard_mode(im)
+        return to_standard_mode(im)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
@@ -163,7 +163,12 @@ def _composite_on_white(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(background.convert("RGBA"), im.convert("RGBA")).convert("L" if gray else "RGB")
 
 
-def _to_standard_mode(im: Image.Image) -> Image.Image:
+def to_standard_mode(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to ``"RGB"`` or ``"L"`` as the module docstring describes (step 6).
+
+    Files go through it inside `read_image`; callers holding a decoded PIL image (predict, serve) use it directly
+    so odd modes (alpha, 16-bit, CMYK, palette) convert exactly as they do for files.
+    """
     mode = im.mode
     if mode in ("RGB", "L"):
         return im
@@ -290,4 +295,5 @@ __all__ = [
     "resize_shorter",
     "storage_view",
     "to_channels",
+    "to_standard_mode",
 ]
