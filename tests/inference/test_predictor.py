@@ -12,7 +12,7 @@ from imgcls.engine.bundle import load_bundle
 from imgcls.errors import UserError
 from imgcls.inference import Predictor, expand_inputs
 from imgcls.inference.export import export_onnx
-from imgcls.inference.predictor import probabilities
+from imgcls.inference.predictor import Preprocess, TorchRunner, probabilities
 
 
 def _reference_probs(run, paths) -> torch.Tensor:
@@ -114,9 +114,34 @@ def test_bf16_keeps_the_answers(kit, tmp_path):
     fp32 = Predictor.from_run(run, precision="fp32", batch_size=8)
     bf16 = Predictor.from_run(run, precision="bf16", batch_size=8)
     assert bf16.precision == "bf16"
+    assert bf16.runner.graph is not None, "bf16 runs as a frozen TorchScript graph"
+    assert next(bf16.runner.model.parameters()).dtype == torch.float32, "the graph is built from a copy"
     a, b = _probs(fp32.predict(paths), 5), _probs(bf16.predict(paths), 5)
     assert (a - b).abs().max() < 0.05  # bf16 keeps ~3 significant digits through the network
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.9
+
+
+class _Untraceable(torch.nn.Module):
+    """Refuses the bfloat16 example input that tracing feeds it, so the runner must fall back to eager autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        if x.dtype != torch.float32:
+            raise TypeError("fp32 input only")
+        return self.fc(x.flatten(1))
+
+
+def test_bf16_falls_back_to_eager_when_tracing_fails(caplog):
+    preprocess = Preprocess(input_size=(3, 8, 8), resize=8, mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = _Untraceable()
+    runner = TorchRunner(model, preprocess, precision="bf16")
+    assert runner.graph is None and "bf16 graph not built (TypeError" in caplog.text
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = TorchRunner(model, preprocess, precision="fp32")(x)
+    torch.testing.assert_close(runner(x), expected, atol=0.1, rtol=0.05)
 
 
 def test_onnx_backend_agrees_and_ignores_a_stale_export(kit, tmp_path, images):

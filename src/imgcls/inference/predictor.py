@@ -7,9 +7,10 @@ works on the previous batch; Pillow releases the GIL while it decodes, so the tw
 
 Two backends run the network:
 
-- ``"torch"``: eager PyTorch. On CPUs with native bfloat16 (AVX512-BF16 or AMX) it runs under bf16 autocast
-  with channels-last activations, which ``benchmarks/bench_inference.py`` measures at about 3x the fp32 speed
-  of ResNet-50 with the same top-1 on >= 98% of images; elsewhere it runs fp32.
+- ``"torch"`` (the default): on CPUs with native bfloat16 (AVX512-BF16 or AMX) a frozen TorchScript graph of the
+  model in bfloat16 with channels-last activations (`TorchRunner`); elsewhere eager fp32.
+  ``benchmarks/bench_inference.py`` measures it against ONNX Runtime fp32 and eager fp32 on ResNet-50, with the
+  top-1 agreement against fp32; the default follows that measurement (``BENCHMARKS.md``).
 - ``"onnx"``: ONNX Runtime (fp32) on a file written by :func:`imgcls.inference.export.export_onnx`; the file's
   metadata carries the classes and preprocessing, so it needs nothing else.
 """
@@ -17,11 +18,13 @@ Two backends run the network:
 from __future__ import annotations
 
 import glob
-import io
 import json
+import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,8 @@ BACKENDS = ("torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 PathOrImage = str | os.PathLike | bytes | Image.Image
+
+log = logging.getLogger("imgcls.inference")
 
 
 @dataclass(frozen=True)
@@ -137,12 +142,17 @@ def resolve_precision(precision: str) -> str:
 
 
 class TorchRunner:
-    """Eager PyTorch: uint8 batch in, float32 logits out.
+    """PyTorch: uint8 batch in, float32 logits out.
+
+    In bf16 the network runs as a frozen TorchScript graph of its bfloat16, channels-last copy: freezing folds the
+    batch norms into the convolutions and lets oneDNN keep its weights pre-packed in its own blocked layout, which
+    eager autocast re-converts on every call. Building it takes about a second (a trace at batch 1); where a model
+    cannot be traced, it runs eagerly under bf16 autocast instead. fp32 runs eagerly.
 
     Args:
         model: the network (put in eval mode here).
         preprocess: normalisation constants.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast with channels-last activations).
+        precision: ``"fp32"`` or ``"bf16"`` (``"auto"``: bf16 where the CPU computes it natively).
     """
 
     backend = "torch"
@@ -151,20 +161,37 @@ class TorchRunner:
         self.precision = resolve_precision(precision)
         self.preprocess = preprocess
         self.model = model.eval()
+        self.graph: torch.jit.ScriptModule | None = None
         if self.precision == "bf16":
             # oneDNN's bf16 convolutions want NHWC; converting the weights once avoids a reorder per call.
             self.model = self.model.to(memory_format=torch.channels_last)
+            self.graph = frozen_bf16(self.model, preprocess.input_size)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = self.preprocess.normalise(x)
             if self.precision == "bf16":
                 x = x.contiguous(memory_format=torch.channels_last)
+                if self.graph is not None:
+                    return self.graph(x.to(torch.bfloat16)).float()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    out = self.model(x)
-            else:
-                out = self.model(x)
-            return out.float()
+                    return self.model(x).float()
+            return self.model(x).float()
+
+
+def frozen_bf16(model: torch.nn.Module, input_size: Sequence[int]) -> torch.jit.ScriptModule | None:
+    """A frozen TorchScript graph of a bfloat16, channels-last copy of ``model`` (eval mode), or None when the
+    model cannot be traced (it then runs eagerly)."""
+    example = torch.zeros(1, *input_size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    try:
+        twin = deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.jit is in maintenance mode and says so; torch.compile would take minutes to build this graph.
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(twin, example, check_trace=False))
+    except Exception as exc:  # tracing fails in as many ways as Python code can: fall back, never fail to predict
+        log.warning("bf16 graph not built (%s: %s); running the model eagerly under autocast", type(exc).__name__, exc)
+        return None
 
 
 class OnnxRunner:
@@ -380,17 +407,12 @@ class Predictor:
         Raises:
             ImageError: the file is missing, unreadable, not an image or too large.
         """
-        from imgcls.data.reader import ImageError, eval_view, load_for_eval, pil_to_tensor, read_image
+        from imgcls.data.reader import ImageError, eval_view, load_for_eval, pil_to_tensor, to_standard_mode
 
         c, h, _ = self.preprocess.input_size
         if isinstance(item, Image.Image):
-            if item.mode not in ("RGB", "L"):
-                # Round-trip losslessly through the reader so that odd modes (alpha, 16-bit, CMYK) are converted
-                # exactly as they are for files.
-                buffer = io.BytesIO()
-                item.save(buffer, format="TIFF")
-                item = read_image(buffer.getvalue())
-            return pil_to_tensor(eval_view(item, h, self.preprocess.resize, c))
+            # The reader's own mode conversion, so odd modes (alpha, 16-bit, CMYK) convert exactly as for files.
+            return pil_to_tensor(eval_view(to_standard_mode(item), h, self.preprocess.resize, c))
         if isinstance(item, (str, os.PathLike)):
             text = os.fspath(item)
             if os.path.isdir(text):
