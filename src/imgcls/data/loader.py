@@ -16,6 +16,9 @@ Determinism: the sample order of epoch ``e`` is a permutation drawn from ``(seed
 from a second one), and in the
 streaming path sample ``j`` of that batch from ``(seed, e, b, r, j)``. Nothing depends on the global RNG or on
 the number of workers (each worker item is a whole batch), so resuming at batch ``b`` replays the run exactly.
+Alternating flips (``AugmentConfig.alternate_flip``): sample ``i`` is mirrored in epoch ``e`` when
+``first[i] XOR (e odd)``, with ``first`` one fair coin per sample drawn from ``(seed, rank)``; the flip is applied
+to the uint8 images before the batch transform.
 
 Sharding: under ``world_size > 1`` rank ``r`` takes every ``world_size``-th sample of the epoch permutation,
 after trimming it to a multiple of ``world_size``, so shards are disjoint and of equal length. Validation is
@@ -59,7 +62,7 @@ log = logging.getLogger("imgcls.data")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # 224 / 256: Krizhevsky et al. 2012 and every ImageNet evaluation since
-_ORDER, _BATCH, _SAMPLE, _MIX = 0, 1, 2, 3  # independent random streams
+_ORDER, _BATCH, _SAMPLE, _MIX, _FLIP = 0, 1, 2, 3, 4  # independent random streams
 _EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -204,9 +207,10 @@ class _StreamBatches(Dataset):
         batches: range,
         seeds: tuple,
         transform: Callable | None = None,
+        flips: np.ndarray | None = None,
     ):
         self.samples, self.order, self.batch_size, self.batches, self.seeds = samples, order, batch_size, batches, seeds
-        self.transform = transform
+        self.transform, self.flips = transform, flips
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -216,10 +220,20 @@ class _StreamBatches(Dataset):
         index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         seeds = [derive_seed(*self.seeds, b, j, _SAMPLE) for j in range(len(index))]
         x, y, issues = self.samples.load_batch(index, seeds)
+        if self.flips is not None:
+            x = _flip_where(x, self.flips[b * self.batch_size : (b + 1) * self.batch_size])
         if self.transform is not None:
             # Same generator as the main process would use: where the transform runs does not change the result.
             x = self.transform(x, generator(self.seeds[0], self.seeds[1], b, self.seeds[2], _BATCH))
         return x, y, issues
+
+
+def _flip_where(x: torch.Tensor, flips: np.ndarray | None) -> torch.Tensor:
+    """Mirror the images of ``x`` (``(N, C, H, W)``) where ``flips`` is true."""
+    if flips is None or not flips.any():
+        return x
+    mask = torch.from_numpy(np.ascontiguousarray(flips)).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
 def _worker_init(_: int) -> None:
@@ -244,6 +258,7 @@ class BatchLoader:
         balanced: draw each epoch with `class_balanced_indices` instead of a permutation.
         workers: decoding processes of the streaming path (0: in this process).
         issues: list to which files found unusable while streaming are appended.
+        alternate_flip: mirror each sample in every other epoch (module docstring); training only.
     """
 
     def __init__(
@@ -261,6 +276,7 @@ class BatchLoader:
         balanced: bool = False,
         workers: int = 0,
         issues: list | None = None,
+        alternate_flip: bool = False,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -269,6 +285,10 @@ class BatchLoader:
         self.rank, self.world_size, self.balanced, self.workers = rank, world_size, balanced, workers
         self.issues = issues if issues is not None else []
         self.epoch = 0
+        self.first_flip: np.ndarray | None = None
+        if alternate_flip and train:
+            g = generator(seed, rank, _FLIP)
+            self.first_flip = (torch.rand(len(samples), generator=g) < 0.5).numpy()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next `iterate` replays."""
@@ -302,6 +322,12 @@ class BatchLoader:
         per_rank = n // self.world_size
         return perm.numpy()[self.rank : per_rank * self.world_size : self.world_size]
 
+    def flips(self, index: np.ndarray) -> np.ndarray | None:
+        """Which of the samples ``index`` are mirrored this epoch (alternating flips), or None when off."""
+        if self.first_flip is None:
+            return None
+        return self.first_flip[index] ^ bool(self.epoch % 2)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate()
 
@@ -311,13 +337,17 @@ class BatchLoader:
         batches = range(start_batch, total)
         if not self.samples.streaming:
             for b in batches:
-                x, y = self.samples.gather(order[b * bs : (b + 1) * bs])
-                yield self._finish(x, y, b)
+                index = order[b * bs : (b + 1) * bs]
+                x, y = self.samples.gather(index)
+                yield self._finish(_flip_where(x, self.flips(index)), y, b)
             return
         # On a CPU device the batch transform runs in the workers too, in parallel with decoding.
         in_workers = self.workers > 0 and self.device.type == "cpu"
         transform = self.transform if in_workers else None
-        dataset = _StreamBatches(self.samples, order, bs, batches, (self.seed, self.epoch, self.rank), transform)
+        flips = self.flips(order)
+        dataset = _StreamBatches(
+            self.samples, order, bs, batches, (self.seed, self.epoch, self.rank), transform, flips=flips
+        )
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -551,6 +581,7 @@ def build_data(
         balanced=aug.sampler == "balanced",
         workers=cfg.num_workers if train_samples.streaming else 0,
         issues=issues,
+        alternate_flip=bool(getattr(aug, "alternate_flip", False)),
     )
     val = None
     if source.val is not None and len(source.val):

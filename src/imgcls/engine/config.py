@@ -53,6 +53,7 @@ class OptimConfig:
     alpha: float = 0.9  # RMSprop squared-gradient decay (Szegedy et al. 2015, Sec. 8)
     eps: float | None = None  # None: 1e-8 for AdamW, 1.0 for RMSprop (Inception v3)
     backbone_lr_mult: float = 1.0  # fine-tuning: backbone learns at lr * mult, the new classifier at lr
+    norm_bias_lr_mult: float = 1.0  # normalisation-layer shifts learn at lr * mult (airbench: 64)
     freeze_backbone: bool = False  # train the classifier only
     clip_grad_norm: float | None = None  # max global L2 norm of the gradient
     accum_steps: int = 1  # gradient accumulation: optimiser step every N batches
@@ -62,13 +63,13 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule, applied per optimiser step (per epoch only for ``plateau``)."""
 
-    name: str = "cosine"  # constant | step | multistep | cosine | onecycle | plateau
+    name: str = "cosine"  # constant | step | multistep | cosine | linear | onecycle | plateau
     warmup_epochs: float = 0.0  # linear warm-up (Goyal et al. 2017, arXiv:1706.02677)
     warmup_start: float = 0.1  # warm-up starts at lr * warmup_start
     step_size: float = 30.0  # step: epochs between decays
     milestones: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])  # multistep (epochs)
     gamma: float = 0.1  # step / multistep decay factor
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
+    min_lr_ratio: float = 0.0  # cosine / linear floor, as a fraction of the peak lr
     pct_start: float = 0.3  # one-cycle: fraction of steps spent rising
     div_factor: float = 25.0  # one-cycle: start at lr / div_factor
     final_div_factor: float = 1e4  # one-cycle: end at start / final_div_factor
@@ -90,6 +91,11 @@ class TrainConfig:
     loss: str = "auto"  # auto | ce | bce | hinge | huber | l1
     label_smoothing: float = 0.0
     ema_decay: float | None = None  # e.g. 0.999; evaluation and the shipped weights then use the EMA
+    lookahead_k: int = 0  # Lookahead every k optimiser steps (0: off; Zhang et al. 2019 use 5)
+    lookahead_alpha: float = 0.5  # slow weights' step toward the fast ones (engine/lookahead.py)
+    lookahead_ramp_power: float | None = None  # ramp alpha from 1 down to lookahead_alpha as (t/T)**p (airbench: 3)
+    final_tta: str = "none"  # test-time augmentation of the final evaluation (none | flip | flip-translate)
+    init_whitening_images: int = 5000  # training images passed to a model's init_whitening hook
     save: str = "best"  # best (by validation top-1) | last
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     checkpoint_every_steps: int = 0  # 0: only at epoch ends (and on SIGTERM / Ctrl-C)

@@ -14,6 +14,9 @@ multi-label), and reports ``log`` of the average as the logits, so the softmax o
 the averaged probabilities and the loss is the log loss of the averaged prediction:
 
 - ``"flip"``: the image and its horizontal mirror.
+- ``"flip-translate"``: airbench's TTA (Jordan 2024, arXiv:2404.00498, Section 3.7): the image and its mirror
+  with weight 1/4 each, and the image shifted by one pixel up-left and down-right (reflect padding), each with
+  its mirror, with weight 1/8 each — six forward passes, for nets trained with small translations.
 - ``"ten-crop"``: the four corner crops and the center crop, each with its mirror (Krizhevsky et al. 2012,
   Section 4.1), cut by ``imgcls.data.views.make_views``. The loader must then yield images *larger* than the
   network's input: ``evaluate`` builds the validation data with ``image_size=resize`` and ``crop_pct=1.0``
@@ -44,7 +47,7 @@ from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
 from imgcls.report import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE
 
-TTA_MODES = ("none", "flip", "ten-crop")
+TTA_MODES = ("none", "flip", "flip-translate", "ten-crop")
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
 TOPK = 5
 
@@ -105,19 +108,33 @@ def _forward(model: nn.Module, x: Tensor, precision: Precision, channels_last: b
     return out.float()
 
 
-def _average_views(view_logits: Tensor, task: str) -> Tensor:
+def _average_views(view_logits: Tensor, task: str, weights: list[float] | None = None) -> Tensor:
     """Combine ``(N, V, K)`` per-view logits into ``(N, K)`` logits of the averaged probabilities.
 
-    Softmax case: ``log mean_v softmax(z_v) = logsumexp_v log_softmax(z_v) - log V`` (stable). Sigmoid case
-    (multi-label, or one binary logit): the log-odds of ``p = mean_v sigmoid(z_v)``, from ``log p`` and
-    ``log(1 - p)`` computed the same way.
+    Softmax case: ``log sum_v w_v softmax(z_v) = logsumexp_v (log_softmax(z_v) + log w_v)`` (stable; equal
+    weights ``1/V`` by default). Sigmoid case (multi-label, or one binary logit): the log-odds of
+    ``p = sum_v w_v sigmoid(z_v)``, from ``log p`` and ``log(1 - p)`` computed the same way.
     """
     v = view_logits.shape[1]
+    if weights is None:
+        log_w = torch.full((v,), -math.log(v), dtype=view_logits.dtype, device=view_logits.device)
+    else:
+        log_w = torch.log(torch.as_tensor(weights, dtype=view_logits.dtype, device=view_logits.device))
+    log_w = log_w.view(1, v, 1)
     if task == "multilabel" or view_logits.shape[2] == 1:
-        log_p = torch.logsumexp(F.logsigmoid(view_logits), dim=1) - math.log(v)
-        log_q = torch.logsumexp(F.logsigmoid(-view_logits), dim=1) - math.log(v)
+        log_p = torch.logsumexp(F.logsigmoid(view_logits) + log_w, dim=1)
+        log_q = torch.logsumexp(F.logsigmoid(-view_logits) + log_w, dim=1)
         return log_p - log_q
-    return torch.logsumexp(torch.log_softmax(view_logits, dim=2), dim=1) - math.log(v)
+    return torch.logsumexp(torch.log_softmax(view_logits, dim=2) + log_w, dim=1)
+
+
+def flip_translate_views(x: Tensor) -> tuple[list[Tensor], list[float]]:
+    """The six views of ``"flip-translate"`` TTA and their weights (see the module docstring)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., 2 : h + 2, 2 : w + 2], padded[..., :h, :w]
+    views = [x, x.flip(-1), up_left, up_left.flip(-1), down_right, down_right.flip(-1)]
+    return views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
 
 
 def _predict(
@@ -132,8 +149,11 @@ def _predict(
 ) -> Tensor:
     if tta == "none":
         return _forward(model, x, precision, channels_last)
+    weights = None
     if tta == "flip":
         views = [x, x.flip(-1)]
+    elif tta == "flip-translate":
+        views, weights = flip_translate_views(x)
     else:
         from imgcls.data.views import make_views
 
@@ -151,7 +171,7 @@ def _predict(
     outs = [_forward(model, view, precision, channels_last) for view in views]
     single = outs[0].ndim == 1  # one binary logit per sample: keep the model's output shape
     per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)  # (N, V, K)
-    averaged = _average_views(per_view, task)
+    averaged = _average_views(per_view, task, weights)
     return averaged[:, 0] if single else averaged
 
 
@@ -250,7 +270,7 @@ def evaluate_model(
         device: where the model lives; batches are moved there.
         distributed: gather logits and targets from every rank (every rank must call this); each rank then
             holds the metrics of the whole validation set.
-        tta: ``"none"``, ``"flip"`` or ``"ten-crop"`` (see the module docstring).
+        tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"`` (see the module docstring).
         crop_size: the network's input size, needed for ``"ten-crop"`` (the loader gives larger images).
         threshold: multi-label decision threshold on probabilities, for F1.
 
@@ -354,6 +374,7 @@ def finalize_run(
     device: str | torch.device = "cpu",
     distributed: bool = False,
     loss_fn: LossFn | None = None,
+    tta: str = "none",
 ) -> dict:
     """Evaluate the final model on the validation split and write what the report reads.
 
@@ -375,6 +396,8 @@ def finalize_run(
         device: where the model lives.
         distributed: gather across ranks.
         loss_fn: the validation loss; default as in :func:`evaluate_model`.
+        tta: test-time augmentation, ``"none"``, ``"flip"`` or ``"flip-translate"`` (the recipe's
+            ``train.final_tta``).
 
     Returns:
         The contents of ``eval.json`` as a dict.
@@ -390,7 +413,7 @@ def finalize_run(
         precision=precision,
         device=device,
         distributed=distributed,
-        tta="none",
+        tta=tta,
         crop_size=None,
         threshold=0.5,
         on_batch=keeper,
@@ -471,7 +494,7 @@ def evaluate(
     Args:
         run: the run folder.
         data: a data SPEC to evaluate on instead of the run's own validation data.
-        tta: ``"none"``, ``"flip"`` or ``"ten-crop"``.
+        tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"``.
         json: accepted for symmetry with the command line; the result is the same dict (printing is the CLI's).
         precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.

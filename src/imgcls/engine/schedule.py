@@ -11,6 +11,9 @@ continues on exactly the same curve.
 - ``multistep``: ``gamma ** (number of milestones reached)``.
 - ``cosine``: ``r + (1 - r) (1 + cos(pi t / T)) / 2`` over the steps after warm-up (Loshchilov & Hutter
   2017, arXiv:1608.03983, Eq. 5 without restarts; ``r = min_lr_ratio``).
+- ``linear``: ``1 - (1 - r) t / T`` over the steps after warm-up, a straight fall to ``r = min_lr_ratio``
+  (with a linear warm-up this is the triangular schedule of the CIFAR-10 speedruns: Page 2018's ResNet-9,
+  airbench, Jordan 2024, arXiv:2404.00498: warm-up from 0.2 over 23 % of the steps, then down to 0.07).
 - ``onecycle``: cosine rise from ``1/div_factor`` to 1 over ``pct_start`` of the run, then cosine fall to
   ``1/(div_factor * final_div_factor)`` (Smith & Topin 2018, arXiv:1708.07120; PyTorch's ``OneCycleLR``).
 - ``plateau``: multiply by ``plateau_factor`` when the validation loss has not improved by a relative
@@ -28,7 +31,7 @@ import torch
 from imgcls.engine.config import ScheduleConfig
 from imgcls.errors import UserError
 
-SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "plateau")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
 
 
 class LRSchedule:
@@ -71,6 +74,10 @@ class LRSchedule:
             span = max(1, self.total_steps - self.warmup_steps)
             t = min(max(step - self.warmup_steps, 0), span) / span
             main = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        elif cfg.name == "linear":
+            span = max(1, self.total_steps - self.warmup_steps)
+            t = min(max(step - self.warmup_steps, 0), span) / span
+            main = 1.0 - (1.0 - cfg.min_lr_ratio) * t
         elif cfg.name == "plateau":
             main = self.plateau_scale
         else:

@@ -11,6 +11,13 @@ and the checkpoint stores the batch index together with every RNG state (dropout
 checkpoint continues with bit-identical weights. Checkpoints are only taken at optimiser-step boundaries
 (never with half-accumulated gradients).
 
+Model hook: a model with an ``init_whitening(images)`` method (e.g. airbench's frozen patch-whitening layer)
+gets a float ``(N, C, H, W)`` sample of ``train.init_whitening_images`` normalised, augmented training images
+(the first batches of epoch 1) before training starts; a resumed run restores its weights instead.
+
+Weight averaging: ``train.ema_decay`` keeps an EMA copy that is evaluated and shipped; ``train.lookahead_k``
+runs Lookahead (`imgcls.engine.lookahead`), whose slow weights become the model's at the end of the last epoch.
+
 Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; each rank reads its shard; rank 0
 alone writes files; the loss/accuracy are reduced over ranks; stop, skip and save decisions are agreed.
 """
@@ -40,6 +47,7 @@ from imgcls.engine import distributed as D
 from imgcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgcls.engine.config import RunConfig, config_record
 from imgcls.engine.ema import ModelEma
+from imgcls.engine.lookahead import Lookahead
 from imgcls.engine.losses import build_loss, compute_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.precision import (
@@ -328,6 +336,13 @@ def _build_everything(cfg: RunConfig, info: D.DistInfo, device: str):
         raise UserError(f"--epochs must be at least 1: {tc.epochs}")
     if tc.save not in ("best", "last"):
         raise UserError(f"train.save must be best or last: {tc.save}")
+    if tc.final_tta not in ("none", "flip", "flip-translate"):
+        raise UserError(f"train.final_tta must be none, flip or flip-translate: {tc.final_tta}")
+    if tc.lookahead_k < 0 or not 0.0 < tc.lookahead_alpha <= 1.0:
+        raise UserError(
+            f"train.lookahead_k must be >= 0 and train.lookahead_alpha in (0, 1]: {tc.lookahead_k}, "
+            f"{tc.lookahead_alpha}"
+        )
     if cfg.optim.accum_steps < 1:
         raise UserError(f"optim.accum_steps must be at least 1: {cfg.optim.accum_steps}")
     entry = model_entry(mc.name)
@@ -415,6 +430,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     channels_last = use_channels_last(net, cfg.model.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device=device, memory_format=memory_format)
+    if not tc.resume and callable(getattr(net, "init_whitening", None)):
+        _init_whitening(net, data.train, tc.init_whitening_images)
     loss_fn = build_loss(tc.loss, task=task, label_smoothing=tc.label_smoothing)
     val_loss_fn = build_loss(tc.loss, task=task)
     optimizer = build_optimizer(net, oc)
@@ -422,6 +439,11 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     schedule = LRSchedule(optimizer, cfg.schedule, steps_per_epoch, tc.epochs)
     scaler = precision.grad_scaler()
     ema = ModelEma(net, tc.ema_decay) if tc.ema_decay else None
+    lookahead = None
+    if tc.lookahead_k:
+        lookahead = Lookahead(
+            net, tc.lookahead_k, tc.lookahead_alpha, steps_per_epoch * tc.epochs, tc.lookahead_ramp_power
+        )
     aux_weights = tuple(getattr(net, "aux_weights", ()) or ())
 
     history: list[dict[str, Any]] = []
@@ -443,6 +465,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
+        if lookahead is not None and state.get("lookahead"):
+            lookahead.load_state_dict(state["lookahead"])
         start_epoch, start_batch, global_step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         history = list(state["history"])
         best_top1, best_epoch = state.get("best_top1"), state.get("best_epoch")
@@ -490,6 +514,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "ema": ema.state_dict() if ema is not None else None,
+                "lookahead": lookahead.state_dict() if lookahead is not None else None,
                 "epoch": epoch,
                 "batch": batch,
                 "step": global_step,
@@ -592,6 +617,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
                 schedule.step()
+                if lookahead is not None:
+                    lookahead.step(net)
                 if ema is not None:
                     ema.update(net)
                 if stop_now or due:
@@ -604,6 +631,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                     _say(info, f"imgcls: {name}: checkpoint saved to {run / CHECKPOINT}; continue with --resume")
                     raise KeyboardInterrupt
             progress.close()
+            if lookahead is not None and epoch + 1 == tc.epochs:
+                lookahead.finish(net)  # the run ends on the slow weights
 
             # End of epoch: validation, schedule, files, summary.
             n = D.all_reduce_sum(torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64))
@@ -660,7 +689,14 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     report_path, summary = None, {}
     if tc.report:
         summary = finalize_run(
-            run, final, data, precision=precision.name, device=device, distributed=info.enabled, loss_fn=val_loss_fn
+            run,
+            final,
+            data,
+            precision=precision.name,
+            device=device,
+            distributed=info.enabled,
+            loss_fn=val_loss_fn,
+            tta=tc.final_tta,
         )
         if info.is_main:
             from imgcls.report import build_report
@@ -687,6 +723,20 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
         report=report_path,
         history=history,
     )
+
+
+@torch.no_grad()
+def _init_whitening(net: nn.Module, loader, count: int) -> None:
+    """Call the model's ``init_whitening`` with ``count`` training images (the first batches of epoch 1)."""
+    loader.set_epoch(0)
+    parts, have = [], 0
+    for x, _ in loader.iterate():
+        parts.append(x.float())
+        have += x.shape[0]
+        if have >= count:
+            break
+    param = next(net.parameters())
+    net.init_whitening(torch.cat(parts)[:count].to(param.device).contiguous())
 
 
 def _num(value: float | None, unit: str = "") -> str:

@@ -1,5 +1,7 @@
 """Imports each family module once so that its models register. Add a family here."""
+
 from imgcls.models import (
+    airbench,  # noqa: F401  (airbench94, the CIFAR-10 speedrun net)
     alexnet,  # noqa: F401  (AlexNet, ZFNet)
     densenet,  # noqa: F401  (DenseNet-BC)
     dpn,  # noqa: F401  (Dual Path Networks)
