@@ -99,7 +99,11 @@ def open_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_by
             im = Image.open(fp)
     except Image.DecompressionBombError:
         raise ImageError(name, "image too large (declares more pixels than Pillow will open)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow's format plugins parse untrusted headers and raise what their parsing trips on (OSError,
+        # SyntaxError, ValueError, but also IndexError, struct.error, TypeError...): all mean "not a usable image".
         raise ImageError(name, f"not an image or unsupported format ({type(exc).__name__})") from None
     w, h = im.size
     if w < 1 or h < 1:
@@ -136,6 +140,7 @@ def read_image(
     name = _name_of(src)
     im = open_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
     try:
+        # Counting frames parses the whole file (GIF, APNG): it is decoding, and fails like decoding.
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)
         if min_side and im.format == "JPEG" and min(im.size) > 2 * min_side:
@@ -148,11 +153,17 @@ def read_image(
         return to_standard_mode(im)
     except ImageError:
         raise
+    except Image.DecompressionBombError:
+        raise ImageError(name, "image too large (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise ImageError(name, f"truncated or corrupt image ({reason})") from None
-    except Image.DecompressionBombError:
-        raise ImageError(name, "image too large (decompression bomb)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # A damaged file can trip any exception inside a decoder plugin (IndexError in GIF frame counting,
+        # KeyError/TypeError in EXIF parsing...): that is the file's fault, reported per file like the above.
+        raise ImageError(name, f"corrupt image ({type(exc).__name__} while decoding)") from None
 
 
 def _composite_on_white(im: Image.Image) -> Image.Image:
