@@ -8,6 +8,10 @@ import torch
 
 from imgcls.data.transforms import (
     AugmentConfig,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue_turns,
+    adjust_saturation,
     build_batch_transform,
     crop_flip,
     cutout_mask,
@@ -311,3 +315,52 @@ def test_rotation_keeps_the_centre_of_a_symmetric_image():
     y = unnormalised(build_batch_transform(AugmentConfig(rotation=45), True, 33, MEAN, STD)(x, gen(0)))
     assert torch.allclose(y[:, :, 16, 16], torch.ones(8, 3), atol=1e-4)
     assert not torch.allclose(y, x.float() / 255, atol=1e-2)
+
+
+def test_colour_blends_follow_their_definitions():
+    x = torch.rand(6, 3, 10, 10, generator=gen(0)) * 0.6 + 0.2
+    f = torch.tensor([0.0, 0.5, 0.9, 1.0, 1.2, 1.4])
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (x * luma).sum(1, keepdim=True)
+    ff = f.view(-1, 1, 1, 1)
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(adjust_contrast(x, f), (ff * x + (1 - ff) * mean).clamp(0, 1))
+    torch.testing.assert_close(adjust_saturation(x, f), (ff * x + (1 - ff) * grey).clamp(0, 1))
+    torch.testing.assert_close(adjust_brightness(x, f), (ff * x).clamp(0, 1))
+    assert torch.equal(adjust_saturation(x[:, :1], f), x[:, :1]), "saturation is the identity on grey images"
+
+
+def test_hue_turns_primaries_by_the_hue_angle_and_approximates_hsv():
+    primaries = torch.eye(3).view(3, 3, 1, 1)  # red, green, blue
+    # A sixth of a turn takes red to yellow, green to cyan, blue to magenta (equal parts, third channel 0).
+    out = adjust_hue_turns(primaries, torch.full((3,), 1 / 6))[..., 0, 0].tolist()
+    for k, (a, b) in enumerate([(0, 1), (1, 2), (2, 0)]):
+        assert out[k][a] == pytest.approx(out[k][b], abs=1e-6) and out[k][a] > 0.6
+        assert out[k][3 - a - b] == pytest.approx(0, abs=1e-6)
+    grey = torch.full((2, 3, 4, 4), 0.4)
+    assert torch.allclose(adjust_hue_turns(grey, torch.tensor([0.3, -0.5])), grey, atol=1e-6)
+    # Against the HSV hue shift (kornia): the change points the same way.
+    from kornia.enhance import adjust_hue
+
+    x = torch.rand(64, 3, 8, 8, generator=gen(1))
+    for shift in (0.05, -0.1, 0.3):
+        s = torch.full((64,), shift)
+        ours, hsv = adjust_hue_turns(x, s) - x, adjust_hue(x, s * 2 * np.pi).clamp(0, 1) - x
+        assert torch.nn.functional.cosine_similarity(ours.flatten(), hsv.flatten(), dim=0) > 0.8
+
+
+def test_color_jitter_is_per_image_whatever_the_slicing(monkeypatch):
+    import imgcls.data.transforms as transforms
+
+    x = random_batch(n=9, h=24, w=24)
+    fn = build_batch_transform(AugmentConfig(color_jitter=(0.4, 0.4, 0.4, 0.1)), True, 24, MEAN, STD)
+    whole = fn(x, gen(5))
+    monkeypatch.setattr(transforms, "_CHUNK_BYTES", 1)  # one image per slice
+    torch.testing.assert_close(fn(x, gen(5)), whole)
+
+
+def test_scalar_resized_crop_is_the_batched_one_for_one_image():
+    for seed in range(300):
+        for h, w, scale, ratio in ((375, 500, (0.08, 1.0), (3 / 4, 4 / 3)), (30, 200, (0.5, 1.0), (0.2, 5.0))):
+            one = sample_resized_crop(h, w, scale, ratio, gen(seed))
+            assert one == tuple(sample_resized_crops(1, h, w, scale, ratio, gen(seed))[0].tolist())
