@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -245,7 +246,13 @@ def speed_table(
     from imgcls.models import list_models
 
     known = set(list_models())
-    return [measure_model(n, None, iterations, repeats, min_seconds) for n in names if n in known]
+    rows = []
+    for name in names:
+        if name in known:
+            t0 = time.perf_counter()
+            rows.append(measure_model(name, None, iterations, repeats, min_seconds))
+            print(f"  speed: {name} measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return rows
 
 
 def format_table(rows: Sequence[SpeedRow], peaks: dict) -> list[str]:
