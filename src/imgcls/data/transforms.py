@@ -415,6 +415,15 @@ def crop_flip(
         padding_mode: "constant" (zeros), "reflect" or "edge".
     """
     n, c, h, w = x.shape
+    if size == h == w and not top.any() and not left.any():
+        # Nothing to crop (a streamed batch already at the input size): copy and mirror the flipped images only,
+        # several times cheaper than the gather below on 224-pixel images.
+        out = x.clone()
+        for flips, dim in ((hflip, -1), (vflip, -2)):
+            if flips is not None and bool(flips.any()):
+                idx = flips.nonzero().squeeze(1).to(x.device)
+                out[idx] = out[idx].flip(dim)
+        return out
     top, left = top.to(x.device), left.to(x.device)
     if padding_mode == "constant":
         lo = int(min(int(top.min()), int(left.min()), 0))
