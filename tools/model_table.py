@@ -1,7 +1,7 @@
-"""Write docs/MODELS.md: every registered model with its paper, parameters and multiply-adds.
+"""Write the model table (docs/MODELS.md and README.md): every registered model, its paper, params and MACs.
 
-    .venv/bin/python tools/model_table.py            # regenerate docs/MODELS.md
-    .venv/bin/python tools/model_table.py --check    # exit 1 when docs/MODELS.md is out of date
+    .venv/bin/python tools/model_table.py            # regenerate docs/MODELS.md and the README table
+    .venv/bin/python tools/model_table.py --check    # exit 1 when either is out of date
 
 Figures come from ``imgcls.models.profile`` on a meta-device model (no weights allocated), at each model's native
 input size, with 1000 classes for ImageNet-size models and 10 for the CIFAR-size ones (input 32×32 or smaller).
@@ -18,6 +18,8 @@ from imgcls.models.profile import profile_model
 from imgcls.models.weights import PUBLISHED
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "MODELS.md"
+README = OUT.parents[1] / "README.md"
+README_START, README_END = "<!-- models:start -->", "<!-- models:end -->"
 
 HEADER = """# Models
 
@@ -96,28 +98,34 @@ def rows() -> list[tuple[str, ...]]:
     return out
 
 
-def render() -> str:
+def render_table() -> str:
     header = ("model", "paper", "input", "classes", "params (M)", "GMACs", "published weights")
-    table = [header, tuple("---" if i < 2 else "---:" for i in range(len(header))), *rows()]
-    table[1] = ("---", "---", "---:", "---:", "---:", "---:", "---")
-    lines = ["| " + " | ".join(r) + " |" for r in table]
-    return HEADER + "\n".join(lines) + "\n" + WEIGHTS_SECTION
+    table = [header, ("---", "---", "---:", "---:", "---:", "---:", "---"), *rows()]
+    return "\n".join("| " + " | ".join(r) + " |" for r in table) + "\n"
+
+
+def with_readme_table(readme: str, table: str) -> str:
+    """README.md with the text between its model-table markers replaced by `table`."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "\n" + table + readme[end:]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail when docs/MODELS.md is out of date")
+    parser.add_argument("--check", action="store_true", help="fail when a table is out of date")
     args = parser.parse_args(argv)
-    text = render()
+    table = render_table()
+    wanted = {OUT: HEADER + table + WEIGHTS_SECTION, README: with_readme_table(README.read_text(), table)}
     if args.check:
-        current = OUT.read_text() if OUT.is_file() else ""
-        if current != text:
-            print(f"{OUT} is out of date: run tools/model_table.py", file=sys.stderr)
+        stale = [str(path) for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
+        if stale:
+            print(f"out of date: {', '.join(stale)} (run tools/model_table.py)", file=sys.stderr)
             return 1
         return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text.splitlines())} lines)")
+    for path, text in wanted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
