@@ -52,27 +52,43 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_bundle(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> ModelMeta:
-    """Write model.safetensors then model.json (with the weights' SHA-256) into `folder`, each atomically."""
+    """Write model.safetensors and model.json (with the weights' SHA-256) into `folder`.
+
+    Both files are written in full to temporaries first and only then renamed over the old ones, so a failure
+    while writing (a full disk) leaves the previous pair, whose SHA-256 still matches, and no temporary.
+
+    Raises:
+        UserError: the file system refused the write (full disk, quota, read-only).
+    """
+    from imgcls.engine.checkpoint import io_failure_reason
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"name": meta.name})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / WEIGHTS_FILE)
-    meta.sha256 = sha256_of(folder / WEIGHTS_FILE)
-    _atomic_write_bytes(folder / META_FILE, (json.dumps(asdict(meta), indent=2) + "\n").encode())
+    weights, weights_tmp = folder / WEIGHTS_FILE, folder / (WEIGHTS_FILE + ".tmp")
+    meta_path, meta_tmp = folder / META_FILE, folder / (META_FILE + ".tmp")
+    try:
+        save_file(state, str(weights_tmp), metadata={"name": meta.name})
+        with open(weights_tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        record = dict(asdict(meta), sha256=sha256_of(weights_tmp))
+        with open(meta_tmp, "wb") as f:
+            f.write((json.dumps(record, indent=2) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(weights_tmp, weights)
+        os.replace(meta_tmp, meta_path)
+    except Exception as exc:
+        reason = io_failure_reason(exc)
+        if reason is None:
+            raise
+        raise UserError(f"{weights}: cannot write the weights ({reason}); the previous ones are unchanged") from None
+    finally:
+        for tmp in (weights_tmp, meta_tmp):
+            if tmp.exists():
+                tmp.unlink()
+    meta.sha256 = record["sha256"]
     return meta
 
 

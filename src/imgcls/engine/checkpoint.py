@@ -90,8 +90,31 @@ def _remove_stale_temporaries(path: Path, keep: Path) -> None:
                 stale.unlink()
 
 
+def io_failure_reason(exc: BaseException) -> str | None:
+    """The operating system's reason when `exc` is (or was caused by) a failed write, e.g. a full disk.
+
+    torch.save reports a short write as a RuntimeError raised while handling the OSError, and safetensors as
+    its own error type with the OS message inside, so the chain and the text are both searched. None means the
+    failure is not about the file system and must not be disguised as a user error.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    for message in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
+        if message in str(exc):
+            return message
+    return None
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder).
+
+    Raises:
+        UserError: the file system refused the write (full disk, quota, read-only); the previous checkpoint is
+            left as it was and the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -102,6 +125,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        reason = io_failure_reason(exc)
+        if reason is None:
+            raise
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}); the previous one is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -124,4 +152,4 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-__all__ = ["FORMAT_VERSION", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["FORMAT_VERSION", "io_failure_reason", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
