@@ -141,7 +141,7 @@ def format_eval(result: dict) -> str:
     head = [f"top-1 {result['top1']:.2f}%"] if result.get("top1") is not None else []
     if result.get("top5") is not None:
         head.append(f"top-5 {result['top5']:.2f}%")
-    for key, label in (("loss", "loss"), ("map", "mAP"), ("auc", "ROC-AUC"), ("macro_f1", "macro F1")):
+    for key, label in (("loss", "loss"), ("mAP", "mAP"), ("auc", "ROC-AUC"), ("macro_f1", "macro F1")):
         if isinstance(result.get(key), (int, float)):
             head.append(f"{label} {result[key]:.4g}")
     lines.append("  ".join(head))
