@@ -39,30 +39,11 @@ def _write_held_out(run: Path, count: int) -> list[tuple[Path, str]]:
 
 
 def _top5(run: Path, paths: list[Path]) -> list[list[tuple[str, float]]]:
-    """Top-5 labels and probabilities per file, through the shipped Predictor (or the bundle, without it)."""
-    try:
-        from imgcls.inference import Predictor
-    except ImportError:
-        Predictor = None
-    if Predictor is not None:
-        predictor = Predictor.from_run(run)
-        return [[(p.label, p.probability) for p in r.predictions] for r in predictor.predict(paths, topk=5)]
-    import torch
+    """Top-5 labels and probabilities per file, through the shipped Predictor (what `imgcls predict` uses)."""
+    from imgcls.inference import Predictor
 
-    from imgcls.data.reader import load_for_eval
-    from imgcls.engine.bundle import load_bundle
-
-    model, meta = load_bundle(run)
-    mean = torch.tensor(meta.mean).view(-1, 1, 1)
-    std = torch.tensor(meta.std).view(-1, 1, 1)
-    x = torch.stack([load_for_eval(p, meta.input_size[-1], meta.resize, meta.in_chans) for p in paths])
-    with torch.no_grad():
-        prob = torch.softmax(model((x.float() / 255 - mean) / std), dim=1)
-    top = prob.topk(min(5, prob.shape[1]), dim=1)
-    return [
-        [(meta.classes[j], float(v)) for v, j in zip(vals.tolist(), idx.tolist())]
-        for vals, idx in zip(top.values, top.indices)
-    ]
+    results = Predictor.from_run(run).predict(paths, topk=5)
+    return [[(p.label, p.probability) for p in r.predictions] for r in results]
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> dict:
