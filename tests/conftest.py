@@ -6,6 +6,10 @@ import os
 import tarfile
 from pathlib import Path
 
+# OpenMP threads that spin while waiting turn small ops into a crawl when the cores are shared (measured: a LeNet
+# training epoch 20x slower with two spinning threads on a loaded 2-core machine). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
