@@ -78,7 +78,7 @@ RUN_ENTRIES = (
 
 
 class TrainingDiverged(UserError):
-    """The loss stayed NaN/Inf for ``max_bad_steps`` steps in a row (lower the learning rate)."""
+    """The loss or its gradient stayed NaN/Inf for ``max_bad_steps`` steps in a row (lower the learning rate)."""
 
 
 @dataclass
@@ -139,12 +139,19 @@ def _clear_run(run: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically; a full disk is a UserError and leaves the old file as it was."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc}); the previous file is unchanged") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -597,6 +604,11 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                     # with fp16 the scaler itself skips steps with overflowed gradients.
                     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), oc.clip_grad_norm)
                     grad_ok = bool(torch.isfinite(norm)) or scaler.is_enabled()
+                elif not bad_window and not scaler.is_enabled():
+                    # A finite loss can still back-propagate a NaN/Inf gradient (an overflow inside backward);
+                    # applying it would turn every weight into NaN. Same gradients on every rank: same decision.
+                    grads = [p.grad for p in net.parameters() if p.grad is not None]
+                    grad_ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
                 if bad_window or not grad_ok:
                     optimizer.zero_grad(set_to_none=True)
                     if unscaled:
@@ -606,9 +618,9 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                     if bad_in_a_row >= tc.max_bad_steps:
                         progress.close()
                         raise TrainingDiverged(
-                            f"the loss was NaN or infinite for {bad_in_a_row} steps in a row (epoch {epoch + 1}, "
-                            f"batch {b + 1}): stopped; lower --lr or set optim.clip_grad_norm; the last good "
-                            f"checkpoint is {run / CHECKPOINT}"
+                            f"the loss or its gradient was NaN or infinite for {bad_in_a_row} steps in a row "
+                            f"(epoch {epoch + 1}, batch {b + 1}): stopped; lower --lr or set optim.clip_grad_norm; the "
+                            f"last good checkpoint is {run / CHECKPOINT}"
                         )
                     continue
                 bad_in_a_row = 0
