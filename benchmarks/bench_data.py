@@ -1,11 +1,17 @@
 """Data pipeline throughput: our loaders against a plain per-sample PIL + torch pipeline doing the same work.
 
 (a) CIFAR-10 training batches from the uint8 cache: crop 32 with 4-pixel padding, horizontal flip, Cutout 16,
-    normalisation. Baseline: per sample, PIL pad + crop + flip, to float tensor, normalise, Cutout, then stack.
+    normalisation, at the CIFAR recipe's batch of 128. Baseline: per sample, PIL pad + crop + flip, to float tensor,
+    normalise, Cutout, then stack. Ours with one and with two intra-op threads (the baseline is single-threaded
+    Python per sample either way).
 (b) ImageNet-style batches from JPEG files (500×375, the typical ImageNet photo): decode, RandomResizedCrop 224,
     horizontal flip, colour jitter (brightness, contrast, saturation 0.4), normalisation. Both pipelines use
     the same number of DataLoader worker processes. Baseline: per sample, PIL decode + crop + resize + flip,
     to float tensor, jitter, normalise; batched by the default collate.
+
+Both sides of a row are timed alternately (ours, plain, ours, plain, ...) in one process and the medians compared,
+so that load from other processes on a shared machine falls on both alike. A breakdown measured the same way in
+one process says where the time goes.
 
 Data: the CIFAR-10 JPEG folders (``$IMGCLS_CIFAR10_JPG`` or ``../shared/datasets/cifar10-jpg.tar.gz``, as the
 tests find them); the (b) photos are generated. Run: ``.venv/bin/python -m benchmarks.run data``.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import statistics
 import tarfile
 import tempfile
 import time
@@ -31,16 +38,27 @@ COMMAND = ".venv/bin/python -m benchmarks.run data"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
-def _rate(fn, images: int, repeat: int = 3) -> float:
-    fn()  # warm-up
-    best = min(_timed(fn) for _ in range(repeat))
-    return images / best
-
-
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _interleaved(sides: dict[str, tuple], rounds: int) -> dict[str, float]:
+    """Images/s of each side, ``{name: (fn, images)}``: one warm-up each, then ``rounds`` alternating timed passes;
+    the median pass of each side."""
+    for fn, _ in sides.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, (fn, _) in sides.items():
+            times[name].append(_timed(fn))
+    return {name: sides[name][1] / statistics.median(t) for name, t in times.items()}
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min), {five:.1f} (5 min)"
 
 
 def _plain_cifar(images: np.ndarray, seed: int) -> torch.Tensor:
@@ -64,14 +82,16 @@ def _plain_cifar(images: np.ndarray, seed: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def bench_cifar(root: Path, cache_dir: Path) -> tuple[float, float, int]:
+def bench_cifar(root: Path, cache_dir: Path, batch_size: int = 128) -> tuple[list[str], int]:
+    """Table rows for (a) and the number of training images."""
     from imgcls.data import DataConfig, build_data
+    from imgcls.data.loader import generator
     from imgcls.data.transforms import AugmentConfig
 
     aug = AugmentConfig(crop_padding=4, hflip=0.5, cutout=16)
     data = build_data(
         root,
-        DataConfig(batch_size=256, cache_dir=str(cache_dir)),
+        DataConfig(batch_size=batch_size, cache_dir=str(cache_dir)),
         aug,
         image_size=32,
         in_chans=3,
@@ -80,10 +100,36 @@ def bench_cifar(root: Path, cache_dir: Path) -> tuple[float, float, int]:
         std=list(STD),
     )
     batches = 40
-    ours = _rate(lambda: [x for _, (x, _) in zip(range(batches), data.train)], batches * 256)
-    sample = np.asarray(data.train.samples.images[:2048])
-    plain = _rate(lambda: _plain_cifar(sample, 0), len(sample))
-    return ours, plain, data.train.num_samples
+    sample = np.asarray(data.train.samples.images[:1024])
+    order = data.train.order()
+    index = [order[b * batch_size : (b + 1) * batch_size] for b in range(batches)]
+    first = data.train.samples.gather(index[0])[0]
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rates = _interleaved(
+            {
+                "ours": (lambda: [x for _, (x, _) in zip(range(batches), data.train)], batches * batch_size),
+                "plain": (lambda: _plain_cifar(sample, 0), len(sample)),
+                "gather": (lambda: [data.train.samples.gather(i) for i in index], batches * batch_size),
+                "transform": (
+                    lambda: [data.train.transform(first, generator(0, 0, b, 0, 1)) for b in range(batches)],
+                    batches * batch_size,
+                ),
+            },
+            rounds=7,
+        )
+        rows.append(
+            f"| (a) CIFAR-10 from cache: pad-4 crop, flip, Cutout 16, batch {batch_size}, {threads} thread"
+            f"{'s' if threads > 1 else ''} | {rates['ours']:,.0f} | {rates['plain']:,.0f} "
+            f"| {rates['ours'] / rates['plain']:.1f}× | ≥ 20× |"
+        )
+        rows.append(
+            f"|   of which: gather from the memory-mapped cache {1e6 / rates['gather']:.1f} µs/image, batch "
+            f"transform {1e6 / rates['transform']:.1f} µs/image; plain {1e6 / rates['plain']:.0f} µs/image | | | | |"
+        )
+    torch.set_num_threads(1)
+    return rows, data.train.num_samples
 
 
 class _PlainImageNet(torch.utils.data.Dataset):
@@ -123,7 +169,7 @@ class _PlainImageNet(torch.utils.data.Dataset):
         return (x - mean) / std
 
 
-def _photos(folder: Path, per_class: int = 64) -> list[str]:
+def _photos(folder: Path, per_class: int = 128) -> list[str]:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
     paths = []
@@ -139,8 +185,10 @@ def _photos(folder: Path, per_class: int = 64) -> list[str]:
     return paths
 
 
-def bench_imagenet(folder: Path, workers: int) -> tuple[float, float, int]:
+def bench_imagenet(folder: Path, workers: int) -> tuple[list[str], int]:
+    """Table rows for (b) and the number of photos."""
     from imgcls.data import DataConfig, build_data
+    from imgcls.data.loader import generator
     from imgcls.data.transforms import AugmentConfig
 
     paths = _photos(folder)
@@ -148,27 +196,59 @@ def bench_imagenet(folder: Path, workers: int) -> tuple[float, float, int]:
     cfg = DataConfig(batch_size=32, cache="never", workers=workers, val_fraction=0.0)
     data = build_data(folder, cfg, aug, image_size=224, in_chans=3, seed=0)
     n = data.train.num_samples
-    ours = _rate(lambda: [x for x, _ in data.train], len(data.train) * 32, repeat=2)
     plain_loader = torch.utils.data.DataLoader(
         _PlainImageNet(paths), batch_size=32, num_workers=workers, drop_last=True
     )
-    plain = _rate(lambda: [x for x in plain_loader], len(plain_loader) * 32, repeat=2)
-    return ours, plain, n
+    rates = _interleaved(
+        {
+            "ours": (lambda: [x for x, _ in data.train], len(data.train) * 32),
+            "plain": (lambda: [x for x in plain_loader], len(plain_loader) * 32),
+        },
+        rounds=3,
+    )
+    rows = [
+        f"| (b) {n} JPEG 500×375 → RandomResizedCrop 224, flip, jitter, batch 32, {workers} workers "
+        f"| {rates['ours']:,.0f} | {rates['plain']:,.0f} | {rates['ours'] / rates['plain']:.2f}× | ≥ 1.5× |"
+    ]
+    # Where the time goes, per image in this process: our per-file decode + crop (the loader's worker code), our
+    # batch transform (flip, jitter, normalisation), and the plain per-sample function with its decode + resize.
+    samples, plain = data.train.samples, _PlainImageNet(paths)
+    batch = torch.stack([samples.load(i, i) for i in range(32)])
+    transform = data.train.transform
+
+    def plain_decode() -> None:
+        for p in paths[:32]:
+            with Image.open(p) as im:
+                im.convert("RGB").resize((224, 224), Image.BILINEAR, box=(50, 40, 350, 340))
+
+    parts = _interleaved(
+        {
+            "load": (lambda: [samples.load(i, i) for i in range(32)], 32),
+            "transform": (lambda: transform(batch, generator(0, 0, 0, 0, 1)), 32),
+            "plain": (lambda: [plain[i] for i in range(32)], 32),
+            "plain_decode": (plain_decode, 32),
+        },
+        rounds=5,
+    )
+    rows.append(
+        f"|   of which, per image in one process: our decode + crop {1e3 / parts['load']:.2f} ms, batch transform "
+        f"{1e3 / parts['transform']:.2f} ms; plain {1e3 / parts['plain']:.2f} ms, of which decode + resize of a 300-px box "
+        f"{1e3 / parts['plain_decode']:.2f} ms | | | | |"
+    )
+    return rows, n
 
 
 def run() -> str:
-    # One intra-op thread: the plain pipelines are single-threaded per process, and on a shared 2-core machine
-    # OpenMP spin-waiting under contention makes 2-thread timings swing by 10x or more.
+    # One intra-op thread unless a row says otherwise: the plain pipelines are single-threaded per process, and on
+    # a shared 2-core machine OpenMP spin-waiting under contention makes 2-thread timings swing widely.
     torch.set_num_threads(1)
     workers = max(1, min(2, os.cpu_count() or 1))
     lines = [
         "## Data pipeline",
         "",
         f"Command: `{COMMAND}` ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads).",
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}). Load average at the start: {_load()}.",
         "",
-    ]
-    lines += [
         "| pipeline | ours (images/s) | plain per-sample PIL + torch (images/s) | ratio | aim |",
         "|---|---|---|---|---|",
     ]
@@ -179,22 +259,17 @@ def run() -> str:
                 tar.extractall(tmp / "cifar", filter="data")
             entries = [p for p in (tmp / "cifar").iterdir() if p.is_dir()]
             root = entries[0] if len(entries) == 1 and not (tmp / "cifar" / "train").is_dir() else tmp / "cifar"
-            ours, plain, n = bench_cifar(root, tmp / "cache")
-            lines.append(
-                f"| (a) CIFAR-10 from cache ({n} images): pad-4 crop, flip, Cutout 16, batch 256 | {ours:,.0f} "
-                f"| {plain:,.0f} | {ours / plain:.1f}× | ≥ 20× |"
-            )
+            rows, _ = bench_cifar(root, tmp / "cache")
+            lines += rows
         else:
             lines.append(f"| (a) CIFAR-10 from cache | skipped: {CIFAR_TAR.name} not found | | | ≥ 20× |")
-        ours, plain, n = bench_imagenet(tmp / "photos", workers)
-        lines.append(
-            f"| (b) {n} JPEG 500×375 → RandomResizedCrop 224, flip, jitter, batch 32, {workers} workers "
-            f"| {ours:,.0f} | {plain:,.0f} | {ours / plain:.2f}× | ≥ 1.5× |"
-        )
+        rows, _ = bench_imagenet(tmp / "photos", workers)
+        lines += rows
     lines += [
         "",
-        "Best of 3 (a) or 2 (b) timed passes after a warm-up; both sides of a row run in the same process "
-        "on the same images. The cache build itself (once per dataset) is not timed.",
+        f"Medians of 7 (a) or 3 (b) alternating timed passes after a warm-up; both sides of a row run in the same "
+        f"process on the same images. The cache build itself (once per dataset) is not timed. Load average at the "
+        f"end: {_load()}.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ Why some ops are our own rather than kornia's:
 
 - Crop with padding, translation and flips are one index computation and one ``gather`` on the uint8 batch
   (flips are the index order reversed). Per-sample crops or kornia's float warps do 4–30× more memory traffic;
-  this is the CIFAR hot path and must stay well above 20× a per-sample PIL pipeline.
+  this is the CIFAR hot path (`benchmarks/bench_data.py` measures it against a per-sample PIL pipeline).
 - Cutout, Coarse Dropout and Random Erasing build their boxes from row/column ranges (one batched matrix product
   for the whole batch, `box_keep`) and erase with one in-place multiply, where kornia's ``RandomErasing`` loops over
   boxes and draws from the global RNG.
