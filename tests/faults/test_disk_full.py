@@ -95,6 +95,7 @@ def test_checkpoint_and_bundle_writes_on_a_full_disk(tmp_path):
         load_bundle(run)  # the SHA-256 in model.json still matches the weights on disk
 
 
+@pytest.mark.slow
 def test_training_on_a_full_disk_stops_with_one_line(tmp_path, kit, figure):
     with small_filesystem(tmp_path / "mnt", "4m") as disk:
         run = disk / "run"

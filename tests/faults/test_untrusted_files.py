@@ -66,7 +66,7 @@ def _poison(path: Path, marker: Path, wrap_checkpoint: bool) -> None:
     torch.save(state, path)
 
 
-def test_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(run, tmp_path, kit, capsys):
+def test_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(run, tmp_path, kit, capsys, figure):
     marker = tmp_path / "PWNED"
     ckpt = run / "checkpoints" / "last.pt"
     _poison(ckpt, marker, wrap_checkpoint=True)
@@ -77,9 +77,10 @@ def test_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(run, tmp_path,
     assert not marker.exists()
     assert torch.load(ckpt, weights_only=False)["format_version"] == FORMAT_VERSION  # the file was a real one...
     assert marker.exists()  # ...and the payload is live: only weights_only=True stood between it and us
+    figure("untrusted_checkpoint", {"refused": ["load_checkpoint", "train --resume"], "payload_ran": False})
 
 
-def test_pickle_payload_in_a_weights_file_is_refused_and_never_runs(run, tmp_path, image, kit, capsys):
+def test_pickle_payload_in_a_weights_file_is_refused_and_never_runs(run, tmp_path, image, kit, capsys, figure):
     marker = tmp_path / "PWNED"
     weights = tmp_path / "weights.pt"
     _poison(weights, marker, wrap_checkpoint=False)
@@ -90,6 +91,7 @@ def test_pickle_payload_in_a_weights_file_is_refused_and_never_runs(run, tmp_pat
     assert str(weights) in _error_line(capsys)
     assert not marker.exists()
     assert not (fresh / "checkpoints").exists()
+    figure("untrusted_weights", {"refused": ["train --weights", "predict --weights"], "payload_ran": False})
 
 
 def _tamper(run: Path) -> None:
@@ -100,7 +102,7 @@ def _tamper(run: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_weights_that_differ_from_model_json_are_refused(run, tmp_path, image, kit, capsys):
+def test_weights_that_differ_from_model_json_are_refused(run, tmp_path, image, kit, capsys, figure):
     _tamper(run)
     assert main(["eval", "--run", str(run)]) == 2
     assert "SHA-256" in _error_line(capsys)
@@ -116,3 +118,4 @@ def test_weights_that_differ_from_model_json_are_refused(run, tmp_path, image, k
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgcls: error: ") and "SHA-256" in lines[0], done.stderr
     assert "refusing" in lines[0] and str(run / WEIGHTS_FILE) in lines[0]
+    figure("untrusted_sha", {"refused": ["eval", "predict", "export", "serve"]})
