@@ -242,3 +242,24 @@ def test_shortened_speedrun_on_cifar10(cifar10_folder, tmp_path, monkeypatch):
     evaluated = json.loads((result.run_dir / "eval.json").read_text())
     assert evaluated["tta"] == "flip-translate"
     assert math.isclose(evaluated["top1"], result.top1)
+
+
+def test_fp32_weight_grad_conv_matches_the_plain_convolution():
+    from imgcls.models.airbench import AirBench, Conv2dFp32WeightGrad
+
+    torch.manual_seed(0)
+    fast, plain = AirBench(), AirBench(fp32_weight_grad_blocks=())
+    plain.load_state_dict(fast.state_dict())
+    assert isinstance(fast.blocks[1].conv1, Conv2dFp32WeightGrad)
+    assert type(plain.blocks[1].conv1) is nn.Conv2d
+    x = torch.randn(8, 3, 32, 32)
+    for model in (fast, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+    g_fast, g_plain = fast.blocks[1].conv1.weight.grad, plain.blocks[1].conv1.weight.grad
+    assert g_fast.dtype == torch.float32
+    assert (g_fast - g_plain).norm() / g_plain.norm() < 1e-2  # bf16 rounding only
+    assert torch.equal(fast.blocks[0].conv1.weight.grad, plain.blocks[0].conv1.weight.grad)
+    with torch.no_grad():  # outside autocast it is the plain convolution
+        assert torch.equal(fast(x), plain(x))

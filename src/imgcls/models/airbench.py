@@ -15,11 +15,18 @@ Paper details kept here: BatchNorm with fast running statistics (the paper's mom
 the first input channels of every 3×3 conv; the final 1/9 logit scale. Training-side parts (Nesterov SGD with
 the 64× BatchNorm-bias learning rate, Lookahead, label smoothing 0.2, alternating flips, translation by 2 pixels,
 multi-crop TTA) live in the engine and the ``speedrun`` recipe, not in the model.
+
+CPU note: oneDNN's bf16 weight-gradient kernel for the 64 → 256 convolution of block 2 (15×15 maps) measured
+10–20× slower than its own forward pass on an AVX-512/AMX CPU (and 10× slower than the same gradient in fp32),
+which made that one gradient most of a training step. That convolution therefore computes its weight gradient
+in fp32 (`Conv2dFp32WeightGrad`; forward and input gradient stay in bf16). ``fp32_weight_grad_blocks`` says
+which blocks' first convolutions do this; the arithmetic is the same up to rounding.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgcls.models._base import Classifier
@@ -37,12 +44,48 @@ class FrozenScaleBatchNorm2d(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
 
+class _Fp32WeightGrad(torch.autograd.Function):
+    """A stride-1, same-padding, bias-free conv whose weight gradient is computed in fp32 (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        args = (None, [1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], 1)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, *args, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad.float(), x.float(), weight.float(), *args, [False, True, False]
+            )[1].to(weight.dtype)
+        return grad_x, grad_w, None
+
+
+class Conv2dFp32WeightGrad(nn.Conv2d):
+    """A 3×3 ``nn.Conv2d`` (stride 1, padding 1, no bias) that computes its weight gradient in fp32 under bf16
+    autocast on the CPU; everywhere else it is a plain convolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_autocast_enabled("cpu") and x.device.type == "cpu" and torch.is_grad_enabled()):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype("cpu")
+        with torch.autocast("cpu", enabled=False):
+            return _Fp32WeightGrad.apply(x.to(dtype), self.weight.to(dtype), self.padding[0])
+
+
 class ConvGroup(nn.Module):
     """conv → maxpool 2 → BN → GELU → conv → BN → GELU (one row group of the paper's Table 1)."""
 
-    def __init__(self, in_chans: int, out_chans: int):
+    def __init__(self, in_chans: int, out_chans: int, fp32_weight_grad: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False)
+        conv = Conv2dFp32WeightGrad if fp32_weight_grad else nn.Conv2d
+        self.conv1 = conv(in_chans, out_chans, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = FrozenScaleBatchNorm2d(out_chans)
         self.conv2 = nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False)
@@ -63,6 +106,7 @@ class AirBench(Classifier):
         in_chans: int = 3,
         widths: tuple[int, int, int] = (64, 256, 256),
         logit_scale: float = 1 / 9,
+        fp32_weight_grad_blocks: tuple[int, ...] = (1,),
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -71,7 +115,9 @@ class AirBench(Classifier):
         self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()
         chans = (whiten_width, *widths)
-        self.blocks = nn.Sequential(*(ConvGroup(chans[i], chans[i + 1]) for i in range(len(widths))))
+        self.blocks = nn.Sequential(
+            *(ConvGroup(chans[i], chans[i + 1], i in fp32_weight_grad_blocks) for i in range(len(widths)))
+        )
         self.pool = nn.MaxPool2d(3)
         self.num_features = widths[-1]
         self.logit_scale = logit_scale
