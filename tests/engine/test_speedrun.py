@@ -212,8 +212,7 @@ def test_shortened_speedrun_on_cifar10(cifar10_folder, tmp_path, monkeypatch):
     on 1,000 test images with the final flip-translate TTA.
 
     Measured 66.7 % when written (seed 0; per-epoch validation 36.7 → 66.4 %), about 5 minutes on 2 shared cores.
-    60 % leaves room for thread and library differences, not for a broken part: a diverging lr group or a
-    whitening layer left at its random init stays far below.
+    60 % leaves room for seeds, threads and library differences.
     """
     from imgcls.engine.train import train
     from imgcls.models.airbench import AirBench

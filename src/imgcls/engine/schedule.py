@@ -126,8 +126,10 @@ class LRSchedule:
 
     @property
     def lr(self) -> float:
-        """The current learning rate of the first group with the largest base rate (the classifier's)."""
-        group = max(self.optimizer.param_groups, key=lambda g: g["base_lr"])
+        """The current learning rate of the first group with the largest base rate (the classifier's); the
+        normalisation-shift group of ``optim.norm_bias_lr_mult`` does not count."""
+        groups = [g for g in self.optimizer.param_groups if g.get("group_name") != "norm_bias"]
+        group = max(groups or self.optimizer.param_groups, key=lambda g: g["base_lr"])
         return float(group["lr"])
 
     def state_dict(self) -> dict:
