@@ -63,14 +63,18 @@ def _rows(f: dict) -> list[tuple[str, str]]:
     for key, what in (("nonfinite_batch_loss", "NaN batch / Inf loss"), ("nonfinite_gradient", "NaN gradient")):
         if f.get(key):
             parts.append(f"{what}: {f[key]['skipped']}/{f[key]['injected']} steps skipped")
+    if f.get("nonfinite_persistent"):
+        p = f["nonfinite_persistent"]
+        parts.append(
+            f"persistent NaN: stops after max_bad_steps={p['max_bad_steps']} (exit {p['exit_status']}), last good "
+            f"checkpoint (step {p['checkpoint_step']}) intact"
+        )
     if f.get("nonfinite_two_ranks"):
         parts.append("2 ranks: same steps skipped, both ranks stop with the same error")
     rows.append(
         (
             "4. NaN/Inf injected into a batch, a loss, a gradient (1 and 2 ranks)",
-            "; ".join(parts) + "; persistent NaN stops after `max_bad_steps` with the last good checkpoint intact"
-            if parts
-            else _missing("nonfinite_*"),
+            "; ".join(parts) if parts else _missing("nonfinite_*"),
         )
     )
     t = f.get("torchrun_restart")

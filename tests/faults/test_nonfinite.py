@@ -129,7 +129,7 @@ def test_nan_batch_infinite_loss_and_nan_gradient_are_skipped(tmp_path, kit, lau
 
 
 @pytest.mark.slow
-def test_persistent_nan_stops_after_the_limit_with_the_last_good_checkpoint(tmp_path, kit, launcher):
+def test_persistent_nan_stops_after_the_limit_with_the_last_good_checkpoint(tmp_path, kit, launcher, figure):
     run = tmp_path / "run"
     start = STEPS_PER_EPOCH + 5  # the second epoch turns bad for good
     done = kit.run_to_end([sys.executable, str(launcher), *_argv(kit, run, f"{{from_call: {start}}}", epochs=3)])
@@ -140,6 +140,7 @@ def test_persistent_nan_stops_after_the_limit_with_the_last_good_checkpoint(tmp_
     assert (state["epoch"], state["batch"], state["step"]) == (1, 0, STEPS_PER_EPOCH)
     assert _finite(state)
     assert len(_rows(run)) == 1
+    figure("nonfinite_persistent", {"max_bad_steps": 3, "exit_status": 2, "checkpoint_step": state["step"]})
 
 
 def _torchrun(kit, launcher: Path, *extra: str) -> list[str]:
