@@ -105,19 +105,28 @@ def read_meta(folder: str | os.PathLike) -> ModelMeta:
         raise UserError(f"{path}: malformed model.json ({exc})") from None
 
 
+def load_weights(folder: str | os.PathLike, meta: ModelMeta | None = None, map_location: str = "cpu") -> dict:
+    """The state dict of a run folder's model.safetensors, read only if its SHA-256 matches model.json."""
+    meta = meta or read_meta(folder)
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights}: not found")
+    if not meta.sha256:
+        raise UserError(f"{Path(folder) / META_FILE}: no sha256 for {WEIGHTS_FILE}; refusing unverified weights")
+    digest = sha256_of(weights)
+    if digest != meta.sha256:
+        raise UserError(f"{weights}: SHA-256 {digest[:12]}… does not match model.json ({meta.sha256[:12]}…); refusing")
+    return load_file(str(weights), device=map_location)
+
+
 def load_bundle(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model of a run folder in eval mode, after checking the weights' SHA-256."""
     from imgcls.models import create_model
 
     meta = read_meta(folder)
     weights = Path(folder) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"{weights}: not found")
-    digest = sha256_of(weights)
-    if meta.sha256 and digest != meta.sha256:
-        raise UserError(f"{weights}: SHA-256 {digest[:12]}… does not match model.json ({meta.sha256[:12]}…); refusing")
+    state = load_weights(folder, meta, map_location)
     model = create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
-    state = load_file(str(weights), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{weights}: does not fit {meta.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -125,4 +134,13 @@ def load_bundle(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[n
     return model, meta
 
 
-__all__ = ["META_FILE", "WEIGHTS_FILE", "ModelMeta", "load_bundle", "read_meta", "save_bundle", "sha256_of"]
+__all__ = [
+    "META_FILE",
+    "WEIGHTS_FILE",
+    "ModelMeta",
+    "load_bundle",
+    "load_weights",
+    "read_meta",
+    "save_bundle",
+    "sha256_of",
+]

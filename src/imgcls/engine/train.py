@@ -694,9 +694,9 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     # The shipped weights: the best epoch's (read back from model.safetensors) or the last.
     final = shipped()
     if tc.save == "best" and best_epoch is not None and best_epoch != len(history):
-        from safetensors.torch import load_file
+        from imgcls.engine.bundle import load_weights
 
-        state = D.on_main(lambda: load_file(str(run / "model.safetensors")))
+        state = D.on_main(lambda: load_weights(run))
         final.load_state_dict(state)
     report_path, summary = None, {}
     if tc.report:
