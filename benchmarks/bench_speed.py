@@ -57,6 +57,7 @@ MODELS = (
 PRECISIONS = ("fp32", "bf16")
 MAX_ITERATIONS = 50  # per timed repetition, for the smallest models (see ``min_seconds``)
 MIN_SECONDS = 0.3  # per timed repetition in the benchmark
+CONTENDED_SHARE = 80  # % of the threads' time below which the section warns that the figures are disturbed
 COLUMNS = (
     "model",
     "input",
@@ -265,17 +266,22 @@ def format_table(rows: Sequence[SpeedRow], peaks: dict) -> list[str]:
             "×".join(map(str, r.input_size)),
             str(r.batch_size),
             f"{r.macs / 1e9:.3g}",
-            f"{r.rates['train', 'fp32']:.1f}",
-            f"{r.rates['train', 'bf16']:.1f}",
+            _rate(r.rates["train", "fp32"]),
+            _rate(r.rates["train", "bf16"]),
             f"{r.ratio('train'):.2f}x",
-            f"{r.rates['infer', 'fp32']:.1f}",
-            f"{r.rates['infer', 'bf16']:.1f}",
+            _rate(r.rates["infer", "fp32"]),
+            _rate(r.rates["infer", "bf16"]),
             f"{r.ratio('infer'):.2f}x",
-            f"{pct['train']:.1f}",
-            f"{pct['infer']:.1f}",
+            f"{pct['train']:.3g}",
+            f"{pct['infer']:.3g}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _rate(images_per_second: float) -> str:
+    """Three significant figures, so the slow rows of a loaded machine (0.243 img/s) keep their precision."""
+    return f"{images_per_second:.1f}" if images_per_second >= 100 else f"{images_per_second:.3g}"
 
 
 def _load() -> str:
@@ -333,6 +339,13 @@ def run() -> str:
         *format_table(rows, peaks),
         "",
     ]
+    if share < CONTENDED_SHARE:
+        lines += [
+            f"Caution: other work held {100 - share:.0f}% of this run's CPU time, and not evenly between the "
+            "interleaved repetitions, so single rows (a bf16/fp32 ratio below 1) can be artefacts of the load. "
+            "Re-run on a quiet machine before quoting a row.",
+            "",
+        ]
     if missing:
         lines += [f"Not registered when this ran, so not measured: {', '.join(missing)}.", ""]
     return "\n".join(lines)

@@ -61,4 +61,5 @@ def test_table_of_one_tiny_model(peaks):
     assert cells[:3] == ["lenet5", "1×32×32", "8"]
     numbers = [float(c.rstrip("x")) for c in cells[3:]]
     assert all(v > 0 for v in numbers), cells
-    assert float(cells[COLUMNS.index("train bf16/fp32")].rstrip("x")) == pytest.approx(row.ratio("train"), rel=0.01)
+    assert cells[COLUMNS.index("train bf16/fp32")] == f"{row.ratio('train'):.2f}x"
+    assert float(cells[COLUMNS.index("infer fp32 img/s")]) == pytest.approx(row.rates["infer", "fp32"], rel=0.01)
