@@ -16,11 +16,12 @@ the first input channels of every 3×3 conv; the final 1/9 logit scale. Training
 the 64× BatchNorm-bias learning rate, Lookahead, label smoothing 0.2, alternating flips, translation by 2 pixels,
 multi-crop TTA) live in the engine and the ``speedrun`` recipe, not in the model.
 
-CPU note: oneDNN's bf16 weight-gradient kernel for the 64 → 256 convolution of block 2 (15×15 maps) measured
-10–20× slower than its own forward pass on an AVX-512/AMX CPU (and 10× slower than the same gradient in fp32),
-which made that one gradient most of a training step. That convolution therefore computes its weight gradient
-in fp32 (`Conv2dFp32WeightGrad`; forward and input gradient stay in bf16). ``fp32_weight_grad_blocks`` says
-which blocks' first convolutions do this; the arithmetic is the same up to rounding.
+CPU note: on a 2-core AVX-512 CPU, oneDNN's bf16 weight-gradient kernel for the 64 → 256 convolution of block 2
+(15×15 maps) measured 1.8× slower than the same gradient in fp32 (393 vs 213 ms at batch 256), and up to 10×
+slower (7 s vs 0.7 s) while other processes competed for the cores, when it became most of a training step.
+That convolution therefore computes its weight gradient in fp32 (`Conv2dFp32WeightGrad`; forward and input
+gradient stay in bf16). ``fp32_weight_grad_blocks`` says which blocks' first convolutions do this; the
+arithmetic is the same up to rounding.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ class AirBench(Classifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         # The whitening bias is added apart from the convolution: with the weight frozen and no input gradient,
-        # oneDNN's convolution backward for the bias alone measured a quarter of a CPU training step; as an
-        # addition its gradient is one sum over the batch.
+        # oneDNN's convolution backward for the bias alone measured a quarter of a CPU training step (on busy
+        # cores); as an addition its gradient is one sum over the batch.
         x = F.conv2d(x, self.whiten.weight)
         x = x + self.whiten.bias.to(x.dtype).view(1, -1, 1, 1)
         return self.pool(self.blocks(self.act(x)))
