@@ -232,8 +232,8 @@ def bench_imagenet(folder: Path, workers: int) -> tuple[list[str], int]:
     )
     rows.append(
         f"|   of which, per image in one process: our decode + crop {1e3 / parts['load']:.2f} ms, batch transform "
-        f"{1e3 / parts['transform']:.2f} ms; plain {1e3 / parts['plain']:.2f} ms, of which decode + resize of a 300-px box "
-        f"{1e3 / parts['plain_decode']:.2f} ms | | | | |"
+        f"{1e3 / parts['transform']:.2f} ms; plain {1e3 / parts['plain']:.2f} ms, of which decode + resize of a "
+        f"300-px box {1e3 / parts['plain_decode']:.2f} ms | | | | |"
     )
     return rows, n
 
