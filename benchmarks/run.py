@@ -2,7 +2,8 @@
 
 Each `benchmarks/bench_<name>.py` defines ``run() -> str`` returning a Markdown section (with the exact
 command that reproduces it). Its result is kept in ``benchmarks/results/<name>.md`` so one benchmark can be
-re-run alone (``python -m benchmarks.run data``) without losing the others' figures.
+re-run alone (``python -m benchmarks.run data``) without losing the others' figures; ``--collect`` only
+reassembles BENCHMARKS.md from the kept results.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or available()
+    collect_only = "--collect" in argv  # reassemble BENCHMARKS.md from the kept results, running nothing
+    names = [] if collect_only else [a for a in argv if not a.startswith("-")] or available()
     RESULTS.mkdir(exist_ok=True)
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
