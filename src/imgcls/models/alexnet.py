@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
-from imgcls.models.layers import LocalResponseNorm, init_weights, make_pool
+from imgcls.models.layers import FcHeadMixin, LocalResponseNorm, fc_head, init_weights, make_pool
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ ZFNET = (
 SPECS = {"alexnet": ALEXNET, "zfnet": ZFNET}
 
 
-class AlexNet(Classifier):
+class AlexNet(FcHeadMixin, Classifier):
     """Five convolutions (``features.conv1`` … ``features.conv5``) and fc6, fc7, fc8 (``classifier.0/3/6``).
 
     Args:
@@ -102,32 +102,11 @@ class AlexNet(Classifier):
         self.features = nn.Sequential(layers)
         self.num_features = chans
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Linear(chans * 6 * 6, 4096),  # fc6
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop_rate),
-            nn.Linear(4096, 4096),  # fc7
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop_rate),
-            nn.Linear(4096, num_classes),  # fc8
-        )
+        self.classifier = fc_head(chans * 6 * 6, num_classes, drop_rate)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.avgpool(x).flatten(1)  # (N, 256, 6, 6) -> (N, 9216)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[-1] = nn.Linear(self.classifier[-1].in_features, num_classes)
-        init_weights(self.classifier[-1])
 
 
 def _alexnet(variant: str, **kw) -> AlexNet:

@@ -249,3 +249,40 @@ def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def fc_head(in_features: int, num_classes: int, drop_rate: float) -> nn.Sequential:
+    """AlexNet's and VGG's classifier: fc6 and fc7 (4096, ReLU, dropout) then fc8.
+
+    Indices 0, 3 and 6 hold the linear layers, as in torchvision's ``classifier`` keys, so published weights load.
+    """
+    return nn.Sequential(
+        nn.Linear(in_features, 4096),  # fc6
+        nn.ReLU(inplace=True),
+        nn.Dropout(drop_rate),
+        nn.Linear(4096, 4096),  # fc7
+        nn.ReLU(inplace=True),
+        nn.Dropout(drop_rate),
+        nn.Linear(4096, num_classes),  # fc8
+    )
+
+
+class FcHeadMixin:
+    """Head methods of a model with ``self.avgpool`` and an :func:`fc_head` as ``self.classifier``."""
+
+    avgpool: nn.Module
+    classifier: nn.Sequential
+    num_classes: int
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.avgpool(x).flatten(1)  # (N, C, h, w) -> (N, C·h·w)
+        x = self.classifier[:-1](x)
+        return x if pre_logits else self.classifier[-1](x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier[-1] = nn.Linear(self.classifier[-1].in_features, num_classes)
+        init_weights(self.classifier[-1])

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
-from imgcls.models.layers import GlobalPool2d, LocalResponseNorm, init_weights, make_pool
+from imgcls.models.layers import FcHeadMixin, GlobalPool2d, LocalResponseNorm, fc_head, init_weights, make_pool
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -55,7 +55,7 @@ def make_features(cfg: list[int | tuple[int, int] | str], in_chans: int, batch_n
     return nn.Sequential(*layers)
 
 
-class VGG(Classifier):
+class VGG(FcHeadMixin, Classifier):
     """VGG at ImageNet size: ``features``, ``avgpool`` (7×7), ``classifier`` = fc6, fc7, fc8 at indices 0, 3, 6.
 
     Args:
@@ -83,32 +83,11 @@ class VGG(Classifier):
         self.features = make_features(cfg, in_chans, batch_norm, pool)
         self.num_features = 512
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096),  # fc6
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop_rate),
-            nn.Linear(4096, 4096),  # fc7
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop_rate),
-            nn.Linear(4096, num_classes),  # fc8
-        )
+        self.classifier = fc_head(512 * 7 * 7, num_classes, drop_rate)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.avgpool(x).flatten(1)  # (N, 512, 7, 7) -> (N, 25088)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[-1] = nn.Linear(4096, num_classes)
-        init_weights(self.classifier[-1])
 
 
 class VGGCifar(Classifier):
