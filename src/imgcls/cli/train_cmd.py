@@ -68,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="measure a finished run again (optionally on other data, with TTA)")
     e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
     e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
-    e.add_argument("--tta", choices=("none", "flip", "ten-crop"), default="none", help="test-time augmentation")
+    e.add_argument(
+        "--tta", choices=("none", "flip", "flip-translate", "ten-crop"), default="none", help="test-time augmentation"
+    )
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
