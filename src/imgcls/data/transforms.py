@@ -432,6 +432,8 @@ def crop_flip(
             x = F.pad(x, (-lo, hi, -lo, hi))
             top, left = top - lo, left - lo
             h, w = x.shape[-2:]
+        if vflip is None:
+            return _window_select(x, top, left, size, hflip)
     ar = torch.arange(size, device=x.device)
     rows = top[:, None] + ar  # (N, S)
     cols = left[:, None] + ar  # (N, S)
@@ -443,6 +445,25 @@ def crop_flip(
         rows, cols = _fold(rows, h, padding_mode), _fold(cols, w, padding_mode)
     flat = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, size * size)  # (N, 1, S·S)
     return x.reshape(n, c, h * w).gather(2, flat.expand(n, c, size * size)).view(n, c, size, size)
+
+
+def _window_select(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, hflip: torch.Tensor | None):
+    """In-range crops as one row selection: a strided view whose first index is a flat start offset holds every
+    ``(C, size, size)`` window of the batch, so the crops are ``N`` whole-window picks (not ``N·C·S·S`` element
+    indices as in a gather; about twice as fast on CPU). Flipped images pick from a mirrored copy of the batch."""
+    n, c, h, w = x.shape
+    src = x.contiguous()
+    image = torch.arange(n, device=x.device)
+    if hflip is not None:
+        hf = hflip.to(x.device)
+        src = torch.cat([src, src.flip(-1)])
+        image = image + n * hf.long()
+        left = torch.where(hf, w - size - left, left)  # the crop's position in the mirrored image
+    start = image * (c * h * w) + top * w + left
+    # Every flat offset at which a whole (C, size, size) window still fits in the storage.
+    count = src.numel() - ((c - 1) * h * w + (size - 1) * w + size) + 1
+    windows = src.view(-1).as_strided((count, c, size, size), (1, h * w, w, 1))
+    return windows.index_select(0, start)
 
 
 def _fold(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
