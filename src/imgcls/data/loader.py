@@ -46,11 +46,11 @@ from imgcls.data.cache import View, build_or_load, channel_stats, decode
 from imgcls.data.config import DataConfig, cache_home
 from imgcls.data.reader import (
     ImageError,
+    decode_image,
     header_size,
     load_for_eval,
     open_image,
     pil_to_tensor,
-    read_image,
     to_channels,
 )
 from imgcls.data.sources import Source, Split, resolve_source
@@ -162,17 +162,18 @@ class FileSamples:
             return torch.from_numpy(decode(path, View("storage", v.size, v.resize, v.in_chans, **limits)))
         # RandomResizedCrop on the full image: the box is drawn from the header size (after EXIF rotation), so
         # the decoder can skip detail the box will not keep (draft scale chosen from the box, not the image).
+        # The file is opened once: header and EXIF first, then the decode from the same handle.
         im = open_image(path, **limits)
         try:
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-        finally:
+            if im.getexif().get(0x0112, 1) in _EXIF_TRANSPOSED:
+                width, height = height, width
+        except BaseException:
             im.close()
-        if orientation in _EXIF_TRANSPOSED:
-            width, height = height, width
+            raise
         top, left, h, w = _aug_api("sample_resized_crop")(height, width, v.rrc_scale, v.rrc_ratio, generator(seed))
         min_side = math.ceil(min(width, height) * v.size / max(1, min(h, w)))
-        im = read_image(path, min_side=min_side, **limits)
+        im = decode_image(im, path, min_side=min_side)
         sx, sy = im.width / width, im.height / height
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
         im = im.resize((v.size, v.size), resample=2, box=box, reducing_gap=None)  # 2 = bilinear

@@ -43,6 +43,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 BACKGROUND = 255  # white, for compositing transparent pixels
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 200 << 20
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 
 Source = str | os.PathLike | bytes | BinaryIO
 
@@ -137,8 +138,26 @@ def read_image(
     Raises:
         ImageError: the file is empty, too large, not an image, truncated or corrupt.
     """
-    name = _name_of(src)
     im = open_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
+    return decode_image(im, _name_of(src), min_side=min_side)
+
+
+def decode_image(im: Image.Image, name: str, *, min_side: int | None = None) -> Image.Image:
+    """Decode an image that `open_image` returned, as `read_image` does (steps 3 to 7 of the module docstring).
+
+    For callers that need the header (size, EXIF) before choosing `min_side`: the file is opened only once.
+
+    Args:
+        im: the lazily opened image; it is consumed (decoded and its file closed).
+        name: the file's name for error messages.
+        min_side: as in `read_image`.
+
+    Returns:
+        A loaded image in mode ``"RGB"`` or ``"L"`` with the EXIF orientation applied.
+
+    Raises:
+        ImageError: the file is truncated or corrupt.
+    """
     try:
         # Counting frames parses the whole file (GIF, APNG): it is decoding, and fails like decoding.
         if getattr(im, "n_frames", 1) > 1:
@@ -149,7 +168,9 @@ def read_image(
             # draft() keeps both sides >= the request, so the shorter side stays >= min_side.
             im.draft(im.mode if im.mode in ("RGB", "L") else None, (math.ceil(w * s), math.ceil(h * s)))
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        if im.getexif().get(_ORIENTATION, 1) != 1:
+            # Only when there is something to do: exif_transpose copies the whole image even then.
+            im = ImageOps.exif_transpose(im) or im
         return to_standard_mode(im)
     except ImageError:
         raise
@@ -296,6 +317,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageError",
     "center_crop",
+    "decode_image",
     "eval_view",
     "header_size",
     "is_image_file",
