@@ -699,7 +699,12 @@ def box_keep(y0: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor, x1: torch.Ten
     box and a conversion).
     """
     rows = torch.arange(h, device=y0.device, dtype=y0.dtype)
-    cols = torch.arange(w, device=x0.device, dtype=x0.dtype)
+    # Square images share the index row: on CPU these small ops cost their call overhead, not their arithmetic.
+    cols = (
+        rows
+        if (w, x0.dtype, x0.device) == (h, y0.dtype, y0.device)
+        else torch.arange(w, device=x0.device, dtype=x0.dtype)
+    )
     in_rows = ((rows >= y0[..., None]) & (rows < y1[..., None])).float()  # (N, K, H)
     in_cols = ((cols >= x0[..., None]) & (cols < x1[..., None])).float()  # (N, K, W)
     one = torch.ones((1, 1, 1), device=in_rows.device)
@@ -963,7 +968,9 @@ def _erase(x: torch.Tensor, aug: AugmentConfig, g: torch.Generator, normalize: _
     if aug.coarse_dropout > 0:
         boxes.append(_coarse_dropout_boxes(n, h, w, aug.coarse_dropout, aug.coarse_dropout_size, g))
     if boxes:
-        y0, x0, y1, x1 = (torch.cat(parts, dim=1).to(x.device) for parts in zip(*boxes))
+        y0, x0, y1, x1 = (
+            (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to(x.device) for parts in zip(*boxes)
+        )
         # In place, by a stride-0 expanded keep multiplier: one pass over the batch (masked_fill_ is slower on CPU).
         keep = box_keep(y0, x0, y1, x1, h, w).to(x.dtype)
         x = x.mul_(keep.expand_as(x))
