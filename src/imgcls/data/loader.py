@@ -44,6 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.cache import View, build_or_load, channel_stats, decode
 from imgcls.data.config import DataConfig, cache_home
+from imgcls.data.imbalance import class_balanced_indices, smote_oversample
+from imgcls.data.mixing import build_mixer
 from imgcls.data.reader import (
     ImageError,
     decode_image,
@@ -54,6 +56,7 @@ from imgcls.data.reader import (
     to_channels,
 )
 from imgcls.data.sources import Source, Split, resolve_source
+from imgcls.data.transforms import AugmentConfig, build_batch_transform, mean_image, sample_resized_crop
 from imgcls.errors import UserError
 
 log = logging.getLogger("imgcls.data")
@@ -89,20 +92,6 @@ def convert_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
         w = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
         return ((x.to(torch.int32) * w).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").to(torch.uint8)
     raise UserError(f"in_chans: cannot convert {c}-channel images to {in_chans} channels")
-
-
-def _aug_api(name: str) -> Callable:
-    """Find an augmentation-side function, wherever the augmentation package keeps it."""
-    import importlib
-
-    for module in ("imgcls.data.transforms", "imgcls.data.mixing", "imgcls.data.imbalance"):
-        try:
-            fn = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    raise UserError(f"this installation lacks imgcls.data.{name} (needed by the augment recipe)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,7 +160,7 @@ class FileSamples:
         except BaseException:
             im.close()
             raise
-        top, left, h, w = _aug_api("sample_resized_crop")(height, width, v.rrc_scale, v.rrc_ratio, generator(seed))
+        top, left, h, w = sample_resized_crop(height, width, v.rrc_scale, v.rrc_ratio, generator(seed))
         min_side = math.ceil(min(width, height) * v.size / max(1, min(h, w)))
         im = decode_image(im, path, min_side=min_side)
         sx, sy = im.width / width, im.height / height
@@ -317,7 +306,7 @@ class BatchLoader:
         g = generator(self.seed, self.epoch, _ORDER)
         if self.balanced:
             targets = torch.as_tensor(np.asarray(self.samples.targets))
-            perm = _aug_api("class_balanced_indices")(targets, n, g)
+            perm = class_balanced_indices(targets, n, g)
         else:
             perm = torch.randperm(n, generator=g)
         per_rank = n // self.world_size
@@ -498,7 +487,6 @@ def build_data(
         `Data` with ``classes``, ``task``, ``num_classes``, ``mean``, ``std``, ``resize``, ``issues``,
         ``write_issues(path)``, ``train`` and ``val`` (None when the source has no validation samples).
     """
-    from imgcls.data.transforms import AugmentConfig, build_batch_transform
 
     cfg = cfg or DataConfig()
     aug = aug or AugmentConfig()
@@ -546,7 +534,7 @@ def build_data(
         if train_samples.streaming:
             raise UserError("augment.smote: needs the decoded training set in memory; use a smaller dataset or cache")
         x = np.asarray(train_samples.images)
-        x, y = _aug_api("smote_oversample")(torch.from_numpy(x.copy()), torch.from_numpy(train_samples.targets), seed)
+        x, y = smote_oversample(torch.from_numpy(x.copy()), torch.from_numpy(train_samples.targets), seed)
         train_samples = ArraySamples(np.asarray(x), np.asarray(y), in_chans)
         stats = None if train_split.images is not None else stats
 
@@ -558,17 +546,17 @@ def build_data(
         raise UserError(f"mean/std: need {in_chans} values each, got {len(mean)} and {len(std)}")
 
     norm_mean: Any = mean
-    if getattr(aug, "normalize", "mean_std") == "mean_image":
+    if aug.normalize == "mean_image":
         if train_samples.streaming:
             raise UserError("augment.normalize: 'mean_image' needs the decoded training set (not streaming)")
-        norm_mean = _aug_api("mean_image")(convert_channels(_as_tensor(train_samples.images), in_chans))
+        norm_mean = mean_image(convert_channels(_as_tensor(train_samples.images), in_chans))
 
     train_aug = (
         dataclasses.replace(aug, random_resized_crop=False) if storage == "stream" and aug.random_resized_crop else aug
     )
     mixer = None
     if (aug.mixup > 0 or aug.cutmix > 0 or aug.sample_pairing) and source.task != "multilabel":
-        mixer = _aug_api("build_mixer")(aug, len(source.classes))
+        mixer = build_mixer(aug, len(source.classes))
     train = BatchLoader(
         train_samples,
         batch_size=cfg.batch_size,
@@ -582,7 +570,7 @@ def build_data(
         balanced=aug.sampler == "balanced",
         workers=cfg.num_workers if train_samples.streaming else 0,
         issues=issues,
-        alternate_flip=bool(getattr(aug, "alternate_flip", False)),
+        alternate_flip=aug.alternate_flip,
     )
     val = None
     if source.val is not None and len(source.val):
