@@ -110,3 +110,32 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     assert code == 2
     assert err.startswith("imgcls: error:") and message in err and "\n" not in err
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def _digits_argv(run, epochs: int, *extra: str) -> list[str]:
+    argv = ["train", "--recipe", "digits", "--epochs", str(epochs), "--out", str(run), "--seed", "0"]
+    argv += ["--set", "schedule.name=constant", "--set", "schedule.warmup_epochs=0", "--set", "train.report=false"]
+    return argv + [item for flag in extra for item in ("--set", flag)]
+
+
+def test_freeze_after_stops_a_parameter_and_val_every_skips_epochs(tmp_path):
+    # Same seed, constant lr: the first epoch is identical in both runs, so a parameter frozen after epoch 1 of a
+    # 3-epoch run must end exactly where the 1-epoch run left it, while the others keep learning.
+    assert main(_digits_argv(tmp_path / "one", 1)) == 0
+    argv = _digits_argv(tmp_path / "three", 3, "train.freeze_after={c1: 1, fc.bias: 1}", "train.val_every=2")
+    assert main(argv) == 0
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    three = load_file(tmp_path / "three" / "model.safetensors")
+    for name in ("c1.weight", "c1.bias", "fc.bias"):
+        assert torch.equal(one[name], three[name]), name
+    assert not torch.equal(one["c3.weight"], three["c3.weight"])
+    rows = list(csv.DictReader((tmp_path / "three" / "metrics.csv").open()))
+    assert [r["val_top1"] != "" for r in rows] == [False, True, True]  # every 2nd epoch and the last
+    assert all(r["train_loss"] for r in rows)
+
+
+def test_freeze_after_names_an_unknown_parameter(tmp_path, capsys):
+    code = main(_digits_argv(tmp_path / "run", 1, "train.freeze_after={whiten.bias: 3}"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "train.freeze_after: lenet5 has no trainable parameter named whiten.bias" in err
+    assert "\n" not in err

@@ -96,6 +96,8 @@ class TrainConfig:
     lookahead_ramp_power: float | None = None  # ramp alpha from 1 down to lookahead_alpha as (t/T)**p (airbench: 3)
     final_tta: str = "none"  # test-time augmentation of the final evaluation (none | flip | flip-translate)
     init_whitening_images: int = 5000  # training images passed to a model's init_whitening hook
+    freeze_after: dict[str, int] = field(default_factory=dict)  # {parameter-name prefix: epochs it learns}
+    val_every: int = 1  # validate every N epochs and after the last (0: after the last only)
     save: str = "best"  # best (by validation top-1) | last
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     checkpoint_every_steps: int = 0  # 0: only at epoch ends (and on SIGTERM / Ctrl-C)

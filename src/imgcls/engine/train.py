@@ -15,6 +15,13 @@ Model hook: a model with an ``init_whitening(images)`` method (e.g. airbench's f
 gets a float ``(N, C, H, W)`` sample of ``train.init_whitening_images`` normalised, augmented training images
 (the first batches of epoch 1) before training starts; a resumed run restores its weights instead.
 
+Staged freezing: ``train.freeze_after`` maps parameter-name prefixes to the number of epochs they learn for
+(airbench trains its whitening bias for 3 epochs, then freezes it). A frozen parameter gets no update (no
+momentum, no decay); in one process it also stops requiring a gradient, so autograd skips what only it needed.
+
+Validation runs every ``train.val_every`` epochs and always after the last; epochs in between get empty
+validation columns in ``metrics.csv`` (a speedrun spends nothing on numbers nobody reads).
+
 Weight averaging: ``train.ema_decay`` keeps an EMA copy that is evaluated and shipped; ``train.lookahead_k``
 runs Lookahead (`imgcls.engine.lookahead`), whose slow weights become the model's at the end of the last epoch.
 
@@ -352,6 +359,12 @@ def _build_everything(cfg: RunConfig, info: D.DistInfo, device: str):
         )
     if cfg.optim.accum_steps < 1:
         raise UserError(f"optim.accum_steps must be at least 1: {cfg.optim.accum_steps}")
+    if tc.val_every < 0:
+        raise UserError(f"train.val_every must be 0 (last epoch only) or more: {tc.val_every}")
+    if not isinstance(tc.freeze_after, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in tc.freeze_after.values()
+    ):
+        raise UserError(f"train.freeze_after must map parameter-name prefixes to epochs >= 0: {tc.freeze_after}")
     entry = model_entry(mc.name)
     in_chans = mc.in_chans or entry.input_size[0]
     image_size = mc.image_size or entry.input_size[-1]
@@ -439,6 +452,9 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     net = net.to(device=device, memory_format=memory_format)
     if not tc.resume and callable(getattr(net, "init_whitening", None)):
         _init_whitening(net, data.train, tc.init_whitening_images)
+    for prefix in tc.freeze_after:
+        if not any(name.startswith(prefix) and p.requires_grad for name, p in net.named_parameters()):
+            raise UserError(f"train.freeze_after: {cfg.model.name} has no trainable parameter named {prefix}...")
     loss_fn = build_loss(tc.loss, task=task, label_smoothing=tc.label_smoothing)
     val_loss_fn = build_loss(tc.loss, task=task)
     optimizer = build_optimizer(net, oc)
@@ -561,6 +577,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
             stats = {k: float(v) if k in ("loss_sum", "seconds") else int(v) for k, v in stats.items()}
             first = start_batch if epoch == start_epoch else 0
             data.train.set_epoch(epoch)
+            frozen = _frozen_parameters(net, tc.freeze_after, epoch, requires_grad=not info.enabled)
             n_batches = len(data.train)
             progress = _Progress(tc.progress, n_batches, first, f"epoch {epoch + 1}/{tc.epochs}", info.is_main)
             model.train()
@@ -624,6 +641,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                         )
                     continue
                 bad_in_a_row = 0
+                for p in frozen:  # under DDP they still get a gradient (its reducer expects one): drop it
+                    p.grad = None
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -649,17 +668,21 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
             # End of epoch: validation, schedule, files, summary.
             n = D.all_reduce_sum(torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64))
             train_loss = float(n[0] / n[1]) if n[1] > 0 else None
-            result = evaluate_model(
-                shipped(),
-                data.val,
-                task=task,
-                loss_fn=val_loss_fn,
-                precision=precision.name,
-                device=device,
-                distributed=info.enabled,
-            )
+            validate = epoch + 1 == tc.epochs or (tc.val_every > 0 and (epoch + 1) % tc.val_every == 0)
+            result = _NOT_VALIDATED
+            if validate:
+                result = evaluate_model(
+                    shipped(),
+                    data.val,
+                    task=task,
+                    loss_fn=val_loss_fn,
+                    precision=precision.name,
+                    device=device,
+                    distributed=info.enabled,
+                )
             lr_now = schedule.lr
-            schedule.observe(result.loss if result.loss is not None else math.inf)
+            if validate:
+                schedule.observe(result.loss if result.loss is not None else math.inf)
             seconds = stats["seconds"] + time.perf_counter() - epoch_t0
             row = {
                 "epoch": epoch + 1,
@@ -682,7 +705,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
             checkpoint(epoch + 1, 0, {k: 0 for k in carried})
             last_ckpt_time = time.monotonic()
             top5 = "" if result.top5 is None else f" top-5 {result.top5:.2f}%"
-            top1 = "—" if result.top1 is None else f"{result.top1:.2f}%"
+            top1 = ("—" if validate else "not validated") if result.top1 is None else f"{result.top1:.2f}%"
             _say(
                 info,
                 f"epoch {epoch + 1}/{tc.epochs}  train loss {_num(train_loss)}  val loss {_num(result.loss)}  "
@@ -735,6 +758,32 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
         report=report_path,
         history=history,
     )
+
+
+@dataclass(frozen=True)
+class _NoValidation:
+    loss: None = None
+    top1: None = None
+    top5: None = None
+
+
+_NOT_VALIDATED = _NoValidation()
+
+
+def _frozen_parameters(
+    net: nn.Module, freeze_after: dict[str, int], epoch: int, requires_grad: bool
+) -> list[nn.Parameter]:
+    """The parameters whose ``train.freeze_after`` epochs are over at (0-based) ``epoch``; with
+    ``requires_grad`` they also stop requiring a gradient."""
+    frozen = [
+        p
+        for name, p in net.named_parameters()
+        if any(name.startswith(prefix) and epoch >= epochs for prefix, epochs in freeze_after.items())
+    ]
+    if requires_grad:
+        for p in frozen:
+            p.requires_grad_(False)
+    return frozen
 
 
 @torch.no_grad()
