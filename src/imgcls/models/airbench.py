@@ -16,12 +16,12 @@ the first input channels of every 3×3 conv; the final 1/9 logit scale. Training
 the 64× BatchNorm-bias learning rate, Lookahead, label smoothing 0.2, alternating flips, translation by 2 pixels,
 multi-crop TTA) live in the engine and the ``speedrun`` recipe, not in the model.
 
-CPU note: on a 2-core AVX-512 CPU, oneDNN's bf16 weight-gradient kernel for the 64 → 256 convolution of block 2
-(15×15 maps) measured 1.8× slower than the same gradient in fp32 (393 vs 213 ms at batch 256), and up to 10×
-slower (7 s vs 0.7 s) while other processes competed for the cores, when it became most of a training step.
-That convolution therefore computes its weight gradient in fp32 (`Conv2dFp32WeightGrad`; forward and input
-gradient stay in bf16). ``fp32_weight_grad_blocks`` says which blocks' first convolutions do this; the
-arithmetic is the same up to rounding.
+CPU note: ``fp32_weight_grad_blocks`` makes the first convolution of the listed blocks compute its weight
+gradient in fp32 (`Conv2dFp32WeightGrad`; forward and input gradient stay in bf16; the same arithmetic up to
+rounding). It was written when oneDNN's bf16 weight-gradient kernel for block 2's 64 → 256 convolution measured
+1.8× slower than fp32 on a busy 2-core AVX-512 machine. On the quiet machine the whole bf16 step is faster
+without it (456 vs 417 images/s at batch 1024, ``benchmarks/bench_speedrun_step.py``), so it is off by default
+and kept as an option for CPUs where that kernel is slow.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class AirBench(Classifier):
         in_chans: int = 3,
         widths: tuple[int, int, int] = (64, 256, 256),
         logit_scale: float = 1 / 9,
-        fp32_weight_grad_blocks: tuple[int, ...] = (1,),
+        fp32_weight_grad_blocks: tuple[int, ...] = (),
     ):
         super().__init__()
         self.num_classes = num_classes
