@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.inference import helpers
+from tests.support import free_port
 
 from imgcls.cli import main
-
-
-def _load_helpers():
-    path = Path(__file__).resolve().parents[1] / "inference" / "helpers.py"
-    spec = importlib.util.spec_from_file_location("imgcls_test_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _load_helpers()
 
 
 @pytest.fixture
@@ -109,18 +98,12 @@ def test_user_mistakes_are_one_line_errors(setup, capsys, monkeypatch, argv, mes
     assert err.startswith("imgcls: error: ") and message in err and err.count("\n") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_refuses_weights_that_do_not_match(setup, capsys):
     run, _, _ = setup
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     # Refused at start-up, before anything listens: one line, exit status 2.
-    assert main(["serve", "--run", str(run), "--port", str(_free_port())]) == 2
+    assert main(["serve", "--run", str(run), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgcls: error: ") and "SHA-256" in err and err.count("\n") == 1
 
@@ -128,7 +111,7 @@ def test_serve_refuses_weights_that_do_not_match(setup, capsys):
 @pytest.mark.slow
 def test_serve_subprocess_answers(setup):
     run, good, _ = setup
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "imgcls", "serve", "--run", str(run), "--port", str(port)],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.support import free_port
 
 from imgcls.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(run: Path, batch: int) -> list[str]:
@@ -49,7 +43,7 @@ def _env() -> dict[str, str]:
 def _launcher(*extra: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), *extra, "-m", "imgcls",
+        "--master_port", str(free_port()), *extra, "-m", "imgcls",
     ]  # fmt: skip
 
 

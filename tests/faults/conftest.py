@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support import free_port  # noqa: F401 (tests reach it as kit.free_port)
 
 from imgcls.engine.checkpoint import load_checkpoint
 
@@ -114,12 +114,6 @@ def assert_same_weights(ours: dict, reference: dict) -> None:
         for buf, tensor in value.items():
             if isinstance(tensor, torch.Tensor):
                 assert torch.equal(ours["optimizer"]["state"][key][buf], tensor), (key, buf)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vm_rss_kib(pid: int) -> int:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-
-def load_helpers():
-    """tests/inference/helpers.py as a module (test folders are not packages under --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location("imgcls_test_helpers", Path(__file__).with_name("helpers.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = load_helpers()
+from tests.inference import helpers
 
 
 @pytest.fixture

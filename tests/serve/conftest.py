@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import uvicorn
+from tests.inference import helpers
+from tests.support import free_port
 
 from imgcls.inference import Predictor
 from imgcls.serve import ServeLimits, create_app
-
-
-def _load_helpers():
-    path = Path(__file__).resolve().parents[1] / "inference" / "helpers.py"
-    spec = importlib.util.spec_from_file_location("imgcls_test_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _load_helpers()
 
 # Small limits so that hostile requests are cheap to build; a burst still fits in one batch window.
 LIMITS = ServeLimits(max_bytes=256 * 1024, max_pixels=4_000_000, max_batch=32, batch_wait_ms=5.0)
@@ -51,12 +39,6 @@ class Server:
     def __exit__(self, *exc):
         self._server.should_exit = True
         self._thread.join(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
