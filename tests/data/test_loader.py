@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from imgcls.data import DataConfig, build_data, load_for_eval
-from imgcls.data.loader import ArraySamples, BatchLoader, convert_channels
-from imgcls.data.transforms import AugmentConfig
+from imgcls.data.loader import ArraySamples, BatchLoader, FileSamples, FileView, convert_channels, generator
+from imgcls.data.transforms import AugmentConfig, sample_resized_crop
 
 AUG = AugmentConfig(crop_padding=2, hflip=0.5, cutout=3)
 
@@ -194,3 +194,38 @@ def test_shared_cifar10_folders(cifar10_folder, tmp_path):
     assert data.mean == pytest.approx([0.491, 0.482, 0.447], abs=0.01)  # the published CIFAR-10 means
     x, y = next(iter(data.train))
     assert x.shape == (500, 3, 32, 32) and len(torch.unique(y)) == 10
+
+
+def test_gather_is_numpy_indexing_for_memory_maps_and_views(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (50, 3, 5, 4), dtype=np.uint8)
+    path = tmp_path / "images.u8"
+    images.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=images.shape)
+    index = np.array([7, 3, 49, 0, 3])
+    for array in (images, mapped, images[:, :, ::-1]):  # the last one is not contiguous
+        x, y = ArraySamples(array, np.arange(50), 3).gather(index)
+        assert x.shape == (5, 3, 5, 4) and np.array_equal(x.numpy(), np.asarray(array)[index])
+        assert y.tolist() == index.tolist()
+    grey, _ = ArraySamples(images[:, :1], np.arange(50), 3).gather(index)
+    assert grey.shape == (5, 3, 5, 4) and torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_resized_crop_of_a_file_follows_pillow(tmp_path):
+    # The streamed RandomResizedCrop resizes the box with torch's uint8 kernel; Pillow's box resize differs only
+    # near the box edges, where its filter reads a pixel or two beyond the box.
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:90, 0:120]
+    smooth = np.stack([np.sin(xx / 9.0), np.cos(yy / 7.0), np.sin((xx + yy) / 13.0)], -1)
+    Image.fromarray(((smooth + 1) * 120 + rng.normal(0, 3, smooth.shape)).clip(0, 255).astype(np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    view = FileView("rrc", 32, 32, 3, 10**8, 10**9)
+    samples = FileSamples([str(tmp_path / "a.png")], np.zeros(1, dtype=np.int64), view)
+    for seed in range(6):
+        x = samples.load(0, seed)
+        top, left, h, w = sample_resized_crop(90, 120, view.rrc_scale, view.rrc_ratio, generator(seed))
+        with Image.open(tmp_path / "a.png") as im:
+            ref = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h)))
+        diff = np.abs(x.numpy().transpose(1, 2, 0).astype(int) - ref.astype(int))
+        assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+        assert diff.mean() < 1.0 and np.median(diff) <= 1

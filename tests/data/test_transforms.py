@@ -14,6 +14,7 @@ from imgcls.data.transforms import (
     adjust_saturation,
     build_batch_transform,
     crop_flip,
+    cutout_keep,
     cutout_mask,
     mean_image,
     sample_resized_crop,
@@ -364,3 +365,47 @@ def test_scalar_resized_crop_is_the_batched_one_for_one_image():
         for h, w, scale, ratio in ((375, 500, (0.08, 1.0), (3 / 4, 4 / 3)), (30, 200, (0.5, 1.0), (0.2, 5.0))):
             one = sample_resized_crop(h, w, scale, ratio, gen(seed))
             assert one == tuple(sample_resized_crops(1, h, w, scale, ratio, gen(seed))[0].tolist())
+
+
+@pytest.mark.parametrize("flips", [[True, False, True], [False, False, False], [True, True, True]])
+def test_crop_flip_horizontal_only_on_non_square_images(flips):
+    # The window-select path (constant padding, horizontal flips only): every crop is the stated window of the
+    # zero-padded image, mirrored where asked, with different padding needs on the two sides.
+    x = random_batch(n=3, c=2, h=7, w=11, seed=4)
+    top, left = torch.tensor([-3, 0, 2]), torch.tensor([-2, 6, -1])
+    hflip = torch.tensor(flips)
+    out = crop_flip(x, top, left, 6, hflip=hflip)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (2, 3)))
+    for i in range(3):
+        t, l_ = int(top[i]) + 3, int(left[i]) + 2
+        window = padded[i, :, t : t + 6, l_ : l_ + 6]
+        assert np.array_equal(out[i].numpy(), window[..., ::-1] if flips[i] else window)
+
+
+@pytest.mark.parametrize(
+    "h,w,size,holes", [(32, 32, 16, 1), (12, 20, 5, 3), (9, 9, 12, 1), (5, 5, 30, 1), (6, 10, 1, 2)]
+)
+def test_cutout_keep_is_the_cutout_mask(h, w, size, holes):
+    keep = cutout_keep(40, h, w, size, holes, gen(7))
+    mask = cutout_mask(40, h, w, size, holes, gen(7))
+    assert keep.shape == (40, 1, h, w) and keep.dtype == torch.float32
+    assert torch.equal(keep[:, 0] == 0, mask) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert mask.any() and mask.all() == (size >= 2 * max(h, w))  # a square twice the side covers any image
+
+
+def test_pad_crop_flip_cutout_batch_is_the_reference_pipeline():
+    # The CIFAR hot path against a slow, per-image reference with the same draws (in the same order).
+    aug = AugmentConfig(crop_padding=4, hflip=0.5, cutout=16)
+    x = random_batch(n=24, seed=9)
+    y = build_batch_transform(aug, True, 32, MEAN, STD)(x, gen(3))
+    g = gen(3)
+    hflip = torch.rand(24, generator=g) < 0.5
+    top = torch.randint(-4, 5, (24,), generator=g)
+    left = torch.randint(-4, 5, (24,), generator=g)
+    keep = ~cutout_mask(24, 32, 32, 16, 1, g)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(24):
+        t, l_ = int(top[i]) + 4, int(left[i]) + 4
+        crop = padded[i : i + 1, :, t : t + 32, l_ : l_ + 32]
+        ref = normalised(crop.flip(-1) if hflip[i] else crop)[0] * keep[i]
+        assert torch.allclose(y[i], ref, atol=1e-5)

@@ -24,11 +24,13 @@ then erasing in normalised space so the erased value is the dataset mean):
 Why some ops are our own rather than kornia's:
 
 - Crop with padding, translation and flips are one index computation and one ``gather`` on the uint8 batch
-  (flips are the index order reversed). Per-sample crops or kornia's float warps do 4–30× more memory traffic;
+  (flips are the index order reversed); with zero padding and horizontal flips only (the CIFAR recipe), one pick
+  of whole windows from a padded buffer holding the batch and mirrors of the images to flip (`_window_select`). Per-sample crops or kornia's float warps do 4–30× more memory traffic;
   this is the CIFAR hot path (`benchmarks/bench_data.py` measures it against a per-sample PIL pipeline).
-- Cutout, Coarse Dropout and Random Erasing build their boxes from row/column ranges (one batched matrix product
-  for the whole batch, `box_keep`) and erase with one in-place multiply, where kornia's ``RandomErasing`` loops over
-  boxes and draws from the global RNG.
+- Cutout picks each image's 0/1 multiplier as a window of one precomputed plane (`_CutoutPlane`); Coarse Dropout
+  and Random Erasing build their boxes from row/column ranges (one batched matrix product for the whole batch,
+  `box_keep`); all erase with one in-place multiply, where kornia's ``RandomErasing`` loops over boxes and draws
+  from the global RNG.
 - RandomResizedCrop uses kornia's ``crop_and_resize`` (one bilinear resampling of the whole batch), with boxes we
   sample ourselves; a horizontal flip is folded into the box by swapping its left and right corners.
 - Colour jitter: brightness, contrast and saturation are torchvision's blends (with black, the mean grey, the
@@ -46,6 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
@@ -277,7 +280,9 @@ def _validate(a: AugmentConfig) -> None:
 
 def _uniform(g: torch.Generator, shape: Sequence[int] | int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return torch.rand(shape, generator=g, dtype=torch.float64).mul_(hi - lo).add_(lo)
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    # The unit range needs no scaling (the same numbers; two small ops fewer on the per-batch path).
+    return u if (lo, hi) == (0.0, 1.0) else u.mul_(hi - lo).add_(lo)
 
 
 def _bernoulli(g: torch.Generator, n: int, p: float) -> torch.Tensor:
@@ -429,7 +434,8 @@ def crop_flip(
         lo = int(min(int(top.min()), int(left.min()), 0))
         hi = int(max(int(top.max()) + size - h, int(left.max()) + size - w, 0))
         if vflip is None:
-            return _window_select(x, top - lo, left - lo, size, hflip, -lo, hi)
+            flips = None if hflip is None else hflip.cpu().numpy()
+            return _window_select(x, top.cpu().numpy(), left.cpu().numpy(), size, flips, -lo, hi)
         if lo < 0 or hi > 0:
             x = F.pad(x, (-lo, hi, -lo, hi))
             top, left = top - lo, left - lo
@@ -449,37 +455,50 @@ def crop_flip(
 
 def _window_select(
     x: torch.Tensor,
-    top: torch.Tensor,
-    left: torch.Tensor,
+    top: np.ndarray,
+    left: np.ndarray,
     size: int,
-    hflip: torch.Tensor | None,
+    hflip: np.ndarray | None,
     before: int,
     after: int,
 ) -> torch.Tensor:
-    """Crops of ``x`` zero-padded by ``before`` / ``after`` pixels, at ``(top, left)`` in the padded grid.
+    """Crops of ``x`` zero-padded by ``before`` / ``after`` pixels, at ``(top, left)`` in ``x``'s own pixel grid
+    (``-before <= top, left`` and ``top + size <= H + after``, likewise for ``left``; not checked).
 
-    The padded batch, and below it a mirrored copy when there are flips, is written into one zeroed buffer; a
+    The padded batch, followed by mirrored copies of the images to flip, is written into one zeroed buffer; a
     strided view whose first index is a flat start offset then holds every ``(C, size, size)`` window of it, so
     the crops are ``N`` whole-window picks (not ``N·C·S·S`` element indices as in a gather): about twice as fast
-    on CPU as pad + gather.
+    on CPU as pad + gather. The ``(N,)`` offsets are computed in NumPy: on CPU a small torch op costs its call
+    overhead, several times the arithmetic, and this runs once per batch on the CIFAR hot path.
     """
     n, c, h, w = x.shape
     hp, wp = h + before + after, w + before + after
-    flips = hflip is not None and bool(hflip.any())
-    buf = x.new_zeros((2 * n if flips else n, c, hp, wp))
-    buf[:n, :, before : before + h, before : before + w] = x
-    image = torch.arange(n, device=x.device)
-    if flips:
-        hf = hflip.to(x.device)
-        # The mirror of the padded image: the image mirrored, with the left and right padding swapped.
-        buf[n:, :, before : before + h, after : after + w] = x.flip(-1)
-        image = image + n * hf.long()
-        left = torch.where(hf, wp - size - left, left)
-    start = image * (c * hp * wp) + top * wp + left
+    plane = c * hp * wp
+    top, left = top + before, left + before  # in the padded grid
+    # Flat start of each window: image i at i·plane, then row top and column left.
+    start = np.arange(0, n * plane, plane) + top * wp + left
+    flipped = np.flatnonzero(hflip) if hflip is not None else ()
+    buf = x.new_zeros((n + len(flipped), c, hp, wp))
+    strides = (plane, hp * wp, wp, 1)
+    # The interiors as strided views (cheaper per call than slicing four dimensions).
+    buf.as_strided(x.shape, strides, before * (wp + 1)).copy_(x)
+    if len(flipped):
+        # Image n + k is the mirror of the k-th image to flip, padded (so with its left and right padding swapped);
+        # a window at column ``left`` of the original starts at column ``wp - size - left`` of the mirror.
+        mirrored = x.index_select(0, _index(flipped, x.device)).flip(-1)
+        buf.as_strided(mirrored.shape, strides, n * plane + before * wp + after).copy_(mirrored)
+        mirrors = np.arange(n * plane, (n + len(flipped)) * plane, plane)
+        start[flipped] = mirrors + top[flipped] * wp + (wp - size) - left[flipped]
     # Every flat offset at which a whole (C, size, size) window still fits in the buffer.
     count = buf.numel() - ((c - 1) * hp * wp + (size - 1) * wp + size) + 1
     windows = buf.view(-1).as_strided((count, c, size, size), (1, hp * wp, wp, 1))
-    return windows.index_select(0, start)
+    return windows.index_select(0, _index(start, x.device))
+
+
+def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A NumPy index array as a tensor on ``device`` (no copy on the CPU)."""
+    t = torch.from_numpy(a)
+    return t if device.type == "cpu" else t.to(device)
 
 
 def _fold(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
@@ -711,6 +730,43 @@ def box_keep(y0: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor, x1: torch.Ten
     return torch.baddbmm(one, in_rows.transpose(1, 2), in_cols, alpha=-1).clamp_(min=0)[:, None]
 
 
+class _CutoutPlane:
+    """Every clipped Cutout square of side ``size`` on ``h × w`` images, as the windows of one plane.
+
+    A ``(2h - 1) × (2w - 1)`` plane of ones with the square zeroed in its middle: the ``h × w`` window starting at
+    row ``h - 1 - cy`` and column ``w - 1 - cx`` is the multiplier of a hole centred at ``(cy, cx)``, clipped at the
+    image border as in the paper. A batch's multiplier is then one pick of windows from a strided view of the plane
+    (no per-pixel comparison; `box_keep` does two per box and a matrix product). Built once per transform.
+    """
+
+    def __init__(self, h: int, w: int, size: int) -> None:
+        half, wq = size // 2, 2 * w - 1
+        plane = torch.ones((2 * h - 1, wq))
+        plane[
+            max(0, h - 1 - half) : max(0, h - 1 - half + size), max(0, w - 1 - half) : max(0, w - 1 - half + size)
+        ] = 0
+        self.h, self.w, self.wq = h, w, wq
+        self.corner = (h - 1) * wq + w - 1  # flat start of the window of a hole centred at (0, 0)
+        self.windows = plane.view(-1).as_strided((plane.numel() - self.corner, h, w), (1, wq, 1))
+
+    def keep(self, n: int, holes: int, g: torch.Generator) -> torch.Tensor:
+        """Float ``(N, 1, h, w)``: 0 in ``holes`` squares per image, 1 elsewhere; the draws of `cutout_mask`."""
+        cy = _uniform(g, (n, holes)).numpy() * self.h
+        cx = _uniform(g, (n, holes)).numpy() * self.w
+        # floor(cy), floor(cx): the centres are non-negative, so truncation is the floor.
+        start = self.corner - cy.astype(np.int64) * self.wq - cx.astype(np.int64)
+        keep = self.windows.index_select(0, torch.from_numpy(start.reshape(-1)))
+        if holes > 1:
+            keep = keep.view(n, holes, self.h, self.w).amin(dim=1)
+        return keep.view(n, 1, self.h, self.w)
+
+
+def cutout_keep(n: int, h: int, w: int, size: int, holes: int, g: torch.Generator) -> torch.Tensor:
+    """Cutout as the multiplier that erases it: float ``(N, 1, H, W)``, 0 in the holes and 1 elsewhere; the same
+    draws and squares as `cutout_mask`, from windows of one plane (`_CutoutPlane`)."""
+    return _CutoutPlane(h, w, size).keep(n, holes, g)
+
+
 def _cutout_boxes(n: int, h: int, w: int, size: int, holes: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
     cy = torch.floor(_uniform(g, (n, holes)) * h)
     cx = torch.floor(_uniform(g, (n, holes)) * w)
@@ -885,6 +941,7 @@ def build_batch_transform(
     )
     warp = aug.rotation > 0 or any(v > 0 for v in aug.scale_aspect)
     shift = aug.crop_padding + round(aug.translate * image_size)
+    cutout = _CutoutPlane(image_size, image_size, aug.cutout) if aug.cutout > 0 else None
 
     def train_transform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_batch(x)
@@ -914,7 +971,12 @@ def build_batch_transform(
             h, w = x.shape[-2:]
             top = torch.randint(-shift, h - image_size + shift + 1, (n,), generator=g)
             left = torch.randint(-shift, w - image_size + shift + 1, (n,), generator=g)
-            out = crop_flip(x, top, left, image_size, hflip, vflip, aug.padding_mode)
+            if shift > 0 and vflip is None and aug.padding_mode == "constant":
+                # The CIFAR hot path; the offsets' range is known, so the padding needs no reduction over them.
+                flips = None if hflip is None else hflip.numpy()
+                out = _window_select(x, top.numpy(), left.numpy(), image_size, flips, shift, shift)
+            else:
+                out = crop_flip(x, top, left, image_size, hflip, vflip, aug.padding_mode)
             unit = False
         if policy is not None or warp or photometric:
             if not unit:
@@ -935,7 +997,7 @@ def build_batch_transform(
             if aug.gaussian_noise > 0:
                 out = gaussian_noise(out, aug.gaussian_noise, g)
         out = normalize(out, unit=unit)
-        return _erase(out, aug, g, normalize)
+        return _erase(out, aug, g, normalize, cutout)
 
     return train_transform
 
@@ -960,20 +1022,24 @@ def _build_policy(
     return None
 
 
-def _erase(x: torch.Tensor, aug: AugmentConfig, g: torch.Generator, normalize: _Normalizer) -> torch.Tensor:
+def _erase(
+    x: torch.Tensor, aug: AugmentConfig, g: torch.Generator, normalize: _Normalizer, cutout: _CutoutPlane | None
+) -> torch.Tensor:
     n, _, h, w = x.shape
-    boxes = []
+    keep = None
     if aug.cutout > 0:
-        boxes.append(_cutout_boxes(n, h, w, aug.cutout, aug.cutout_holes, g))
+        if cutout is None or (cutout.h, cutout.w) != (h, w):
+            cutout = _CutoutPlane(h, w, aug.cutout)
+        keep = cutout.keep(n, aug.cutout_holes, g)
     if aug.coarse_dropout > 0:
-        boxes.append(_coarse_dropout_boxes(n, h, w, aug.coarse_dropout, aug.coarse_dropout_size, g))
-    if boxes:
         y0, x0, y1, x1 = (
-            (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to(x.device) for parts in zip(*boxes)
+            b.to(x.device) for b in _coarse_dropout_boxes(n, h, w, aug.coarse_dropout, aug.coarse_dropout_size, g)
         )
+        dropout = box_keep(y0, x0, y1, x1, h, w)
+        keep = dropout if keep is None else dropout.mul_(keep.to(x.device))
+    if keep is not None:
         # In place, by a stride-0 expanded keep multiplier: one pass over the batch (masked_fill_ is slower on CPU).
-        keep = box_keep(y0, x0, y1, x1, h, w).to(x.dtype)
-        x = x.mul_(keep.expand_as(x))
+        x = x.mul_(keep.to(x.device, x.dtype).expand_as(x))
     if aug.random_erasing > 0:
         mask = random_erasing_mask(n, h, w, aug.random_erasing, g).to(x.device)
         if bool(mask.any()):
