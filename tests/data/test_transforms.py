@@ -409,3 +409,15 @@ def test_pad_crop_flip_cutout_batch_is_the_reference_pipeline():
         crop = padded[i : i + 1, :, t : t + 32, l_ : l_ + 32]
         ref = normalised(crop.flip(-1) if hflip[i] else crop)[0] * keep[i]
         assert torch.allclose(y[i], ref, atol=1e-5)
+
+
+def test_reused_transform_gives_what_a_fresh_one_gives():
+    # The hot path keeps its padded buffer between calls (zero borders, interiors rewritten): batches of other
+    # sizes and flip counts in between must not leak into the next result.
+    aug = AugmentConfig(crop_padding=4, hflip=0.5, cutout=16, cutout_holes=2)
+    fn = build_batch_transform(aug, True, 32, MEAN, STD)
+    batches = [(random_batch(n=24, seed=1), 5), (random_batch(n=10, seed=2), 6), (random_batch(n=24, seed=3), 7)]
+    held = [fn(x, gen(s)) for x, s in batches]
+    for (x, s), y in zip(batches, held):
+        assert torch.equal(y, build_batch_transform(aug, True, 32, MEAN, STD)(x, gen(s)))
+    assert torch.equal(fn(*batches[0][:1], gen(5)), held[0])

@@ -25,8 +25,9 @@ Why some ops are our own rather than kornia's:
 
 - Crop with padding, translation and flips are one index computation and one ``gather`` on the uint8 batch
   (flips are the index order reversed); with zero padding and horizontal flips only (the CIFAR recipe), one pick
-  of whole windows from a padded buffer holding the batch and mirrors of the images to flip (`_window_select`). Per-sample crops or kornia's float warps do 4–30× more memory traffic;
-  this is the CIFAR hot path (`benchmarks/bench_data.py` measures it against a per-sample PIL pipeline).
+  of whole windows from a padded buffer holding the batch and mirrors of the images to flip (`_window_select`).
+  Per-sample crops or kornia's float warps do 4–30× more memory traffic; this is the CIFAR hot path
+  (`benchmarks/bench_data.py` measures it against a per-sample PIL pipeline).
 - Cutout picks each image's 0/1 multiplier as a window of one precomputed plane (`_CutoutPlane`); Coarse Dropout
   and Random Erasing build their boxes from row/column ranges (one batched matrix product for the whole batch,
   `box_keep`); all erase with one in-place multiply, where kornia's ``RandomErasing`` loops over boxes and draws
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -422,12 +424,13 @@ def crop_flip(
     n, c, h, w = x.shape
     if size == h == w and not top.any() and not left.any():
         # Nothing to crop (a streamed batch already at the input size): copy and mirror the flipped images only,
-        # several times cheaper than the gather below on 224-pixel images.
+        # several times cheaper than the gather below on 224-pixel images. One image at a time: batched advanced
+        # indexing (out[idx] = out[idx].flip(dim)) copies element by element, 4x slower on 32 such images.
         out = x.clone()
         for flips, dim in ((hflip, -1), (vflip, -2)):
             if flips is not None and bool(flips.any()):
-                idx = flips.nonzero().squeeze(1).to(x.device)
-                out[idx] = out[idx].flip(dim)
+                for i in flips.nonzero().squeeze(1).tolist():
+                    out[i] = out[i].flip(dim)
         return out
     top, left = top.to(x.device), left.to(x.device)
     if padding_mode == "constant":
@@ -453,6 +456,24 @@ def crop_flip(
     return x.reshape(n, c, h * w).gather(2, flat.expand(n, c, size * size)).view(n, c, size, size)
 
 
+class _Scratch(threading.local):
+    """Reusable buffers for one transform's large temporaries, one set per thread.
+
+    Freeing them after every batch lets the C allocator hand the memory back to the kernel and take it again next
+    batch, one page fault per 4 KiB (about 2 µs each on a virtual machine: as much as the CIFAR transform itself).
+    A buffer is zeroed when made; callers that write only part of it rely on the rest staying as they left it.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        t = self.buffers.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+            t = self.buffers[name] = torch.zeros(shape, dtype=dtype, device=device)
+        return t
+
+
 def _window_select(
     x: torch.Tensor,
     top: np.ndarray,
@@ -461,6 +482,7 @@ def _window_select(
     hflip: np.ndarray | None,
     before: int,
     after: int,
+    scratch: _Scratch | None = None,
 ) -> torch.Tensor:
     """Crops of ``x`` zero-padded by ``before`` / ``after`` pixels, at ``(top, left)`` in ``x``'s own pixel grid
     (``-before <= top, left`` and ``top + size <= H + after``, likewise for ``left``; not checked).
@@ -469,7 +491,8 @@ def _window_select(
     strided view whose first index is a flat start offset then holds every ``(C, size, size)`` window of it, so
     the crops are ``N`` whole-window picks (not ``N·C·S·S`` element indices as in a gather): about twice as fast
     on CPU as pad + gather. The ``(N,)`` offsets are computed in NumPy: on CPU a small torch op costs its call
-    overhead, several times the arithmetic, and this runs once per batch on the CIFAR hot path.
+    overhead, several times the arithmetic, and this runs once per batch on the CIFAR hot path. With ``scratch``
+    the buffer is kept between calls: only interiors are ever written, so its zero borders stay zero.
     """
     n, c, h, w = x.shape
     hp, wp = h + before + after, w + before + after
@@ -478,7 +501,10 @@ def _window_select(
     # Flat start of each window: image i at i·plane, then row top and column left.
     start = np.arange(0, n * plane, plane) + top * wp + left
     flipped = np.flatnonzero(hflip) if hflip is not None else ()
-    buf = x.new_zeros((n + len(flipped), c, hp, wp))
+    if scratch is None:
+        buf = x.new_zeros((n + len(flipped), c, hp, wp))
+    else:  # room for every image to be mirrored; the windows below never reach past the images in use
+        buf = scratch.get("windows", (2 * n, c, hp, wp), x.dtype, x.device)
     strides = (plane, hp * wp, wp, 1)
     # The interiors as strided views (cheaper per call than slicing four dimensions).
     buf.as_strided(x.shape, strides, before * (wp + 1)).copy_(x)
@@ -749,13 +775,19 @@ class _CutoutPlane:
         self.corner = (h - 1) * wq + w - 1  # flat start of the window of a hole centred at (0, 0)
         self.windows = plane.view(-1).as_strided((plane.numel() - self.corner, h, w), (1, wq, 1))
 
-    def keep(self, n: int, holes: int, g: torch.Generator) -> torch.Tensor:
-        """Float ``(N, 1, h, w)``: 0 in ``holes`` squares per image, 1 elsewhere; the draws of `cutout_mask`."""
+    def keep(self, n: int, holes: int, g: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Float ``(N, 1, h, w)``: 0 in ``holes`` squares per image, 1 elsewhere; the draws of `cutout_mask`.
+
+        ``out``: a float ``(N·holes, h, w)`` tensor to write the windows into instead of a new one.
+        """
         cy = _uniform(g, (n, holes)).numpy() * self.h
         cx = _uniform(g, (n, holes)).numpy() * self.w
         # floor(cy), floor(cx): the centres are non-negative, so truncation is the floor.
         start = self.corner - cy.astype(np.int64) * self.wq - cx.astype(np.int64)
-        keep = self.windows.index_select(0, torch.from_numpy(start.reshape(-1)))
+        index = torch.from_numpy(start.reshape(-1))
+        keep = (
+            self.windows.index_select(0, index) if out is None else torch.index_select(self.windows, 0, index, out=out)
+        )
         if holes > 1:
             keep = keep.view(n, holes, self.h, self.w).amin(dim=1)
         return keep.view(n, 1, self.h, self.w)
@@ -942,6 +974,7 @@ def build_batch_transform(
     warp = aug.rotation > 0 or any(v > 0 for v in aug.scale_aspect)
     shift = aug.crop_padding + round(aug.translate * image_size)
     cutout = _CutoutPlane(image_size, image_size, aug.cutout) if aug.cutout > 0 else None
+    scratch = _Scratch()
 
     def train_transform(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_batch(x)
@@ -974,7 +1007,7 @@ def build_batch_transform(
             if shift > 0 and vflip is None and aug.padding_mode == "constant":
                 # The CIFAR hot path; the offsets' range is known, so the padding needs no reduction over them.
                 flips = None if hflip is None else hflip.numpy()
-                out = _window_select(x, top.numpy(), left.numpy(), image_size, flips, shift, shift)
+                out = _window_select(x, top.numpy(), left.numpy(), image_size, flips, shift, shift, scratch)
             else:
                 out = crop_flip(x, top, left, image_size, hflip, vflip, aug.padding_mode)
             unit = False
@@ -997,7 +1030,7 @@ def build_batch_transform(
             if aug.gaussian_noise > 0:
                 out = gaussian_noise(out, aug.gaussian_noise, g)
         out = normalize(out, unit=unit)
-        return _erase(out, aug, g, normalize, cutout)
+        return _erase(out, aug, g, normalize, cutout, scratch)
 
     return train_transform
 
@@ -1023,14 +1056,20 @@ def _build_policy(
 
 
 def _erase(
-    x: torch.Tensor, aug: AugmentConfig, g: torch.Generator, normalize: _Normalizer, cutout: _CutoutPlane | None
+    x: torch.Tensor,
+    aug: AugmentConfig,
+    g: torch.Generator,
+    normalize: _Normalizer,
+    cutout: _CutoutPlane | None,
+    scratch: _Scratch,
 ) -> torch.Tensor:
     n, _, h, w = x.shape
     keep = None
     if aug.cutout > 0:
         if cutout is None or (cutout.h, cutout.w) != (h, w):
             cutout = _CutoutPlane(h, w, aug.cutout)
-        keep = cutout.keep(n, aug.cutout_holes, g)
+        out = scratch.get("cutout", (n * aug.cutout_holes, h, w), torch.float32, torch.device("cpu"))
+        keep = cutout.keep(n, aug.cutout_holes, g, out=out)
     if aug.coarse_dropout > 0:
         y0, x0, y1, x1 = (
             b.to(x.device) for b in _coarse_dropout_boxes(n, h, w, aug.coarse_dropout, aug.coarse_dropout_size, g)
