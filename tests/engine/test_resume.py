@@ -99,3 +99,33 @@ def test_kill_and_sigterm_then_resume_is_bit_identical(tmp_path):
         assert torch.equal(ours["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"])
     assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     assert _rows(run) == _rows(reference)
+
+
+def test_resume_with_lookahead_and_staged_freezing_is_bit_identical(tmp_path):
+    # The speedrun's engine parts: Lookahead with airbench's ramp (slow weights in the checkpoint), a parameter
+    # frozen after epoch 1 (re-frozen on resume), validation only at the end. Killed in epoch 2, after the freeze.
+    extra = (
+        "--set", "train.lookahead_k=3", "--set", "train.lookahead_alpha=0.2", "--set", "train.lookahead_ramp_power=3",
+        "--set", "train.freeze_after={c1: 1}", "--set", "train.val_every=0",
+    )  # fmt: skip
+    reference = tmp_path / "reference"
+    subprocess.run(_argv(reference, *extra), env=_env(), check=True, capture_output=True, timeout=600)
+
+    run = tmp_path / "interrupted"
+    ckpt = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_argv(run, *extra), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(proc, ckpt, lambda s: s["epoch"] == 1 and s["batch"] >= 6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    finished = subprocess.run(_argv(run, *extra, "--resume"), env=_env(), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+
+    ours, theirs = load_checkpoint(ckpt), load_checkpoint(reference / "checkpoints" / "last.pt")
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    for name, tensor in theirs["lookahead"]["slow"].items():
+        assert torch.equal(ours["lookahead"]["slow"][name], tensor), name
+    assert ours["lookahead"]["steps"] == theirs["lookahead"]["steps"] > 0
+    assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    rows = _rows(run)
+    assert rows == _rows(reference) and [r["val_top1"] != "" for r in rows] == [False, True]
