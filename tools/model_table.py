@@ -80,7 +80,7 @@ def rows() -> list[tuple[str, ...]]:
     out = []
     for name in list_models():
         entry = model_entry(name)
-        classes = 10 if entry.input_size[1] <= 32 else 1000
+        classes = entry.default_num_classes
         _, prof = profile_model(name, num_classes=classes)
         inference_params = sum(r.params for r in prof.layers if r.output_shape is not None or r.macs)
         size = "×".join(map(str, entry.input_size[1:]))

@@ -117,3 +117,10 @@ def test_summary_input_too_small_is_exit_2(capsys):
     assert main(["summary", "vgg16", "--input-size", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgcls: error: input size 3x16x16 does not fit vgg16:") and err.count("\n") == 1
+
+
+def test_summary_counts_a_cifar_size_model_with_10_classes(capsys):
+    needs("lenet5")
+    assert main(["summary", "lenet5", "--json"]) == 0
+    layers = {row["name"]: row for row in json.loads(capsys.readouterr().out)["layers"]}
+    assert layers["fc"]["output_shape"] == [10]  # LeNet-5's ten digits, not ImageNet's 1000

@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", metavar="NAME", help="a registered model (see `imgcls models`)")
     p.add_argument("--input-size", metavar="S", help="S, HxW or C,H,W (default: the model's native size)")
-    p.add_argument("--num-classes", type=int, default=1000, metavar="K", help="classifier outputs (default 1000)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="K",
+        help="classifier outputs (default: 10 for 32×32 models, else 1000)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_summary)
 
@@ -72,7 +77,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
     entry = model_entry(args.name)
     size = parse_input_size(args.input_size, entry.input_size)
-    model, prof = profile_model(args.name, size, num_classes=args.num_classes)
+    classes = entry.default_num_classes if args.num_classes is None else args.num_classes
+    model, prof = profile_model(args.name, size, num_classes=classes)
     if args.json:
         print(json.dumps({"name": args.name, **prof.to_dict()}, indent=2))
     else:

@@ -23,6 +23,12 @@ class ModelEntry:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     tags: tuple[str, ...] = field(default=())
 
+    @property
+    def default_num_classes(self) -> int:
+        """The classes of the model's native dataset: 10 for CIFAR/MNIST-size inputs (32×32 or smaller), else
+        ImageNet's 1000 (what `imgcls summary` and the model table count with)."""
+        return 10 if max(self.input_size[1:]) <= 32 else 1000
+
 
 _MODELS: dict[str, ModelEntry] = {}
 
