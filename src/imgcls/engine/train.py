@@ -613,6 +613,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                 progress.update(x.shape[0] * info.world_size, stats["loss_sum"] / max(stats["seen"], 1), running_acc)
                 if not boundary:
                     continue
+                for p in frozen:  # under DDP they still get a gradient (its reducer expects one): drop it
+                    p.grad = None
                 unscaled, grad_ok = False, True
                 if not bad_window and oc.clip_grad_norm:
                     scaler.unscale_(optimizer)
@@ -641,8 +643,6 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                         )
                     continue
                 bad_in_a_row = 0
-                for p in frozen:  # under DDP they still get a gradient (its reducer expects one): drop it
-                    p.grad = None
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
