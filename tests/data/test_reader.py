@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.support import png_declaring
 
 from imgcls.data.reader import ImageError, load_for_eval, read_image
 
@@ -80,20 +78,9 @@ def test_animated_gif_uses_first_frame(tmp_path):
     assert r > 200 and b < 50
 
 
-def _png_declaring(path, width: int, height: int) -> None:
-    """A valid 1×1 PNG whose header is rewritten to declare width × height (with a correct CRC)."""
-    Image.new("L", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = 8 + 8  # signature, then length + "IHDR"
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
-
-
 def test_pixel_bomb_refused_from_header(tmp_path):
     path = tmp_path / "bomb.png"
-    _png_declaring(path, 20000, 20000)  # 400 MP declared in a file of a few dozen bytes
+    path.write_bytes(png_declaring(20000, 20000))  # 400 MP declared in a file of a few dozen bytes
     assert path.stat().st_size < 200
     with pytest.raises(ImageError, match="too large") as info:
         read_image(path)

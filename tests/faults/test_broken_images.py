@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import io
 import random
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.support import png_declaring
 
 from imgcls.data import DataConfig, build_data
 from imgcls.data.reader import read_image
@@ -43,14 +42,6 @@ def _encoded(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunks = b""
-    for kind, data in ((b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\x00" * 16)), (b"IEND", b"")):
-        chunks += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def _strictly_decodable(data: bytes) -> bool:
@@ -119,7 +110,7 @@ def _broken_files(rng: np.random.Generator, seed: int) -> tuple[dict[str, bytes]
         "empty.jpg": b"",
         "notes.jpg": b"shopping list: milk, eggs\n" * 8,
         "page.png": b"<!DOCTYPE html><html><body><img src='cat.png'></body></html>\n",
-        "bomb_header.png": _png_declaring(20000, 20000),
+        "bomb_header.png": png_declaring(20000, 20000),
         "bomb_real.png": _encoded(Image.new("L", (2000, 1000)), "PNG"),
     }
     for i, frac in enumerate((0.1, 0.3, 0.5, 0.7, 0.9)):

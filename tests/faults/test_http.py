@@ -12,17 +12,16 @@ import asyncio
 import io
 import socket
 import statistics
-import struct
 import subprocess
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tests.support import png_declaring
 
 from imgcls.engine.bundle import ModelMeta, save_bundle
 from imgcls.models import create_model
@@ -58,14 +57,6 @@ def _png(rng: np.random.Generator, w: int = 40, h: int = 30) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunks = b""
-    for kind, data in ((b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\x00" * 64)), (b"IEND", b"")):
-        chunks += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 class ServeProcess:
@@ -155,7 +146,7 @@ def test_oversized_and_lying_bodies(server, client):
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n" + png,
     )
     assert status == 400  # 10 bytes: a PNG signature and nothing else, refused as a broken PNG
-    assert client.post("/predict", content=_png_declaring(40000, 40000)).status_code == 413
+    assert client.post("/predict", content=png_declaring(40000, 40000)).status_code == 413
     assert client.get("/health").status_code == 200
 
 
@@ -263,7 +254,7 @@ def _mixed_bodies() -> list[tuple[bytes, int]]:
     good = [(_png(rng, int(rng.integers(24, 96)), int(rng.integers(24, 96))), 200) for _ in range(27)]
     jpeg = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
-    hostile = [(b"hello" * 20, 415), (jpeg.getvalue()[:400], 400), (_png_declaring(30000, 30000), 413)]
+    hostile = [(b"hello" * 20, 415), (jpeg.getvalue()[:400], 400), (png_declaring(30000, 30000), 413)]
     return [x for k in range(3) for x in [*good[9 * k : 9 * k + 9], hostile[k]]]
 
 

@@ -5,25 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import struct
-import zlib
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tests.support import png_declaring
 
 from imgcls.serve import sniff_image_type
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid-looking PNG whose header declares `width` x `height` (a decompression bomb is exactly this)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    chunks = b""
-    for kind, data in ((b"IHDR", ihdr), (b"IDAT", idat), (b"IEND", b"")):
-        chunks += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def _raw_get(url: str, target: str) -> int:
@@ -89,7 +78,7 @@ def test_hostile_requests_get_clear_4xx(served, client):
         "html upload": (client.post("/predict", files={"file": ("x.jpg", b"<html></html>", "image/jpeg")}), 415, ""),
         "truncated jpeg": (client.post("/predict", content=jpeg[: len(jpeg) // 2]), 400, "truncated"),
         "jpeg magic only": (client.post("/predict", content=b"\xff\xd8\xff\xe0" + b"\x00" * 200), 400, ""),
-        "pixel bomb": (client.post("/predict", content=_png_declaring(30000, 30000)), 413, "too large"),
+        "pixel bomb": (client.post("/predict", content=png_declaring(30000, 30000)), 413, "too large"),
         "no file in form": (client.post("/predict", files={"note": (None, b"no file")}), 400, "exactly one file"),
         "two files": (
             client.post("/predict", files=[("a", ("a.jpg", jpeg, "image/jpeg")), ("b", ("b.jpg", jpeg, "image/jpeg"))]),
