@@ -194,3 +194,26 @@ def test_mnist_idx_and_cifar100_coarse(server, tmp_path):
     assert len(fine.classes) == 100 and len(coarse.classes) == 20
     assert fine.train_targets.tolist() == [r[1] for r in recs[:3]]
     assert coarse.train_targets.tolist() == [r[0] for r in recs[:3]]
+
+
+def test_published_prefix_and_no_digest(server, tmp_path):
+    body = b"weights" * 1000
+    server.files["w.bin"] = body
+    assert download(server.url + "w.bin", tmp_path / "w.bin", _sha(body)[:10]).read_bytes() == body
+    with pytest.raises(UserError, match="SHA-256 mismatch"):
+        download(server.url + "w.bin", tmp_path / "v.bin", "deadbeef")
+    assert download(server.url + "w.bin", tmp_path / "u.bin").read_bytes() == body  # caller checks itself
+    with pytest.raises(UserError, match="got 7000 bytes, expected 7001"):
+        download(server.url + "w.bin", tmp_path / "t.bin", None, len(body) + 1)
+
+
+def test_full_disk_during_a_download_is_one_line_without_retries(server, tmp_path):
+    from tests.test_files import tmpfs
+
+    body = np.random.default_rng(3).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    server.files["big.bin"] = body
+    with tmpfs(tmp_path / "mnt", "1m") as disk:
+        with pytest.raises(UserError, match="No space left on device") as info:
+            download(server.url + "big.bin", disk / "big.bin", _sha(body), len(body))
+        assert "big.bin.part" in str(info.value) and "\n" not in str(info.value)
+        assert len(server.log) == 1  # a local write error is not retried

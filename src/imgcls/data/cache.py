@@ -4,8 +4,8 @@ A cache is two files in the cache folder: ``<key>.u8`` (raw uint8 ``(N, C, S, S)
 unusable files left out) and ``<key>.json`` (shape, the kept indices, the issues found, per-channel mean/std).
 The key is a SHA-256 over the view settings and, for every file, its absolute path, size and modification time
 (nanoseconds), so adding, removing, replacing or touching any file builds a new cache. Both files are written
-under temporary names and renamed into place, JSON last, so a crash never leaves a cache that looks complete;
-a file lock keeps concurrent ranks from building the same cache twice.
+through `imgcls._files.atomic_open` (temporary name, then rename), JSON last, so a crash never leaves a cache that
+looks complete; a `imgcls._files.FileLock` keeps concurrent ranks from building the same cache twice.
 
 Decoding runs in ``workers`` processes when there are enough files to pay for them.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.download import file_lock
+from imgcls._files import FileLock, atomic_open, atomic_write_text, remove_stale_temps
 from imgcls.data.reader import ImageError, eval_view, pil_to_tensor, read_image, storage_view
 
 log = logging.getLogger("imgcls.data")
@@ -142,23 +142,22 @@ def build_or_load(paths: Sequence[str], view: View, cache_dir: Path, *, workers:
     Returns:
         `CachedImages`; files that could not be used are absent from `images` and listed in `issues`.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = fingerprint(paths, dataclasses.asdict(view))
     data_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     cached = _load(meta_path, data_path, key)
     if cached is not None:
         return cached
-    with file_lock(cache_dir / f"{key}.lock"):
+    with FileLock(cache_dir / f"{key}.lock", f"decoding {len(paths)} images into the cache {data_path.name}"):
         cached = _load(meta_path, data_path, key)  # built by another process while we waited
         if cached is not None:
             return cached
+        remove_stale_temps(cache_dir)
         log.info("decoding %d images into the cache %s", len(paths), data_path)
         kept, issues = [], []
         c, s = view.in_chans, view.side
         total, squares = np.zeros(c), np.zeros(c)
-        tmp = data_path.with_name(f"{data_path.name}.{os.getpid()}.tmp")
         jobs = ((p, view) for p in paths)
-        with open(tmp, "wb") as f:
+        with atomic_open(data_path, "wb") as f:
             if workers > 1 and len(paths) >= _PARALLEL_MIN_FILES:
                 with ProcessPoolExecutor(workers) as pool:
                     results = pool.map(_decode_safe, jobs, chunksize=64)
@@ -177,10 +176,7 @@ def build_or_load(paths: Sequence[str], view: View, cache_dir: Path, *, workers:
             "std": (np.maximum(std, 1e-3) / 255).tolist() if kept else [0.25] * c,
             "view": dataclasses.asdict(view),
         }
-        os.replace(tmp, data_path)
-        meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps(meta))
     loaded = _load(meta_path, data_path, key)
     assert loaded is not None
     return loaded

@@ -7,31 +7,28 @@
   (CIFAR, Fashion-MNIST) or nothing (MNIST); SHA-256 is what we verify.
 * CIFAR is fetched in its *binary* version (fixed-size records) rather than the Python pickles: unpickling a
   downloaded file can run arbitrary code, reading fixed records cannot.
-* Transfers resume with an HTTP ``Range`` request from the ``.part`` file; a server that ignores ``Range``
-  gets a clean restart. A checksum mismatch deletes the partial file and is a `UserError`.
+* Transfers go through `imgcls._files.download`: resumed with an HTTP ``Range`` request from the ``.part`` file
+  (a server that ignores ``Range`` gets a clean restart); a checksum mismatch deletes the partial file and is a
+  `UserError`.
 * Mirrors: ``DataConfig.mirror`` or ``$IMGCLS_DATA_MIRROR`` replaces the base URL (the file names stay).
 * After verification each set is parsed once to ``.npy`` arrays, memory-mapped on every later run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import http.client
 import json
 import logging
 import os
 import shutil
 import tarfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from imgcls._files import FileLock, atomic_open, atomic_write_text, download
 from imgcls.data.config import data_home
 from imgcls.errors import UserError
 
@@ -130,8 +127,6 @@ FASHION_CLASSES = [
     "Ankle boot",
 ]
 
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
-
 
 @dataclass
 class BuiltinArrays:
@@ -144,115 +139,9 @@ class BuiltinArrays:
     test_targets: np.ndarray
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Exclusive advisory lock (POSIX ``flock``) so concurrent ranks or runs do not download twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no locking, downloads still verified
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _transfer(url: str, part: Path, timeout: float, chunk: int) -> None:
-    """One HTTP attempt, appending to `part` from its current size when the server honours ``Range``."""
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "imgcls"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            return  # nothing left to fetch: the checksum decides whether the file is whole
-        raise
-    with response:
-        resumed = offset and response.status == 206
-        if offset and not resumed:
-            log.info("%s: server ignored the range request; restarting the download", url)
-        with open(part, "ab" if resumed else "wb") as f:
-            while block := response.read(chunk):
-                f.write(block)
-        expected = response.headers.get("Content-Length")
-        if expected is not None and part.stat().st_size != (offset if resumed else 0) + int(expected):
-            raise http.client.IncompleteRead(b"", int(expected))
-
-
-def download(
-    url: str, dest: Path, sha256: str, size: int | None = None, *, retries: int = 3, timeout: float = 60.0
-) -> Path:
-    """Fetch `url` to `dest`, resuming interrupted transfers, and verify its SHA-256.
-
-    Args:
-        url: what to fetch.
-        dest: final path; the transfer goes to ``dest.part`` and is renamed only once verified.
-        sha256: expected hex digest.
-        size: expected byte count, if published.
-        retries: further attempts after a network failure, each resuming where the last stopped.
-        timeout: seconds without data before an attempt fails.
-
-    Returns:
-        `dest`.
-
-    Raises:
-        UserError: the server refused, the network failed `retries` + 1 times, or the checksum did not match
-            (the partial file is deleted so the next run starts clean).
-    """
-    dest = Path(dest)
-    if dest.is_file() and sha256_file(dest) == sha256:
-        return dest
-    part = dest.with_name(dest.name + ".part")
-    with file_lock(dest.with_name(dest.name + ".lock")):
-        if dest.is_file() and sha256_file(dest) == sha256:
-            return dest  # another process finished it while we waited
-        if part.exists() and size is not None and part.stat().st_size > size:
-            part.unlink()  # longer than the real file: cannot be a prefix of it
-        for attempt in range(retries + 1):
-            try:
-                _transfer(url, part, timeout, 1 << 20)
-                break
-            except urllib.error.HTTPError as exc:
-                raise UserError(
-                    f"{url}: HTTP {exc.code} {exc.reason} (check the network or IMGCLS_DATA_MIRROR)"
-                ) from None
-            except _NETWORK_ERRORS as exc:
-                if attempt == retries:
-                    raise UserError(
-                        f"{url}: download failed after {retries + 1} attempts ({exc}); run again to resume"
-                    ) from None
-                log.warning("%s: transfer interrupted (%s); resuming", url, exc)
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-        got = sha256_file(part)
-        if got != sha256:
-            part.unlink(missing_ok=True)
-            raise UserError(
-                f"{url}: SHA-256 mismatch (expected {sha256[:16]}…, got {got[:16]}…); "
-                "the download was deleted, run again or check the mirror"
-            )
-        os.replace(part, dest)
-    return dest
-
-
 def fetch(name: str, root: Path, remote: RemoteDataset, mirror: str | None = None) -> dict[str, Path]:
     """Download every file of `remote` into `root` and return ``{file name: path}``."""
     base = mirror or os.environ.get("IMGCLS_DATA_MIRROR") or remote.base_url
-    root.mkdir(parents=True, exist_ok=True)
     paths = {}
     for rf in remote.files:
         url = base.rstrip("/") + "/" + rf.name
@@ -349,6 +238,15 @@ def _parse(name: str, files: dict[str, Path]) -> dict:
     return parse_mnist(files, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES)
 
 
+def _read_meta(path: Path) -> dict:
+    """The arrays' record, or ``{}`` when missing or unreadable (then the arrays are prepared again)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def load_builtin(
     name: str, *, mirror: str | None = None, root: Path | None = None, remote: RemoteDataset | None = None
 ) -> BuiltinArrays:
@@ -370,18 +268,18 @@ def load_builtin(
     folder = Path(root or data_home()) / base_name
     ready = folder / "arrays.json"
     digest = hashlib.sha256("".join(f.sha256 for f in remote.files).encode()).hexdigest()
-    with file_lock(folder / "arrays.lock"):
-        meta = json.loads(ready.read_text()) if ready.is_file() else {}
+    with FileLock(folder / "arrays.lock", f"preparing the {base_name} arrays"):
+        meta = _read_meta(ready)
         if meta.get("version") != FORMAT_VERSION or meta.get("sources") != digest:
             files = fetch(base_name, folder / "downloads", remote, mirror)
             parsed = _parse(base_name, files)
             for key, value in parsed.items():
                 if isinstance(value, np.ndarray):
-                    np.save(folder / f"{key}.tmp.npy", np.ascontiguousarray(value))
-                    os.replace(folder / f"{key}.tmp.npy", folder / f"{key}.npy")
+                    with atomic_open(folder / f"{key}.npy", "wb") as f:
+                        np.save(f, np.ascontiguousarray(value))
             meta = {k: v for k, v in parsed.items() if isinstance(v, list)}
             meta.update(version=FORMAT_VERSION, sources=digest)
-            ready.write_text(json.dumps(meta))
+            atomic_write_text(ready, json.dumps(meta))
             shutil.rmtree(folder / "downloads", ignore_errors=True)  # the parsed arrays are all we read again
 
     def arr(key: str) -> np.ndarray:

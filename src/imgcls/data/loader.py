@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from imgcls._files import atomic_open
+from imgcls.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, LUMA_WEIGHTS_PER_MILLE, to_gray_stats
 from imgcls.data.cache import View, build_or_load, channel_stats, decode
 from imgcls.data.config import DataConfig, cache_home
 from imgcls.data.imbalance import class_balanced_indices, smote_oversample
@@ -62,10 +64,6 @@ from imgcls.errors import UserError
 
 log = logging.getLogger("imgcls.data")
 
-# ImageNet statistics (the torchvision/timm constants) for streamed data, whose statistics are not computed.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_CROP_PCT = 0.875  # 224 / 256: Krizhevsky et al. 2012 and every ImageNet evaluation since
 _ORDER, _BATCH, _SAMPLE, _MIX, _FLIP = 0, 1, 2, 3, 4  # independent random streams
 _EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
@@ -90,7 +88,7 @@ def convert_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     if c == 1 and in_chans == 3:
         return x.expand(-1, 3, -1, -1).contiguous()
     if c == 3 and in_chans == 1:
-        w = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+        w = torch.tensor(LUMA_WEIGHTS_PER_MILLE, dtype=torch.int32).view(1, 3, 1, 1)
         return ((x.to(torch.int32) * w).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").to(torch.uint8)
     raise UserError(f"in_chans: cannot convert {c}-channel images to {in_chans} channels")
 
@@ -404,9 +402,10 @@ class Data:
         return len(self.classes)
 
     def write_issues(self, path: str | Path) -> Path:
-        """Write ``path,reason`` for every skipped file (header included, even when there are none)."""
+        """Write ``path,reason`` for every skipped file (header included, even when there are none), atomically;
+        a full disk or read-only folder is a one-line `UserError` naming the file."""
         path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_open(path, "w") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "reason"])
             writer.writerows(sorted(set(self.issues)))
@@ -637,9 +636,7 @@ def _val_samples(
 
 
 def _gray(values: tuple[float, float, float], in_chans: int) -> list[float]:
-    if in_chans == 3:
-        return list(values)
-    return [0.299 * values[0] + 0.587 * values[1] + 0.114 * values[2]]
+    return list(values) if in_chans == 3 else to_gray_stats(values)
 
 
 def _as_tensor(images: np.ndarray) -> torch.Tensor:

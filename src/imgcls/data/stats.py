@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls._files import atomic_open
 from imgcls.data.cache import channel_stats
 from imgcls.data.config import DataConfig
 from imgcls.data.reader import ImageError, open_image, pil_to_tensor, read_image
@@ -221,9 +222,11 @@ def preview_grid(
     fig.suptitle(f"{text} · {Path(str(recipe)).name} · seed {seed}", fontsize=9)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_open(out, "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 
