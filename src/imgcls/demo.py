@@ -12,9 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder
 
 HELD_OUT = 4  # validation images whose top-5 the demo prints
 
@@ -23,7 +22,7 @@ def _write_held_out(run: Path, count: int) -> list[tuple[Path, str]]:
     """Save a few validation images (kept by the final evaluation in samples.npz) as PNG files to predict."""
     from PIL import Image
 
-    samples = np.load(run / "samples.npz")
+    samples = RunFolder(run).read_samples()
     classes = [str(c) for c in samples["classes"]]
     folder = run / "held_out"
     folder.mkdir(exist_ok=True)
@@ -63,7 +62,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int | None = None) -> dict:
     for (path, truth), top in zip(held_out, predictions):
         ranked = "  ".join(f"{label} {100 * prob:5.1f}%" for label, prob in top)
         print(f"  {path.name:<12} true {truth}:  {ranked}")
-    report = out / "report" / "report.html"
+    report = RunFolder(out).report_page
     print(f"\nReport: {report.resolve() if report.exists() else result.report}")
     return {"top1": measured["top1"], "top5": measured["top5"], "report": report, "predictions": predictions}
 

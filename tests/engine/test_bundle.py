@@ -1,6 +1,8 @@
 """model.safetensors + model.json: round trip, and weights refused unless their SHA-256 is the recorded one."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -49,3 +51,39 @@ def test_missing_hash_is_refused(tmp_path):
     assert read_meta(tmp_path).sha256 == ""
     with pytest.raises(UserError, match="no sha256"):
         load_bundle(tmp_path)
+
+
+def test_weights_file_gets_the_same_mode_as_the_other_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _bundle(tmp_path)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "model.json": 0o644}  # safetensors alone writes 0600
+
+
+def _edit(folder, **changes):
+    path = folder / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"num_classes": 4, "classes": ["a", "b", "c", "d"]}, r"fc\.weight has shape \(3, 84\).*needs \(4, 84\)"),
+        ({"name": "resnet18_cifar"}, "does not fit resnet18_cifar"),
+        ({"name": "lenet_5"}, "unknown model: lenet_5"),
+        ({"input_size": [1, 4, 4], "resize": 4}, r"input_size \[1, 4, 4\] does not fit lenet5"),
+        ({"model_kwargs": {"colour": 1}}, "model_kwargs do not fit lenet5"),
+        ({"model_kwargs": {"pool": "nope"}}, "model.json: pool must be one of"),
+    ],
+)
+def test_a_record_that_does_not_describe_the_weights_is_one_line(tmp_path, changes, expected):
+    """The SHA-256 matches (the weights are intact) but model.json was edited by hand."""
+    _bundle(tmp_path)
+    meta_file = _edit(tmp_path, **changes)
+    with pytest.raises(UserError, match=expected) as info:
+        load_bundle(tmp_path)
+    assert "\n" not in str(info.value) and str(meta_file.name) in str(info.value)

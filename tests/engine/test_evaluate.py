@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from imgcls.engine.evaluate import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE, evaluate_model, finalize_run
+from imgcls.engine.evaluate import evaluate_model, finalize_run
+from imgcls.run_folder import RunFolder
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.2)
@@ -218,14 +219,14 @@ def test_finalize_run_writes_valid_files(tmp_path):
     out = finalize_run(tmp_path, model, data)
     ref = evaluate_model(model, data.val, task="multiclass")
 
-    saved = json.loads((tmp_path / EVAL_FILE).read_text())
+    saved = json.loads(RunFolder(tmp_path).eval.read_text())
     assert saved == out
     assert saved["top1"] == pytest.approx(ref.top1) and saved["top5"] == pytest.approx(ref.top5)
     assert saved["classes"] == data.classes and saved["task"] == "multiclass"
     assert np.asarray(saved["confusion_matrix"]).shape == (5, 5)
     assert len(saved["per_class"]["recall"]) == 5
 
-    with open(tmp_path / PREDICTIONS_FILE, newline="") as f:
+    with open(RunFolder(tmp_path).predictions, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 23
     assert list(rows[0]) == ["index", "target"] + [f"pred_{i}" for i in range(1, 6)] + [
@@ -238,7 +239,7 @@ def test_finalize_run_writes_valid_files(tmp_path):
         p = [float(row[f"prob_{j}"]) for j in range(1, 6)]
         assert p == sorted(p, reverse=True) and sum(p) == pytest.approx(1.0, abs=1e-4)
 
-    with np.load(tmp_path / SAMPLES_FILE, allow_pickle=False) as npz:
+    with np.load(RunFolder(tmp_path).samples, allow_pickle=False) as npz:
         assert npz["images"].dtype == np.uint8 and npz["images"].shape[1:] == (8, 8, 3)
         idx = npz["index"]
         assert 1 < len(idx) <= 16 and idx[0] == 0 and idx[-1] == 22  # spread over the whole split
@@ -260,10 +261,10 @@ def test_finalize_run_multilabel(tmp_path):
     data.task = "multilabel"
     out = finalize_run(tmp_path, TinyConvNet(num_classes=4), data)
     assert out["mAP"] is not None and "confusion_matrix" not in out
-    with open(tmp_path / PREDICTIONS_FILE, newline="") as f:
+    with open(RunFolder(tmp_path).predictions, newline="") as f:
         first = next(csv.DictReader(f))
     assert first["target"] == "0;2"
-    with np.load(tmp_path / SAMPLES_FILE, allow_pickle=False) as npz:
+    with np.load(RunFolder(tmp_path).samples, allow_pickle=False) as npz:
         assert npz["targets"].shape == (10, 4)
 
 

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from imgcls.cli import main
-from imgcls.engine.bundle import WEIGHTS_FILE, ModelMeta, save_bundle
+from imgcls.engine.bundle import ModelMeta, save_bundle
 from imgcls.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from imgcls.errors import UserError
 from imgcls.models import create_model
+from imgcls.run_folder import RunFolder
 
 pytestmark = pytest.mark.faults
 
@@ -96,7 +97,7 @@ def test_pickle_payload_in_a_weights_file_is_refused_and_never_runs(run, tmp_pat
 
 def _tamper(run: Path) -> None:
     """Change one byte of tensor data at the end of the weights file: still valid safetensors, other weights."""
-    path = run / WEIGHTS_FILE
+    path = RunFolder(run).weights
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x01
     path.write_bytes(bytes(data))
@@ -117,5 +118,5 @@ def test_weights_that_differ_from_model_json_are_refused(run, tmp_path, image, k
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgcls: error: ") and "SHA-256" in lines[0], done.stderr
-    assert "refusing" in lines[0] and str(run / WEIGHTS_FILE) in lines[0]
+    assert "refusing" in lines[0] and str(RunFolder(run).weights) in lines[0]
     figure("untrusted_sha", {"refused": ["eval", "predict", "export", "serve"]})

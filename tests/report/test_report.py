@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from imgcls.errors import UserError
-from imgcls.report import build_report, plots, read_metrics
+from imgcls.report import build_report, plots
+from imgcls.run_folder import RunFolder
 
 
 def _metrics_rows(epochs: int, k: int) -> list[dict]:
@@ -99,7 +100,10 @@ def make_run(root: Path, *, k: int = 10, epochs: int = 8, task: str = "multiclas
         classes=np.asarray(classes),
         task=np.asarray(task),
     )
-    meta = {"name": "resnet18_cifar", "num_classes": k, "classes": classes, "input_size": [3, 32, 32], "task": task}
+    meta = {
+        "name": "resnet18_cifar", "num_classes": k, "classes": classes, "input_size": [3, 32, 32], "task": task,
+        "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "resize": 32,
+    }  # fmt: skip
     (root / "model.json").write_text(json.dumps({**meta, "sha256": "ab" * 32}))
     config = {"data": {"spec": "cifar10"}, "train": {"epochs": epochs, "precision": "bf16"}, "git_commit": "0" * 40}
     (root / "config.json").write_text(json.dumps(config))
@@ -213,11 +217,11 @@ def test_bad_inputs_are_user_errors(tmp_path):
 def test_read_metrics_parses_numbers_and_blanks(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,train_loss,val_loss,val_top1,val_top5,lr,seconds\n1,0.5,0.6,80.5,,0.1,3.25\n")
-    assert read_metrics(path) == [
+    assert RunFolder(tmp_path).read_metrics() == [
         {"epoch": 1.0, "train_loss": 0.5, "val_loss": 0.6, "val_top1": 80.5, "val_top5": None, "lr": 0.1,
          "seconds": 3.25}
     ]  # fmt: skip
-    assert read_metrics(tmp_path / "absent.csv") == []
+    assert RunFolder(tmp_path / "absent").read_metrics() == []
 
 
 def test_report_from_finalize_run(tmp_path):

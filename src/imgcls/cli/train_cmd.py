@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder
 
 # flag attribute -> (recipe section, key): flags override the recipe, which overrides the defaults.
 FLAG_TARGETS = {
@@ -108,7 +108,7 @@ def build_config(args: argparse.Namespace):
     from imgcls.engine.config import SECTIONS, config_from_dict, merge, read_run_config, resolve_config
 
     overrides = overrides_from_args(args)
-    if args.resume and args.out and (Path(args.out) / "config.json").is_file():
+    if args.resume and args.out and RunFolder(args.out).config.is_file():
         saved = read_run_config(args.out)
         base = {name: saved.get(name) or {} for name in SECTIONS}
         return config_from_dict(merge(base, overrides))
@@ -125,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from imgcls.engine.evaluate import evaluate
 
-    result = evaluate(args.run, data=args.data, tta=args.tta, json=args.json, device=args.device)
+    result = evaluate(args.run, data=args.data, tta=args.tta, device=args.device)
     if args.json:
         print(json.dumps(result, allow_nan=False, default=_none_for_nan))
         return 0

@@ -1,82 +1,59 @@
 """The weights to ship: ``model.safetensors`` + ``model.json`` in a run folder.
 
-``model.json`` says what it takes to use the weights (DESIGN.md, "The run folder"):
+``model.json`` says what it takes to use the weights (DESIGN.md, "The run folder"); its fields and their checks
+are :class:`imgcls.run_folder.ModelMeta`:
 
     name, num_classes, classes, input_size [C, H, W], mean, std, task, sha256,
     resize (shorter side before the center crop at evaluation; equal to H for no crop),
-    in_chans, model_kwargs (extra create_model arguments), format_version
+    in_chans, model_kwargs (extra create_model arguments), thresholds (multi-label), epoch, format_version
 
-The SHA-256 of the weights file is checked before loading, so a swapped or damaged file is refused.
+The SHA-256 of the weights file is checked before loading, so a swapped or damaged file is refused; a record
+that does not describe the weights (another architecture, class count or input size) is refused with one line
+naming ``model.json``, before anything is predicted.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from imgcls.errors import UserError
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
+from imgcls.run_folder import ModelMeta, RunFolder, default_file_mode, sha256_of, verify_weights
 
 
-@dataclass
-class ModelMeta:
-    """Contents of model.json."""
-
-    name: str
-    num_classes: int
-    classes: list[str]
-    input_size: list[int]
-    mean: list[float]
-    std: list[float]
-    task: str = "multiclass"
-    resize: int | None = None
-    in_chans: int = 3
-    model_kwargs: dict = field(default_factory=dict)
-    sha256: str = ""
-    format_version: int = 1
+def _folder(folder: str | os.PathLike | RunFolder) -> RunFolder:
+    return folder if isinstance(folder, RunFolder) else RunFolder(folder)
 
 
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_bundle(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> ModelMeta:
+def save_bundle(folder: str | os.PathLike | RunFolder, model: nn.Module, meta: ModelMeta) -> ModelMeta:
     """Write model.safetensors and model.json (with the weights' SHA-256) into `folder`.
 
     Both files are written in full to temporaries first and only then renamed over the old ones, so a failure
-    while writing (a full disk) leaves the previous pair, whose SHA-256 still matches, and no temporary.
+    while writing (a full disk) leaves the previous pair, whose SHA-256 still matches, and no temporary. The
+    weights file gets the same permissions as every other file of the run (safetensors itself writes 0600).
 
     Raises:
         UserError: the file system refused the write (full disk, quota, read-only).
     """
     from imgcls.engine.checkpoint import io_failure_reason
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    run = _folder(folder)
+    meta.check(run.meta)
+    run.root.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights, weights_tmp = folder / WEIGHTS_FILE, folder / (WEIGHTS_FILE + ".tmp")
-    meta_path, meta_tmp = folder / META_FILE, folder / (META_FILE + ".tmp")
+    weights, weights_tmp = run.weights, run.root / f".{RunFolder.WEIGHTS}.{os.getpid()}.tmp"
+    meta_path, meta_tmp = run.meta, run.root / f".{RunFolder.META}.{os.getpid()}.tmp"
     try:
         save_file(state, str(weights_tmp), metadata={"name": meta.name})
+        os.chmod(weights_tmp, default_file_mode())
         with open(weights_tmp, "rb+") as f:
             os.fsync(f.fileno())
-        record = dict(asdict(meta), sha256=sha256_of(weights_tmp))
-        with open(meta_tmp, "wb") as f:
-            f.write((json.dumps(record, indent=2) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+        record = meta.to_dict() | {"sha256": sha256_of(weights_tmp)}
+        run.write_json(meta_tmp, record, indent=2)
         os.replace(weights_tmp, weights)
         os.replace(meta_tmp, meta_path)
     except Exception as exc:
@@ -92,55 +69,91 @@ def save_bundle(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) ->
     return meta
 
 
-def read_meta(folder: str | os.PathLike) -> ModelMeta:
-    """Parse model.json of a run folder; a missing or malformed file is a UserError naming it."""
-    path = Path(folder) / META_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: not found (is {folder} a finished run folder?)")
-    try:
-        raw = json.loads(path.read_text())
-        known = {k: raw[k] for k in ModelMeta.__dataclass_fields__ if k in raw}
-        return ModelMeta(**known)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path}: malformed model.json ({exc})") from None
+def read_meta(folder: str | os.PathLike | RunFolder) -> ModelMeta:
+    """Parse and check model.json of a run folder; a missing or malformed file is a UserError naming it."""
+    return _folder(folder).read_meta()
 
 
-def load_weights(folder: str | os.PathLike, meta: ModelMeta | None = None, map_location: str = "cpu") -> dict:
+def load_weights(
+    folder: str | os.PathLike | RunFolder, meta: ModelMeta | None = None, map_location: str = "cpu"
+) -> dict:
     """The state dict of a run folder's model.safetensors, read only if its SHA-256 matches model.json."""
-    meta = meta or read_meta(folder)
-    weights = Path(folder) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"{weights}: not found")
-    if not meta.sha256:
-        raise UserError(f"{Path(folder) / META_FILE}: no sha256 for {WEIGHTS_FILE}; refusing unverified weights")
-    digest = sha256_of(weights)
-    if digest != meta.sha256:
-        raise UserError(f"{weights}: SHA-256 {digest[:12]}… does not match model.json ({meta.sha256[:12]}…); refusing")
-    return load_file(str(weights), device=map_location)
+    run = _folder(folder)
+    meta = meta or run.read_meta()
+    verify_weights(run.weights, meta.sha256, run.meta)
+    try:
+        return load_file(str(run.weights), device=map_location)
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise UserError(f"{run.weights}: not a readable safetensors file ({type(exc).__name__})") from None
 
 
-def load_bundle(folder: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model of a run folder in eval mode, after checking the weights' SHA-256."""
+def build_model(meta: ModelMeta, where: Path | str = RunFolder.META) -> nn.Module:
+    """The architecture ``meta`` describes, freshly initialised; an unknown name or option names ``where``."""
     from imgcls.models import create_model
 
-    meta = read_meta(folder)
-    weights = Path(folder) / WEIGHTS_FILE
-    state = load_weights(folder, meta, map_location)
-    model = create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        return create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # an option this architecture does not take, or a value it refuses
+        raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
+
+
+def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model of a run folder in eval mode, after checking the weights' SHA-256.
+
+    The record must describe the weights: tensors of other shapes (another class count, another architecture
+    with the same SHA-256 recorded by hand) and an input size the network cannot take are refused here.
+    """
+    run = _folder(folder)
+    meta = run.read_meta()
+    state = load_weights(run, meta, map_location)
+    model = build_model(meta, run.meta)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise UserError(f"{weights}: does not fit {meta.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{run.weights}: does not fit {meta.name} as {run.meta} describes it "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        key, got, want = wrong[0]
+        raise UserError(
+            f"{run.weights}: {key} has shape {got} but {meta.name} with {meta.num_classes} classes and "
+            f"{meta.in_chans} channel(s) ({run.meta}) needs {want}"
+        )
+    model.load_state_dict(state)
     model.eval()
+    check_input_size(model, meta, run.meta)
     return model, meta
 
 
+def check_input_size(model: nn.Module, meta: ModelMeta, where: Path | str = RunFolder.META) -> None:
+    """Run one blank image of ``meta.input_size`` through ``model``: an input the network cannot take (too small
+    for its pooling, another size than a fixed classifier expects) is a UserError naming ``where``."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *meta.input_size, device=param.device if param is not None else "cpu")
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: input_size {meta.input_size} does not fit {meta.name} ({first})") from None
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if out.ndim != 2 or out.shape[1] != meta.num_classes:
+        raise UserError(f"{where}: {meta.name} gives {tuple(out.shape[1:])} outputs, not {meta.num_classes} classes")
+
+
 __all__ = [
-    "META_FILE",
-    "WEIGHTS_FILE",
     "ModelMeta",
+    "build_model",
+    "check_input_size",
     "load_bundle",
     "load_weights",
     "read_meta",
     "save_bundle",
     "sha256_of",
+    "verify_weights",
 ]

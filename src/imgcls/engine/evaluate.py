@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from imgcls.engine import metrics as M
 from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
-from imgcls.report import EVAL_FILE, PREDICTIONS_FILE, SAMPLES_FILE
+from imgcls.run_folder import RunFolder, write_atomic
 
 TTA_MODES = ("none", "flip", "flip-translate", "ten-crop")
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
@@ -298,15 +298,6 @@ def _rank() -> int:
     return torch.distributed.get_rank() if M.dist_ready() else 0
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _to_uint8_hwc(x: Tensor, mean, std) -> np.ndarray:
     """Undo the normalisation of ``(N, C, H, W)`` → uint8 ``(N, H, W, C)``."""
     x = x.detach().float().cpu()
@@ -354,15 +345,12 @@ def _target_cell(target: Tensor, task: str) -> str:
 def _write_predictions(path: Path, probs: Tensor, targets: Tensor, task: str) -> None:
     indices, values = _topk(probs, TOPK)
     k = indices.shape[1]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "target", *[f"pred_{j + 1}" for j in range(k)], *[f"prob_{j + 1}" for j in range(k)]])
-        for i, (idx, val) in enumerate(zip(indices.tolist(), values.tolist())):
-            w.writerow([i, _target_cell(targets[i], task), *idx, *(f"{v:.6f}" for v in val)])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "target", *[f"pred_{j + 1}" for j in range(k)], *[f"prob_{j + 1}" for j in range(k)]])
+    for i, (idx, val) in enumerate(zip(indices.tolist(), values.tolist())):
+        w.writerow([i, _target_cell(targets[i], task), *idx, *(f"{v:.6f}" for v in val)])
+    write_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def finalize_run(
@@ -402,7 +390,7 @@ def finalize_run(
     Returns:
         The contents of ``eval.json`` as a dict.
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     total = getattr(data.val, "num_samples", None)
     keeper = _SampleKeeper(total if not distributed else None, data.mean, data.std)
     result = _evaluate(
@@ -421,18 +409,15 @@ def finalize_run(
     payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
     if _rank() != 0:
         return payload
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(run_dir / EVAL_FILE, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    run.write_eval(payload)
     probs = M.probabilities(result.logits, data.task)
-    _write_predictions(run_dir / PREDICTIONS_FILE, probs, result.targets, data.task)
+    _write_predictions(run.predictions, probs, result.targets, data.task)
     kept = torch.as_tensor(keeper.index, dtype=torch.int64)
     top_idx, top_prob = _topk(probs[kept], TOPK)
     targets = result.targets[kept]
     targets = (targets >= 0.5).to(torch.uint8) if data.task == "multilabel" else M.class_targets(targets)
     images = np.concatenate(keeper.images) if keeper.images else np.zeros((0, 1, 1, 3), np.uint8)
-    tmp = run_dir / (SAMPLES_FILE + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
+    run.write_samples(
         images=images,
         index=kept.numpy(),
         targets=targets.numpy(),
@@ -441,22 +426,10 @@ def finalize_run(
         classes=np.asarray(list(data.classes), dtype=str),
         task=np.asarray(data.task),
     )
-    os.replace(tmp, run_dir / SAMPLES_FILE)
     return payload
 
 
 # --- imgcls eval -----------------------------------------------------------------------------------------------
-
-
-def _read_config(run: Path) -> dict:
-    path = run / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
-    return config if isinstance(config, dict) else {}
 
 
 def _known_fields(cls, values: dict | None) -> dict:
@@ -479,7 +452,6 @@ def evaluate(
     run: str | os.PathLike,
     data: str | None = None,
     tta: str = "none",
-    json: bool = False,
     *,
     precision: str = "fp32",
     device: str = "cpu",
@@ -495,7 +467,6 @@ def evaluate(
         run: the run folder.
         data: a data SPEC to evaluate on instead of the run's own validation data.
         tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"``.
-        json: accepted for symmetry with the command line; the result is the same dict (printing is the CLI's).
         precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
@@ -507,19 +478,16 @@ def evaluate(
     from imgcls.data.transforms import AugmentConfig
     from imgcls.engine.bundle import load_bundle
 
-    del json  # the CLI decides how to print
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"run folder not found: {run} (check --run)")
+    run = RunFolder(run).require("run folder")
     if tta not in TTA_MODES:
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
     device = resolve_device(device)
     model, meta = load_bundle(run, map_location=device)
-    config = _read_config(run)
+    config = run.read_config() or {}
     saved_data = config.get("data") if isinstance(config.get("data"), dict) else {}
     spec = data if data is not None else saved_data.get("spec")
     if not spec:
-        raise UserError(f"{run / 'config.json'}: no data.spec saved in the run; pass --data SPEC")
+        raise UserError(f"{run.config}: no data.spec saved in the run; pass --data SPEC")
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     seed = int(train_cfg.get("seed", config.get("seed", 0)) or 0)
     crop = int(meta.input_size[-1])
@@ -550,7 +518,7 @@ def evaluate(
     )
     if list(built.classes) != list(meta.classes):
         raise UserError(
-            f"{spec}: its classes differ from the run's class map in {run / 'model.json'} "
+            f"{spec}: its classes differ from the run's class map in {run.meta} "
             f"({_class_mismatch(list(built.classes), list(meta.classes))})"
         )
     if built.val is None or not len(built.val):
@@ -559,7 +527,7 @@ def evaluate(
         model, built.val, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
     )
     return {
-        "run": str(run),
+        "run": str(run.root),
         "data": str(spec),
         "task": meta.task,
         "classes": list(meta.classes),
@@ -568,9 +536,6 @@ def evaluate(
 
 
 __all__ = [
-    "EVAL_FILE",
-    "PREDICTIONS_FILE",
-    "SAMPLES_FILE",
     "TTA_MODES",
     "EvalResult",
     "evaluate",

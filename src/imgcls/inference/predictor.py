@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imgcls.engine.metrics import probabilities
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder
 
 # timm's and torchvision's evaluation convention for ImageNet-size models: center crop 87.5% of the shorter side
 # (224 of 256). Models at CIFAR size are evaluated without a crop.
@@ -216,19 +218,6 @@ class OnnxRunner:
         return torch.from_numpy(logits).float()
 
 
-def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Class probabilities from logits: softmax for one label per image, sigmoid per class for multi-label.
-
-    A binary model with a single output unit gives ``[1 - p, p]`` so that both class names get a probability.
-    """
-    if task == "multilabel":
-        return torch.sigmoid(logits)
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1.0 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
-
-
 class Predictor:
     """Classify images with a trained model, preprocessing them exactly as at evaluation.
 
@@ -283,10 +272,11 @@ class Predictor:
         With ``backend="onnx"`` it uses ``RUN/model.onnx`` when that file was exported from these very weights
         (its metadata holds their SHA-256), and otherwise exports the weights to a temporary file first.
         """
-        from imgcls.engine.bundle import load_bundle, read_meta
+        from imgcls.engine.bundle import load_bundle
 
         _check_backend(backend)
-        meta = read_meta(run)
+        run = RunFolder(run)
+        meta = run.read_meta()
         preprocess = Preprocess(
             input_size=tuple(meta.input_size),
             resize=meta.resize or meta.input_size[1],
@@ -295,7 +285,7 @@ class Predictor:
         )
         common = dict(name=meta.name, task=meta.task, batch_size=batch_size, num_workers=num_workers)
         if backend == "onnx":
-            onnx_file = Path(run) / "model.onnx"
+            onnx_file = run.onnx
             if onnx_file.is_file() and read_onnx_metadata(onnx_file).get("sha256") == meta.sha256:
                 return cls.from_onnx(onnx_file, batch_size=batch_size, num_workers=num_workers)
             import tempfile
@@ -304,9 +294,10 @@ class Predictor:
 
             model, meta = load_bundle(run)
             with tempfile.TemporaryDirectory(prefix="imgcls-onnx-") as tmp:
-                export_onnx(model, meta, Path(tmp) / "model.onnx")
+                exported = Path(tmp) / RunFolder.ONNX
+                export_onnx(model, meta, exported)
                 # The session reads the whole file at creation, so the temporary folder may go right after.
-                runner = OnnxRunner(Path(tmp) / "model.onnx", preprocess)
+                runner = OnnxRunner(exported, preprocess)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         model, meta = load_bundle(run)
         return cls(TorchRunner(model, preprocess, precision), preprocess, meta.classes, sha256=meta.sha256, **common)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import UserError
+from imgcls.run_folder import check_weights_file
 
 log = logging.getLogger("imgcls")
 
@@ -228,7 +228,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
-    _check_run_folder_hash(path)
+    check_weights_file(path)  # a run folder's weights only with the SHA-256 its record holds
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: 8-byte little-endian header length, then a JSON object.
@@ -246,21 +246,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     if state is None:
         raise UserError(f"{path}: holds no state dict (expected tensors by key, or a 'state_dict'/'model' entry)")
     return state, "pickle"
-
-
-def _check_run_folder_hash(path: Path) -> None:
-    """A run folder's model.safetensors is read only if it matches the SHA-256 its model.json records."""
-    meta = path.with_name("model.json")
-    if path.name != "model.safetensors" or not meta.is_file():
-        return
-    try:
-        expected = json.loads(meta.read_text()).get("sha256")
-    except ValueError:
-        raise UserError(f"{meta}: malformed model.json beside {path.name}") from None
-    if expected:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != expected:
-            raise UserError(f"{path}: SHA-256 {digest[:12]}… does not match {meta} ({expected[:12]}…); refusing")
 
 
 def _is_state_dict(obj) -> bool:

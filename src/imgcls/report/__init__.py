@@ -15,62 +15,13 @@ r.build_report('runs/demo')"``.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from imgcls.errors import UserError
-
-METRICS_FILE = "metrics.csv"
-EVAL_FILE = "eval.json"
-PREDICTIONS_FILE = "predictions.csv"
-SAMPLES_FILE = "samples.npz"
-REPORT_DIR = "report"
-REPORT_FILE = "report.html"
-
-
-def _number(text: str | None) -> float | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, float | None]]:
-    """Rows of ``metrics.csv`` with numbers parsed (empty cells → ``None``); ``[]`` when the file is absent."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "epoch" not in reader.fieldnames:
-            raise UserError(f"{path}: not a metrics file (no 'epoch' column)")
-        return [{k: _number(v) for k, v in row.items() if k} for row in reader]
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
-    return value if isinstance(value, dict) else {}
-
-
-def _read_samples(path: Path) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable samples file ({exc})") from None
+from imgcls.run_folder import RunFolder, write_atomic
 
 
 def _duration(seconds: float) -> str:
@@ -104,16 +55,17 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     from imgcls.report import plots
     from imgcls.report.html import FigureRef, render_report
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run folder not found: {run}")
-    out = run / REPORT_DIR
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"run folder not found: {run.root}")
+    out = run.report_dir
     out.mkdir(exist_ok=True)
-    rows = read_metrics(run / METRICS_FILE)
-    evaluation = _read_json(run / EVAL_FILE)
-    meta = _read_json(run / "model.json")
-    config = _read_json(run / "config.json")
-    samples = _read_samples(run / SAMPLES_FILE)
+    rows = run.read_metrics()
+    evaluation = run.read_eval() or {}
+    found = run.read_meta_or_none()
+    meta = found.to_dict() if found is not None else {}
+    config = run.read_config() or {}
+    samples = run.read_samples()
     classes = [str(c) for c in evaluation.get("classes") or meta.get("classes") or []]
     task = evaluation.get("task") or meta.get("task") or "multiclass"
 
@@ -211,27 +163,14 @@ def build_report(run_dir: str | os.PathLike) -> Path:
 
     page = render_report(
         title=f"{model_name} on {spec}",
-        subtitle=f"imgcls run report — {run.resolve().name}",
+        subtitle=f"imgcls run report — {run.root.resolve().name}",
         headline=headline,
         summary=summary,
         figures=figures,
         per_class=per_class or None,
         classes=classes,
     )
-    path = out / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(run.report_page, page.encode("utf-8"))
 
 
-__all__ = [
-    "EVAL_FILE",
-    "METRICS_FILE",
-    "PREDICTIONS_FILE",
-    "REPORT_DIR",
-    "REPORT_FILE",
-    "SAMPLES_FILE",
-    "build_report",
-    "read_metrics",
-]
+__all__ = ["build_report"]
