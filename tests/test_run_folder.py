@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgcls.errors import UserError
-from imgcls.run_folder import ModelMeta, RunFolder, default_file_mode, write_atomic
+from imgcls.run_folder import ModelMeta, RunFolder
 
 
 def _meta(**changes) -> dict:
@@ -139,16 +139,16 @@ def test_own_files_are_recognised_through_links_and_dots(tmp_path):
 
 
 def test_written_files_get_the_umask_mode_and_leave_no_temporary(tmp_path):
+    run = RunFolder(tmp_path)
     old = os.umask(0o022)
     try:
-        assert default_file_mode() == 0o644
-        path = write_atomic(tmp_path / "a.txt", b"one")
-        write_atomic(path, b"two")
+        run.write_eval({"top1": 1.0})
+        run.write_eval({"top1": 2.0})
     finally:
         os.umask(old)
-    assert path.read_bytes() == b"two"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert run.read_eval() == {"top1": 2.0}
+    assert stat.S_IMODE(run.eval.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
 
 def test_clear_removes_only_the_runs_own_entries(tmp_path):

@@ -26,7 +26,8 @@ What a run folder holds (``RUN/…``):
 
 Readers raise :class:`~imgcls.errors.UserError` naming the file for a malformed one; optional files read as
 ``None`` (or ``[]``) when absent, required ones (``model.json``) say what is missing. Writers replace a file
-atomically (temporary file, fsync, rename), so a killed or full-disk write leaves the previous file.
+atomically (``imgcls._files``: temporary file, fsync, rename), so a killed or full-disk write leaves the previous
+file and says so in one line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from imgcls._files import atomic_write_bytes, sha256_file
 from imgcls.errors import UserError
 
 TASKS = ("multiclass", "binary", "multilabel")
@@ -371,7 +373,7 @@ class RunFolder:
             text = json.dumps(value, indent=indent, allow_nan=False)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None  # our bug: callers turn non-finite numbers into None
-        return write_atomic(path, (text + "\n").encode("utf-8"))
+        return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
     # --- metrics.csv -------------------------------------------------------------------------------------------
 
@@ -396,7 +398,7 @@ class RunFolder:
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if row.get(c) is None else _cell(row[c]) for c in columns])
-        return write_atomic(self.metrics, buf.getvalue().encode("utf-8"))
+        return atomic_write_bytes(self.metrics, buf.getvalue().encode("utf-8"))
 
     # --- samples.npz -------------------------------------------------------------------------------------------
 
@@ -417,18 +419,7 @@ class RunFolder:
 
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        return write_atomic(self.samples, buf.getvalue())
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (a 550 MB weights file never sits in memory)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return atomic_write_bytes(self.samples, buf.getvalue())
 
 
 def verify_weights(weights: str | os.PathLike, expected: str, record: str | os.PathLike) -> None:
@@ -438,7 +429,7 @@ def verify_weights(weights: str | os.PathLike, expected: str, record: str | os.P
         raise UserError(f"{weights}: not found")
     if not expected:
         raise UserError(f"{record}: no sha256 for {weights.name}; refusing unverified weights")
-    digest = sha256_of(weights)
+    digest = sha256_file(weights)
     if digest != expected:
         raise UserError(f"{weights}: SHA-256 {digest[:12]}… does not match {record} ({expected[:12]}…); refusing")
 
@@ -475,53 +466,10 @@ def _cell(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-# --- writing files ---------------------------------------------------------------------------------------------
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` gives a new file here (``0o666`` less the umask), read without changing the umask."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``path`` with ``data``: temporary file beside it, fsync, rename. The file gets the mode a new file
-    gets from ``open()`` (the umask's), whatever wrote the temporary.
-
-    Raises:
-        UserError: the file system refused (full disk, quota, read-only, permission): one line naming the file;
-            the previous file is unchanged and no temporary is left.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc}); the previous file is unchanged") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 __all__ = [
     "TASKS",
     "ModelMeta",
     "RunFolder",
     "check_weights_file",
-    "default_file_mode",
-    "sha256_of",
     "verify_weights",
-    "write_atomic",
 ]

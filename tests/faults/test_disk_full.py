@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcls.engine.bundle import ModelMeta, load_bundle, save_bundle, sha256_of
+from imgcls._files import sha256_file
+from imgcls.engine.bundle import ModelMeta, load_bundle, save_bundle
 from imgcls.engine.checkpoint import load_checkpoint, save_checkpoint
 from imgcls.errors import UserError
 from imgcls.models import create_model
@@ -114,6 +115,6 @@ def test_training_on_a_full_disk_stops_with_one_line(tmp_path, kit, figure):
         assert after["checkpoints/last.pt"] == before["checkpoints/last.pt"]
         state = load_checkpoint(ckpt)
         assert (state["epoch"], state["batch"]) == (1, 0)
-        assert sha256_of(run / "model.safetensors") == load_bundle(run)[1].sha256
+        assert sha256_file(run / "model.safetensors") == load_bundle(run)[1].sha256
         figure("disk_full", {"message": err[0].replace(str(disk), "<disk>"), "checkpoint_intact": True})
     assert not os.path.ismount(tmp_path / "mnt")

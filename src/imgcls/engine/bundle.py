@@ -14,15 +14,20 @@ naming ``model.json``, before anything is predicted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from imgcls._files import temp_path
 from imgcls.errors import UserError
-from imgcls.run_folder import ModelMeta, RunFolder, default_file_mode, sha256_of, verify_weights
+from imgcls.run_folder import ModelMeta, RunFolder, verify_weights
 
 
 def _folder(folder: str | os.PathLike | RunFolder) -> RunFolder:
@@ -33,37 +38,35 @@ def save_bundle(folder: str | os.PathLike | RunFolder, model: nn.Module, meta: M
     """Write model.safetensors and model.json (with the weights' SHA-256) into `folder`.
 
     Both files are written in full to temporaries first and only then renamed over the old ones, so a failure
-    while writing (a full disk) leaves the previous pair, whose SHA-256 still matches, and no temporary. The
-    weights file gets the same permissions as every other file of the run (safetensors itself writes 0600).
+    while writing (a full disk) leaves the previous pair, whose SHA-256 still matches, and no temporary. Both get
+    the permissions of every other file of the run (``0666`` less the umask; safetensors' own writer makes 0600).
 
     Raises:
         UserError: the file system refused the write (full disk, quota, read-only).
     """
-    from imgcls.engine.checkpoint import io_failure_reason
-
     run = _folder(folder)
     meta.check(run.meta)
-    run.root.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights, weights_tmp = run.weights, run.root / f".{RunFolder.WEIGHTS}.{os.getpid()}.tmp"
-    meta_path, meta_tmp = run.meta, run.root / f".{RunFolder.META}.{os.getpid()}.tmp"
+    data = safetensors.torch.save(state, metadata={"name": meta.name})
+    record = meta.to_dict() | {"sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    weights_tmp, meta_tmp = temp_path(run.weights), temp_path(run.meta)
     try:
-        save_file(state, str(weights_tmp), metadata={"name": meta.name})
-        os.chmod(weights_tmp, default_file_mode())
-        with open(weights_tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        record = meta.to_dict() | {"sha256": sha256_of(weights_tmp)}
-        run.write_json(meta_tmp, record, indent=2)
-        os.replace(weights_tmp, weights)
-        os.replace(meta_tmp, meta_path)
-    except Exception as exc:
-        reason = io_failure_reason(exc)
-        if reason is None:
-            raise
-        raise UserError(f"{weights}: cannot write the weights ({reason}); the previous ones are unchanged") from None
+        run.root.mkdir(parents=True, exist_ok=True)
+        for tmp, payload in ((weights_tmp, data), (meta_tmp, text.encode("utf-8"))):
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(weights_tmp, run.weights)
+        os.replace(meta_tmp, run.meta)
+    except OSError as exc:
+        raise UserError(
+            f"{run.weights}: cannot write the weights ({exc.strerror or exc}); the previous ones are unchanged"
+        ) from None
     finally:
         for tmp in (weights_tmp, meta_tmp):
-            if tmp.exists():
+            with contextlib.suppress(OSError):
                 tmp.unlink()
     meta.sha256 = record["sha256"]
     return meta
@@ -154,6 +157,5 @@ __all__ = [
     "load_weights",
     "read_meta",
     "save_bundle",
-    "sha256_of",
     "verify_weights",
 ]

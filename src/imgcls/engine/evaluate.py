@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls._files import atomic_write_text
 from imgcls.engine import metrics as M
 from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
-from imgcls.run_folder import RunFolder, write_atomic
+from imgcls.run_folder import RunFolder
 
 TTA_MODES = ("none", "flip", "flip-translate", "ten-crop")
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
@@ -350,7 +351,7 @@ def _write_predictions(path: Path, probs: Tensor, targets: Tensor, task: str) ->
     w.writerow(["index", "target", *[f"pred_{j + 1}" for j in range(k)], *[f"prob_{j + 1}" for j in range(k)]])
     for i, (idx, val) in enumerate(zip(indices.tolist(), values.tolist())):
         w.writerow([i, _target_cell(targets[i], task), *idx, *(f"{v:.6f}" for v in val)])
-    write_atomic(path, buf.getvalue().encode("utf-8"))
+    atomic_write_text(path, buf.getvalue())
 
 
 def finalize_run(

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls._files import atomic_write_text
 from imgcls.errors import UserError
-from imgcls.run_folder import RunFolder, write_atomic
+from imgcls.run_folder import RunFolder
 
 
 def _duration(seconds: float) -> str:
@@ -170,7 +171,7 @@ def build_report(run_dir: str | os.PathLike) -> Path:
         per_class=per_class or None,
         classes=classes,
     )
-    return write_atomic(run.report_page, page.encode("utf-8"))
+    return atomic_write_text(run.report_page, page)
 
 
 __all__ = ["build_report"]
