@@ -69,7 +69,7 @@ def test_config_record_holds_versions_and_commit():
     ("text", "match"),
     [
         ("optimizer:\n  lr: 0.1\n", "unknown section optimizer"),
-        ("optim:\n  learning_rate: 0.1\n", "optim.learning_rate"),
+        ("optim:\n  learning_rate: 0.1\n", "optim: unknown setting 'learning_rate'"),
         ("optim:\n  lr: fast\n", "optim.lr"),
         ("optim: [1, 2]\n", "mapping"),
         ("optim:\n  lr: [0.1\n", "not valid YAML"),

@@ -74,11 +74,11 @@ def test_refuses_a_folder_holding_another_run(digits_run, capsys):
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    # Epoch 1 trains normally; from epoch 2 the step schedule multiplies the learning rate by infinity, so the
+    # Epoch 1 trains normally; from epoch 2 the step schedule multiplies the learning rate by 1e30, so the
     # weights become NaN after one step and every later loss is NaN.
     run = tmp_path / "run"
     argv = ["train", "--recipe", "digits", "--epochs", "2", "--out", str(run), "--batch-size", "64"]
-    argv += ["--set", "schedule.name=step", "--set", "schedule.step_size=1", "--set", "schedule.gamma=.inf"]
+    argv += ["--set", "schedule.name=step", "--set", "schedule.step_size=1", "--set", "schedule.gamma=1e30"]
     argv += ["--set", "schedule.warmup_epochs=0", "--set", "train.max_bad_steps=3", "--set", "train.report=false"]
     code = main(argv)
     err = capsys.readouterr().err.strip()

@@ -32,6 +32,10 @@ FLAG_TARGETS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `train` and `eval` to the `imgcls` parser."""
+    from imgcls.config_reader import choices_of, recipe_names
+    from imgcls.engine.config import DEVICES, TrainConfig
+    from imgcls.engine.evaluate import TTA_MODES
+
     p = sub.add_parser(
         "train",
         help="train a model on a dataset into a run folder",
@@ -40,19 +44,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", metavar="SPEC", help="a folder, a CSV file, or digits, cifar10, cifar100, mnist...")
     p.add_argument("--model", metavar="NAME", help="a registered model (see `imgcls models`)")
-    p.add_argument("--recipe", metavar="NAME|FILE", help="digits, cifar10, imagenet, finetune, or a YAML file")
+    p.add_argument("--recipe", metavar="NAME|FILE", help=f"{', '.join(recipe_names())}, or a YAML file")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per step and process")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--image-size", type=int, help="input side in pixels (default: the model's)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--task", choices=("multiclass", "multilabel", "binary"))
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--precision", choices=choices_of(TrainConfig, "precision"))
+    p.add_argument("--task", choices=choices_of(TrainConfig, "task"))
     p.add_argument("--out", metavar="RUN", help="the run folder to write")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --out")
-    p.add_argument("--weights", metavar="FILE", help="start from these weights (fine-tuning): a file or torchvision")
+    p.add_argument(
+        "--weights",
+        metavar="FILE|torchvision|timm|none",
+        help="start from these weights (fine-tuning): a weights file, the published torchvision or timm file, "
+        "or none to train from scratch",
+    )
     p.add_argument("--workers", type=int, help="data decoding processes")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
@@ -61,17 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="any other setting, e.g. --set optim.name=adamw --set train.ema_decay=0.999 (repeatable)",
+        help="any other setting, e.g. --set optim.name=adamw --set train.ema_decay=0.999 (repeatable; "
+        "VALUE is YAML: null sets null, [1, 2] a list, {a: 1} a mapping)",
     )
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="measure a finished run again (optionally on other data, with TTA)")
     e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
     e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
-    e.add_argument(
-        "--tta", choices=("none", "flip", "flip-translate", "ten-crop"), default="none", help="test-time augmentation"
-    )
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    e.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
+    e.add_argument("--device", choices=DEVICES, default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
 
@@ -86,7 +94,7 @@ def _parse_set(items: list[str]) -> dict[str, dict]:
         if not sep or not dot or not name:
             raise UserError(f"--set {item}: expected SECTION.KEY=VALUE, e.g. optim.name=adamw")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         out.setdefault(section, {})[name] = value
@@ -105,7 +113,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 def build_config(args: argparse.Namespace):
     """defaults < recipe < flags; with --resume the run's saved configuration replaces defaults and recipe."""
-    from imgcls.engine.config import SECTIONS, config_from_dict, merge, read_run_config, resolve_config
+    from imgcls.config_reader import SECTIONS
+    from imgcls.engine.config import config_from_dict, merge, read_run_config, resolve_config
 
     overrides = overrides_from_args(args)
     if args.resume and args.out and RunFolder(args.out).config.is_file():

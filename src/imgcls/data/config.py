@@ -19,10 +19,11 @@ Storage-resolution policy (what the disk cache holds):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgcls.config_reader import check_settings, read_section
 from imgcls.errors import UserError
 
 CACHE_POLICIES = ("auto", "always", "never")
@@ -65,6 +66,7 @@ class DataConfig:
     mirror: str | None = None
 
     def __post_init__(self) -> None:
+        check_settings(self, "data")
         if self.batch_size < 1:
             raise UserError(f"data.batch_size: must be at least 1, got {self.batch_size}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
@@ -82,18 +84,9 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DataConfig:
-        """Build from a recipe's ``data`` section; an unknown key is a UserError naming it."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(
-                f"recipe data section: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        typed = {f.name: f.type for f in fields(cls)}
-        for key, value in d.items():
-            d[key] = _coerce(value, str(typed[key]), f"data.{key}")
-        return cls(**d)
+        """Build from a recipe's ``data`` section (`imgcls.config_reader`: unknown keys and ill-typed values are
+        UserErrors naming the setting)."""
+        return read_section(cls, d, "data")
 
     @property
     def eval_batch(self) -> int:
@@ -102,23 +95,6 @@ class DataConfig:
     @property
     def num_workers(self) -> int:
         return self.workers if self.workers is not None else max(1, min(8, os.cpu_count() or 1))
-
-
-def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """YAML numbers written as strings (PyYAML reads ``8e9`` as text) and integral floats for int fields."""
-    if value is None or isinstance(value, bool):
-        return value
-    try:
-        if annotation.startswith("int"):
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        if annotation.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected {annotation}, got {value!r}") from None
-    return value
 
 
 def data_home() -> Path:

@@ -137,7 +137,7 @@ def format_stats(stats: dict) -> str:
 
 def _recipe(recipe: str | os.PathLike) -> dict[str, dict]:
     try:
-        from imgcls.engine.config import load_recipe
+        from imgcls.config_reader import load_recipe
     except ImportError:
         import yaml
 

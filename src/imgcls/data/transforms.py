@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import crop_and_resize, get_rotation_matrix2d, warp_affine
 
+from imgcls.config_reader import check_settings, read_section
 from imgcls.errors import UserError
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -158,6 +159,7 @@ class AugmentConfig:
     normalize: str = "mean_std"
 
     def __post_init__(self) -> None:
+        check_settings(self, "augment")
         _validate(self)
 
     @classmethod
@@ -167,18 +169,7 @@ class AugmentConfig:
         Raises:
             UserError: an unknown key (named, with the known ones) or a value out of range.
         """
-        if d is None:
-            return cls()
-        if not isinstance(d, Mapping):
-            raise UserError(f"augment: expected a mapping of settings, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise UserError(f"augment: unknown key '{key}' (known: {', '.join(sorted(known))})")
-            kwargs[name] = tuple(value) if isinstance(value, list) else value
-        return cls(**kwargs)
+        return read_section(cls, d, "augment")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values (tuples as lists), the inverse of `from_dict`."""

@@ -2,9 +2,14 @@
 
 Precedence is defaults < recipe < command-line flags. A recipe is a YAML file with the top-level sections
 ``model``, ``data``, ``augment``, ``optim``, ``schedule`` and ``train``; ``--recipe NAME`` picks one shipped
-in ``imgcls/recipes/``, anything with a path separator or a ``.yaml``/``.yml`` suffix is read from disk.
-``DataConfig`` belongs to the data layer and ``AugmentConfig`` to its transforms; ``data.spec`` (the dataset
-given by ``--data``) is kept beside the data layer's fields.
+in ``imgcls/recipes/``, anything with a path separator or a ``.yaml``/``.yml`` suffix is read from disk
+(`imgcls.config_reader.load_recipe`). ``DataConfig`` belongs to the data layer and ``AugmentConfig`` to its
+transforms; ``data.spec`` (the dataset given by ``--data``) is kept beside the data layer's fields.
+
+Every section is read by `imgcls.config_reader.read_section` and checked in its own ``__post_init__``: types
+from the annotations, choices and ranges from the ``setting(...)`` of each field (defined once; the command
+line takes its ``choices=`` from them). A ``null`` (``--set KEY=null``) sets a setting to null, which is an
+error where a value is required.
 """
 
 from __future__ import annotations
@@ -15,97 +20,133 @@ import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from imgcls.config_reader import SECTIONS, check_settings, load_recipe, read_section, recipe_names, setting
 from imgcls.errors import UserError
 
-SECTIONS = ("model", "data", "augment", "optim", "schedule", "train")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
+LOSSES = ("ce", "bce", "hinge", "huber", "l1")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TASKS = ("multiclass", "multilabel", "binary")
+FINAL_TTA = ("none", "flip", "flip-translate")
+# What the shipped weights are chosen by (``train.select_metric``): "auto" is mAP for multi-label data, top-1
+# otherwise; "loss" picks the lowest validation loss, the others the highest value.
+SELECT_METRICS = ("auto", "top1", "top5", "mAP", "loss")
+MAX_IMAGE_SIZE = 4096  # pixels per side; a 4096² RGB batch of 8 is already 1.6 GB of float32
 
 
 @dataclass
 class ModelConfig:
     """Which network to train and how it is built."""
 
+    SECTION: ClassVar[str] = "model"
     name: str | None = None
-    weights: str | None = None  # our weights, a torchvision/timm state dict, "torchvision" or "timm"
-    image_size: int | None = None  # None: the model's native input size
-    in_chans: int | None = None  # None: the model's native channel count
+    # our weights, a torchvision/timm state dict file, "torchvision" or "timm"; None (or "none"): from scratch
+    weights: str | None = None
+    image_size: int | None = setting(None, ge=1, le=MAX_IMAGE_SIZE)  # None: the model's native input size
+    in_chans: int | None = setting(None, ge=1, le=64)  # None: the model's native channel count
     kwargs: dict[str, Any] = field(default_factory=dict)  # family options: drop_rate, aux_logits...
     channels_last: bool | None = None  # None: on for convolutional nets
     compile: bool = False  # torch.compile the training model
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if isinstance(self.weights, str) and self.weights.strip().lower() in ("none", ""):
+            self.weights = None
 
 
 @dataclass
 class OptimConfig:
     """Optimiser, weight decay and the fine-tuning knobs."""
 
-    name: str = "sgd"  # sgd | adamw | rmsprop
-    lr: float = 0.1  # for the whole batch (all ranks, all accumulation steps)
-    momentum: float = 0.9
+    SECTION: ClassVar[str] = "optim"
+    name: str = setting("sgd", choices=OPTIMIZERS)
+    lr: float = setting(0.1, gt=0)  # for the whole batch (all ranks, all accumulation steps)
+    momentum: float = setting(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = setting(5e-4, ge=0)
     decay_norm_and_bias: bool = False  # the usual exclusion: no decay on norm weights and biases
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    alpha: float = 0.9  # RMSprop squared-gradient decay (Szegedy et al. 2015, Sec. 8)
-    eps: float | None = None  # None: 1e-8 for AdamW, 1.0 for RMSprop (Inception v3)
-    backbone_lr_mult: float = 1.0  # fine-tuning: backbone learns at lr * mult, the new classifier at lr
-    norm_bias_lr_mult: float = 1.0  # normalisation-layer shifts learn at lr * mult (airbench: 64)
-    freeze_backbone: bool = False  # train the classifier only
-    clip_grad_norm: float | None = None  # max global L2 norm of the gradient
-    accum_steps: int = 1  # gradient accumulation: optimiser step every N batches
+    betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1)  # AdamW
+    alpha: float = setting(0.9, ge=0, le=1)  # RMSprop squared-gradient decay (Szegedy et al. 2015, Sec. 8)
+    eps: float | None = setting(None, gt=0)  # None: 1e-8 for AdamW, 1.0 for RMSprop (Inception v3)
+    backbone_lr_mult: float = setting(1.0, ge=0)  # fine-tuning: backbone learns at lr * mult, the classifier at lr
+    norm_bias_lr_mult: float = setting(1.0, gt=0)  # normalisation-layer shifts learn at lr * mult (airbench: 64)
+    freeze_backbone: bool = False  # train the classifier only (the backbone's BatchNorm statistics stay too)
+    clip_grad_norm: float | None = setting(None, gt=0)  # max global L2 norm of the gradient
+    accum_steps: int = setting(1, ge=1)  # gradient accumulation: optimiser step every N batches
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.nesterov and self.name == "sgd" and self.momentum <= 0:
+            raise UserError("optim.nesterov: needs a positive optim.momentum")
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule, applied per optimiser step (per epoch only for ``plateau``)."""
 
-    name: str = "cosine"  # constant | step | multistep | cosine | linear | onecycle | plateau
-    warmup_epochs: float = 0.0  # linear warm-up (Goyal et al. 2017, arXiv:1706.02677)
-    warmup_start: float = 0.1  # warm-up starts at lr * warmup_start
-    step_size: float = 30.0  # step: epochs between decays
-    milestones: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])  # multistep (epochs)
-    gamma: float = 0.1  # step / multistep decay factor
-    min_lr_ratio: float = 0.0  # cosine / linear floor, as a fraction of the peak lr
-    pct_start: float = 0.3  # one-cycle: fraction of steps spent rising
-    div_factor: float = 25.0  # one-cycle: start at lr / div_factor
-    final_div_factor: float = 1e4  # one-cycle: end at start / final_div_factor
-    plateau_factor: float = 0.1  # plateau: multiply lr by this...
-    plateau_patience: int = 10  # ...after this many epochs without improvement of validation loss
-    plateau_threshold: float = 1e-4  # relative improvement that counts
+    SECTION: ClassVar[str] = "schedule"
+    name: str = setting("cosine", choices=SCHEDULES)
+    warmup_epochs: float = setting(0.0, ge=0)  # linear warm-up (Goyal et al. 2017, arXiv:1706.02677)
+    warmup_start: float = setting(0.1, ge=0, le=1)  # warm-up starts at lr * warmup_start
+    step_size: float = setting(30.0, gt=0)  # step: epochs between decays
+    # multistep: the epochs at which the lr is multiplied by gamma
+    milestones: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0], metadata={"ge": 0})
+    gamma: float = setting(0.1, gt=0)  # step / multistep decay factor
+    min_lr_ratio: float = setting(0.0, ge=0, le=1)  # cosine / linear floor, as a fraction of the peak lr
+    pct_start: float = setting(0.3, gt=0, lt=1)  # one-cycle: fraction of steps spent rising
+    div_factor: float = setting(25.0, gt=0)  # one-cycle: start at lr / div_factor
+    final_div_factor: float = setting(1e4, gt=0)  # one-cycle: end at start / final_div_factor
+    plateau_factor: float = setting(0.1, gt=0, le=1)  # plateau: multiply lr by this...
+    plateau_patience: int = setting(10, ge=0)  # ...after this many epochs without improvement of validation loss
+    plateau_threshold: float = setting(1e-4, ge=0, lt=1)  # relative improvement that counts
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass
 class TrainConfig:
     """The loop itself and the run folder."""
 
+    SECTION: ClassVar[str] = "train"
     out: str | None = None
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    task: str | None = None  # None: what the data says
-    loss: str = "auto"  # auto | ce | bce | hinge | huber | l1
-    label_smoothing: float = 0.0
-    ema_decay: float | None = None  # e.g. 0.999; evaluation and the shipped weights then use the EMA
-    lookahead_k: int = 0  # Lookahead every k optimiser steps (0: off; Zhang et al. 2019 use 5)
-    lookahead_alpha: float = 0.5  # slow weights' step toward the fast ones (engine/lookahead.py)
-    lookahead_ramp_power: float | None = None  # ramp alpha from 1 down to lookahead_alpha as (t/T)**p (airbench: 3)
-    final_tta: str = "none"  # test-time augmentation of the final evaluation (none | flip | flip-translate)
-    init_whitening_images: int = 5000  # training images passed to a model's init_whitening hook
-    freeze_after: dict[str, int] = field(default_factory=dict)  # {parameter-name prefix: epochs it learns}
-    val_every: int = 1  # validate every N epochs and after the last (0: after the last only)
-    save: str = "best"  # best (by validation top-1) | last
-    max_bad_steps: int = 5  # stop after this many non-finite losses in a row
-    checkpoint_every_steps: int = 0  # 0: only at epoch ends (and on SIGTERM / Ctrl-C)
-    checkpoint_every_seconds: float = 600.0  # also checkpoint mid-epoch this often (0: never)
+    epochs: int = setting(10, ge=1)
+    seed: int = setting(0, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (DEVICES for the command line)
+    precision: str = setting("auto", choices=PRECISIONS)
+    task: str | None = setting(None, choices=(None, *TASKS))  # None: what the data says
+    loss: str = setting("auto", choices=("auto", *LOSSES))
+    label_smoothing: float = setting(0.0, ge=0, lt=1)
+    ema_decay: float | None = setting(None, gt=0, lt=1)  # e.g. 0.999; evaluation and the shipped weights use the EMA
+    lookahead_k: int = setting(0, ge=0)  # Lookahead every k optimiser steps (0: off; Zhang et al. 2019 use 5)
+    lookahead_alpha: float = setting(0.5, gt=0, le=1)  # slow weights' step toward the fast ones (engine/lookahead.py)
+    lookahead_ramp_power: float | None = setting(None, gt=0)  # ramp alpha from 1 to lookahead_alpha as (t/T)**p
+    final_tta: str = setting("none", choices=FINAL_TTA)  # test-time augmentation of the final evaluation
+    init_whitening_images: int = setting(5000, ge=1)  # training images passed to a model's init_whitening hook
+    # {parameter-name prefix: epochs it learns}: staged freezing
+    freeze_after: dict[str, int] = field(default_factory=dict, metadata={"ge": 0})
+    val_every: int = setting(1, ge=0)  # validate every N epochs and after the last (0: after the last only)
+    save: str = setting("best", choices=("best", "last"))  # best (by select_metric) | last
+    select_metric: str = setting("auto", choices=SELECT_METRICS)  # what "best" means (see SELECT_METRICS)
+    max_bad_steps: int = setting(5, ge=1)  # stop after this many non-finite losses in a row
+    checkpoint_every_steps: int = setting(0, ge=0)  # 0: only at epoch ends (and on SIGTERM / Ctrl-C)
+    checkpoint_every_seconds: float = setting(600.0, ge=0)  # also checkpoint mid-epoch this often (0: never)
     resume: bool = False
     overwrite: bool = False
     report: bool = True  # write eval.json, predictions and report/ at the end
-    progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
+    progress: str = setting("auto", choices=("auto", "bar", "lines", "none"))  # auto: a bar on a terminal
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite contradict each other: choose one")
+        if not (self.device in DEVICES[1:] or self.device == "auto" or self.device.startswith("cuda:")):
+            raise UserError(f"train.device: must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
 
 
 @dataclass
@@ -140,88 +181,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def recipe_names() -> list[str]:
-    """Names of the recipes shipped with the package."""
-    folder = resources.files("imgcls") / "recipes"
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_recipe(name_or_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Read a recipe: a shipped name (``digits``, ``cifar10``, ``imagenet``, ``finetune``) or a YAML path.
-
-    Returns:
-        ``{section: {key: value}}`` with only the known sections; unknown sections are a UserError.
-    """
-    text_name = str(name_or_path)
-    is_path = os.sep in text_name or text_name.endswith((".yaml", ".yml")) or Path(text_name).is_file()
-    if is_path:
-        path = Path(text_name)
-        if not path.is_file():
-            raise UserError(f"recipe file not found: {path} (check --recipe)")
-        text, where = path.read_text(), str(path)
-    else:
-        resource = resources.files("imgcls") / "recipes" / f"{text_name}.yaml"
-        if not resource.is_file():
-            raise UserError(f"unknown recipe: {text_name} (shipped: {', '.join(recipe_names())}; or give a path)")
-        text, where = resource.read_text(), f"recipe {text_name}"
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        raise UserError(f"{where}: not valid YAML ({first})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected sections {', '.join(SECTIONS)} at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise UserError(f"{where}: unknown section {unknown[0]} (sections: {', '.join(SECTIONS)})")
-    for key, value in raw.items():
-        if value is not None and not isinstance(value, dict):
-            raise UserError(f"{where}: section {key} must be a mapping")
-    return {key: dict(value or {}) for key, value in raw.items()}
-
-
-def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """Numbers from YAML strings: PyYAML reads ``1e-3`` (no dot) as a string, a classic recipe trap."""
-    if value is None or annotation.startswith(("list", "dict", "tuple")):
-        return value
-    kinds = [k.strip() for k in annotation.split("|")]
-    try:
-        if "bool" in kinds:
-            if not isinstance(value, bool):
-                raise ValueError
-        elif "float" in kinds and not isinstance(value, bool):
-            return float(value)
-        elif "int" in kinds and not isinstance(value, bool):
-            if float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected {annotation}, got {value!r}") from None
-    return value
-
-
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
-    """A dataclass from a dict, refusing unknown keys and ill-typed values with the setting named."""
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(values)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise UserError(f"unknown setting {section}.{unknown[0]} (known: {', '.join(sorted(fields))})")
-    typed = {k: _coerce(v, str(fields[k].type), f"{section}.{k}") for k, v in values.items()}
-    return cls(**typed)
-
-
 def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Merge recipe-shaped dicts, later layers winning key by key (``None`` values are ignored)."""
+    """Merge recipe-shaped dicts, later layers winning key by key; a ``None`` value sets the setting to null."""
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for layer in layers:
         for section, values in (layer or {}).items():
             if section not in out:
                 raise UserError(f"unknown section {section} (sections: {', '.join(SECTIONS)})")
-            for key, value in (values or {}).items():
-                if value is not None:
-                    out[section][key] = value
+            if values is not None and not isinstance(values, dict):
+                raise UserError(f"{section}: expected a mapping of settings, got {values!r}")
+            out[section].update(values or {})
     return out
 
 
@@ -232,19 +201,21 @@ def resolve_config(recipe: str | os.PathLike | None = None, overrides: dict | No
 
 
 def config_from_dict(values: dict[str, dict[str, Any]]) -> RunConfig:
-    """A RunConfig from recipe-shaped dicts (e.g. a saved ``config.json``)."""
+    """A RunConfig from recipe-shaped dicts (e.g. a saved ``config.json``), every section through one reader."""
     from imgcls.data import DataConfig
     from imgcls.data.transforms import AugmentConfig
 
     values = {name: dict(values.get(name) or {}) for name in SECTIONS}
     spec = values["data"].pop("spec", None)
+    if spec is not None and not isinstance(spec, str):
+        raise UserError(f"data.spec: expected a folder, a CSV file or a built-in name, got {spec!r}")
     return RunConfig(
-        model=_build(ModelConfig, values["model"], "model"),
-        data=_build(DataConfig, values["data"], "data"),
-        augment=_build(AugmentConfig, values["augment"], "augment"),
-        optim=_build(OptimConfig, values["optim"], "optim"),
-        schedule=_build(ScheduleConfig, values["schedule"], "schedule"),
-        train=_build(TrainConfig, values["train"], "train"),
+        model=read_section(ModelConfig, values["model"]),
+        data=read_section(DataConfig, values["data"], "data"),
+        augment=read_section(AugmentConfig, values["augment"], "augment"),
+        optim=read_section(OptimConfig, values["optim"]),
+        schedule=read_section(ScheduleConfig, values["schedule"]),
+        train=read_section(TrainConfig, values["train"]),
         data_spec=spec,
     )
 
@@ -301,7 +272,14 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = [
+    "DEVICES",
+    "LOSSES",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULES",
     "SECTIONS",
+    "SELECT_METRICS",
+    "TASKS",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.engine.config import LOSSES
 from imgcls.errors import UserError
-
-LOSSES = ("ce", "bce", "hinge", "huber", "l1")
 
 
 def _soft_targets(target: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:

@@ -22,10 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgcls.engine.config import OptimConfig
+from imgcls.engine.config import OPTIMIZERS, OptimConfig
 from imgcls.errors import UserError
-
-OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 
 
 def _head_parameter_ids(model: nn.Module) -> set[int]:

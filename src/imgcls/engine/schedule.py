@@ -28,10 +28,8 @@ import math
 
 import torch
 
-from imgcls.engine.config import ScheduleConfig
+from imgcls.engine.config import SCHEDULES, ScheduleConfig
 from imgcls.errors import UserError
-
-SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
 
 
 class LRSchedule:

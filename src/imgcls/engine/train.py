@@ -1,10 +1,26 @@
 """The training loop: ``train(cfg) -> RunResult``.
 
-One run fills one run folder (DESIGN.md, "The run folder"): ``config.json`` first, ``checkpoints/last.pt``
-at every epoch end (and mid-epoch every ``checkpoint_every_steps`` optimiser steps or
-``checkpoint_every_seconds``), a ``metrics.csv`` row and a summary line per epoch, ``model.safetensors`` +
-``model.json`` (the best epoch by validation top-1, or the last), and at the end ``eval.json``,
-``predictions.csv``, ``samples.npz`` and ``report/``.
+One run fills one run folder (DESIGN.md, "The run folder"). Nothing is written before every setting, the model's
+options and input size (built once on the meta device) and the data have been checked, so a refused start
+leaves no folder behind; a start that fails before its first checkpoint removes what it wrote. Then:
+``config.json`` first, ``checkpoints/last.pt`` at every epoch end (and mid-epoch every
+``checkpoint_every_steps`` optimiser steps or ``checkpoint_every_seconds``), a ``metrics.csv`` row and a summary
+line per epoch, ``model.safetensors`` + ``model.json`` (the best epoch by ``train.select_metric``, or the last),
+and at the end ``eval.json``, ``predictions.csv``, ``samples.npz`` and ``report/``. Weights that are NaN or
+infinite are never written: the run fails instead.
+
+``metrics.csv`` columns: ``epoch``, ``train_loss``, ``val_loss``, ``val_top1``, ``val_top5``, ``val_mAP``
+(multi-label), ``lr`` and ``lr_mean`` (both the mean learning rate of the epoch's optimiser steps: the rate the
+steps used, not the one left after the last), ``lr_max`` (the epoch's highest: a one-cycle peak shows), and
+``seconds``. Each optimiser step's rate also goes to TensorBoard (``lr`` by step). At the end
+``config.json`` gains ``run.selection``: the metric, the best epoch and its value, the last epoch's row, and
+which of the two the shipped weights are.
+
+The parts, each a function of what it needs: :func:`_set_up` (check, build, create the folder, restore a
+resume), :func:`train_one_epoch`, :func:`_end_of_epoch` (validation, schedule, files, summary) and
+:func:`_finish` (the shipped weights, the final evaluation and report). Everything a resume needs lives in
+:class:`TrainState` and the components of :class:`_Session`; :meth:`_Session.checkpoint_state` writes the
+checkpoint dict and :meth:`_Session.restore` reads it, the only two places that know its keys.
 
 Exact resume: the data layer derives sample order and augmentation from ``(seed, epoch, batch index)`` only,
 and the checkpoint stores the batch index together with every RNG state (dropout), so a run resumed from any
@@ -15,9 +31,12 @@ Model hook: a model with an ``init_whitening(images)`` method (e.g. airbench's f
 gets a float ``(N, C, H, W)`` sample of ``train.init_whitening_images`` normalised, augmented training images
 (the first batches of epoch 1) before training starts; a resumed run restores its weights instead.
 
-Staged freezing: ``train.freeze_after`` maps parameter-name prefixes to the number of epochs they learn for
-(airbench trains its whitening bias for 3 epochs, then freezes it). A frozen parameter gets no update (no
-momentum, no decay); in one process it also stops requiring a gradient, so autograd skips what only it needed.
+Freezing: ``optim.freeze_backbone`` trains the classifier alone; ``train.freeze_after`` maps parameter-name
+prefixes to the number of epochs they learn for (airbench trains its whitening bias for 3 epochs, then freezes
+it). A frozen parameter gets no update (no momentum, no decay); in one process it also stops requiring a
+gradient, so autograd skips what only it needed. A module whose parameters are all frozen stays in eval mode
+while the rest trains, so its BatchNorm running statistics (and dropout) are frozen too: a linear probe leaves
+every backbone parameter and buffer bit-identical.
 
 Validation runs every ``train.val_every`` epochs and always after the last; epochs in between get empty
 validation columns in ``metrics.csv`` (a speedrun spends nothing on numbers nobody reads).
@@ -52,7 +71,7 @@ from torch import nn
 
 from imgcls.engine import distributed as D
 from imgcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from imgcls.engine.config import RunConfig, config_record
+from imgcls.engine.config import MAX_IMAGE_SIZE, RunConfig, config_record
 from imgcls.engine.ema import ModelEma
 from imgcls.engine.lookahead import Lookahead
 from imgcls.engine.losses import build_loss, compute_loss
@@ -69,7 +88,19 @@ from imgcls.errors import UserError
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 METRICS_FILE = "metrics.csv"
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "seconds")
+CONFIG_FILE = "config.json"
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "val_mAP",
+    "lr",
+    "lr_mean",
+    "lr_max",
+    "seconds",
+)
 # What makes a folder "a run": refusing to write into it without --resume / --overwrite protects it.
 RUN_MARKERS = ("config.json", "checkpoints", "model.safetensors", "model.json", "metrics.csv")
 # What --overwrite removes (only our own files: anything else in the folder is left alone).
@@ -82,10 +113,18 @@ RUN_ENTRIES = (
     "report",
     "tensorboard",
 )
+# train.select_metric -> (metrics.csv column, higher is better)
+SELECTION = {
+    "top1": ("val_top1", True),
+    "top5": ("val_top5", True),
+    "mAP": ("val_mAP", True),
+    "loss": ("val_loss", False),
+}
 
 
 class TrainingDiverged(UserError):
-    """The loss or its gradient stayed NaN/Inf for ``max_bad_steps`` steps in a row (lower the learning rate)."""
+    """The loss or its gradient stayed NaN/Inf for ``max_bad_steps`` steps in a row, or the weights became
+    non-finite (lower the learning rate)."""
 
 
 @dataclass
@@ -102,16 +141,79 @@ class RunResult:
     precision: str
     report: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    select_metric: str = "top1"  # what best_epoch was chosen by
+    best_value: float | None = None  # its value at best_epoch
+
+
+def _fresh_stats() -> dict[str, float | int]:
+    """What one epoch accumulates (carried through mid-epoch checkpoints)."""
+    return {
+        "loss_sum": 0.0,
+        "seen": 0,
+        "correct": 0,
+        "counted": 0,
+        "seconds": 0.0,
+        "lr_sum": 0.0,
+        "lr_steps": 0,
+        "lr_max": 0.0,
+    }
+
+
+@dataclass
+class TrainState:
+    """Where a run is: everything of a resume that is not a component's own state.
+
+    Attributes:
+        epoch: the epoch in progress, 0-based (equals the epochs finished at an epoch boundary).
+        batch: batches of that epoch already trained (the sampler position).
+        step: optimiser steps taken.
+        history: one ``metrics.csv`` row per finished epoch.
+        best: ``{"epoch", "value"}`` of the best validated epoch by the selection metric, or None.
+        epoch_stats: the running sums of the epoch in progress (`_fresh_stats`).
+        rng: every rank's RNG states at the last checkpoint (restored before the loop of a resumed run).
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    epoch_stats: dict[str, float | int] = field(default_factory=_fresh_stats)
+    rng: list | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        best = self.best or {}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "history": list(self.history),
+            "best_epoch": best.get("epoch"),
+            "best_value": best.get("value"),
+            "epoch_stats": dict(self.epoch_stats),
+            "rng": self.rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        self.history = list(state["history"])
+        value = state.get("best_value", state.get("best_top1"))  # format 1 checkpoints chose by top-1
+        self.best = {"epoch": state["best_epoch"], "value": value} if state.get("best_epoch") is not None else None
+        stats = _fresh_stats()
+        stats.update(state.get("epoch_stats") or {})
+        self.epoch_stats = {k: type(_fresh_stats()[k])(v) for k, v in stats.items() if k in _fresh_stats()}
+        self.rng = state.get("rng")
 
 
 # --- the run folder --------------------------------------------------------------------------------------------
 
 
 def check_run_dir(out: str | None, *, resume: bool, overwrite: bool) -> Path:
-    """Validate ``--out`` before anything is written; returns the folder (created empty when missing).
+    """Validate ``--out`` without writing anything; returns the folder (which may not exist yet).
 
-    Refuses a folder holding another run unless ``resume`` or ``overwrite``, a file in place of the folder,
-    and a folder that cannot be written to. Nothing existing is modified here.
+    Refuses a folder holding another run unless ``resume`` or ``overwrite``, a non-empty folder that is not a
+    run unless ``overwrite`` (its files are the user's), a file in place of the folder, and a place that cannot
+    be written to.
     """
     if not out:
         raise UserError("--out is required: the folder this run writes to")
@@ -126,13 +228,13 @@ def check_run_dir(out: str | None, *, resume: bool, overwrite: bool) -> Path:
             raise UserError(f"--resume: no checkpoint at {run / CHECKPOINT}")
     elif holds_run and not overwrite:
         raise UserError(f"--out {run}: already holds a run (use --resume to continue it or --overwrite to replace it)")
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        probe = run / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--out {run}: cannot write there ({exc.strerror or exc})") from None
+    elif run.is_dir() and not overwrite and any(run.iterdir()):
+        raise UserError(f"--out {run}: is a non-empty folder that holds no run (choose another or add --overwrite)")
+    existing = run
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {run}: cannot write there ({existing} is not a writable folder)")
     return run
 
 
@@ -143,6 +245,20 @@ def _clear_run(run: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def _make_run_dir(run: Path) -> Path | None:
+    """Create the run folder; returns the topmost folder this created (None when it existed)."""
+    top = None
+    for folder in (run, *run.parents):
+        if folder.exists():
+            break
+        top = folder
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {run}: cannot write there ({exc.strerror or exc})") from None
+    return top
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -245,10 +361,15 @@ class _TensorBoard:
             return
         self.writer = SummaryWriter(str(folder))
 
+    def step(self, step: int, lr: float) -> None:
+        """The learning rate optimiser step ``step`` used."""
+        if self.writer is not None:
+            self.writer.add_scalar("lr", lr, step)
+
     def epoch(self, row: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "val_mAP"):
             if row.get(key) is not None:
                 self.writer.add_scalar(key, row[key], row["epoch"])
         self.writer.flush()
@@ -281,28 +402,373 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-# --- the loop --------------------------------------------------------------------------------------------------
+# --- checks before anything is written ---------------------------------------------------------------------------
 
 
-def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, task: str) -> tuple[int, int] | None:
-    if task == "multilabel":
-        return None
-    pred = logits.argmax(dim=1)
-    truth = target.argmax(dim=1) if target.ndim == 2 else target
-    return int((pred == truth).sum()), int(target.shape[0])
+def _check_settings(cfg: RunConfig) -> None:
+    """What the settings alone can tell (each section already checked its own types and ranges)."""
+    if not cfg.model.name:
+        raise UserError("--model is required (see `imgcls models`)")
+    if not cfg.data_spec:
+        raise UserError("--data is required: a folder, a CSV file or a built-in name such as digits")
+    out, spec = cfg.train.out, Path(cfg.data_spec)
+    if out and spec.is_dir() and Path(out).resolve().is_relative_to(spec.resolve()):
+        raise UserError(f"--out {out}: is inside --data {cfg.data_spec} (the run's files would become data)")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+def _check_model(name: str, in_chans: int, image_size: int, kwargs: dict[str, Any]) -> None:
+    """Build the model on the meta device (no memory, no weights) and pass it one batch at ``image_size``.
+
+    Raises:
+        UserError: an option the model does not take or a value it refuses (``model.kwargs``), or an input
+            size it cannot take (with the smallest it does take).
+    """
+    from imgcls.models import create_model
+
+    try:
+        with torch.device("meta"):
+            net = create_model(name, num_classes=2, in_chans=in_chans, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if not kwargs:
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"model.kwargs {kwargs}: {name} refuses them ({reason})") from None
+    net.train()
+
+    def takes(size: int) -> bool:
+        try:
+            with torch.no_grad():
+                net(torch.empty(2, in_chans, size, size, device="meta"))
+        except NotImplementedError:
+            return True  # an operator without a meta kernel: the size cannot be judged here
+        except (RuntimeError, ValueError, IndexError):
+            return False
+        return True
+
+    if takes(image_size):
+        return
+    low, high = image_size, image_size
+    while high <= MAX_IMAGE_SIZE and not takes(high):
+        low, high = high, high * 2
+    if high > MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {image_size}: {name} cannot run on {in_chans}-channel {image_size}px input")
+    while high - low > 1:  # takes(high), not takes(low)
+        mid = (low + high) // 2
+        low, high = (low, mid) if takes(mid) else (mid, high)
+    raise UserError(f"--image-size {image_size}: too small for {name} (the smallest it takes is {high})")
 
 
-def _checkpoint_due(tc, next_step: int, last_time: float) -> bool:
-    """A mid-epoch checkpoint after optimiser step ``next_step``? (Any rank saying yes is enough.)"""
-    by_steps = bool(tc.checkpoint_every_steps) and next_step % tc.checkpoint_every_steps == 0
-    by_time = bool(tc.checkpoint_every_seconds) and time.monotonic() - last_time > tc.checkpoint_every_seconds
-    return by_steps or by_time
+def _build_data(cfg: RunConfig, info: D.DistInfo, device: str, image_size: int, in_chans: int):
+    """The data layer's loaders: rank 0 first (it may download or fill the decode cache), then the others."""
+    from imgcls.data import build_data
+
+    def build():
+        return build_data(
+            cfg.data_spec,
+            cfg.data,
+            cfg.augment,
+            image_size=image_size,
+            in_chans=in_chans,
+            seed=cfg.train.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=device,
+            task=cfg.train.task,
+        )
+
+    data, error = None, None
+    if info.is_main:
+        try:
+            data = build()
+        except UserError as exc:
+            error = str(exc)
+    error = D.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    if data is None:
+        data = build()
+    D.check_same(json.dumps([list(data.classes), data.task, data.train.num_samples]), "the class map and file list")
+    if len(data.train) == 0 or data.train.num_samples < cfg.data.batch_size:
+        raise UserError(
+            f"--batch-size {cfg.data.batch_size} is larger than the {data.train.num_samples} training images "
+            f"of {cfg.data_spec} per process"
+        )
+    return data
+
+
+def _selection(select_metric: str, task: str, num_classes: int) -> tuple[str, str, bool]:
+    """``(metric, metrics.csv column, higher is better)`` of ``train.select_metric`` for this data."""
+    metric = ("mAP" if task == "multilabel" else "top1") if select_metric == "auto" else select_metric
+    if metric == "mAP" and task != "multilabel":
+        raise UserError(f"train.select_metric mAP: needs multi-label data (this is {task}; use top1 or loss)")
+    if metric == "top5" and (num_classes < 5 or task == "multilabel"):
+        raise UserError(f"train.select_metric top5: undefined for {num_classes} classes ({task}); use top1 or loss")
+    column, higher = SELECTION[metric]
+    return metric, column, higher
+
+
+# --- the session: what set-up builds and every later part uses ----------------------------------------------------
+
+
+@dataclass
+class _Session:
+    """The built components of one run (no loop state: that is :class:`TrainState`)."""
+
+    cfg: RunConfig
+    info: D.DistInfo
+    device: str
+    run: Path
+    data: Any
+    net: nn.Module  # the model being trained, unwrapped
+    model: nn.Module  # what the loop calls: compiled and/or DDP-wrapped `net`
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: Any
+    ema: ModelEma | None
+    lookahead: Lookahead | None
+    precision: Precision
+    loss_fn: nn.Module
+    val_loss_fn: nn.Module
+    aux_weights: tuple[float, ...]
+    channels_last: bool
+    backbone_frozen: set[int]  # ids of the parameters optim.freeze_backbone froze
+    meta: Any  # bundle.ModelMeta of the shipped weights
+    select: tuple[str, str, bool]  # `_selection`
+    tb: _TensorBoard
+    created: Path | None = None  # the topmost folder this run created (removed if the start fails)
+    checkpointed: bool = False  # a checkpoint of this run exists (a failed run is resumable)
+    bad_in_a_row: int = 0  # optimiser steps skipped in a row for a non-finite loss or gradient
+    last_checkpoint: float = field(default_factory=time.monotonic)
+
+    @property
+    def task(self) -> str:
+        return self.data.task
+
+    def shipped(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+    def checkpoint_state(self, state: TrainState) -> dict[str, Any]:
+        """The checkpoint dict: the one place that writes its keys (:meth:`restore` reads them)."""
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
+            **state.state_dict(),
+            "world_size": self.info.world_size,
+            "classes": list(self.data.classes),
+            "model_name": self.cfg.model.name,
+        }
+
+    def restore(self, ckpt: dict[str, Any], state: TrainState) -> None:
+        """Load a checkpoint into the components and ``state``, after checking it belongs to this run."""
+        where = self.run / CHECKPOINT
+        if ckpt.get("world_size", 1) != self.info.world_size:
+            raise UserError(
+                f"--resume: {where} was written by {ckpt.get('world_size')} processes, "
+                f"this run has {self.info.world_size} (resume with the same number)"
+            )
+        if "classes" in ckpt and list(ckpt["classes"]) != list(self.data.classes):
+            raise UserError(
+                f"--resume: the classes of {self.cfg.data_spec} ({_short(self.data.classes)}) differ from the "
+                f"checkpoint's ({_short(ckpt['classes'])}): the labels would shift; use the same data"
+            )
+        if ckpt.get("model_name", self.cfg.model.name) != self.cfg.model.name:
+            raise UserError(f"--resume: {where} trained {ckpt['model_name']}, not {self.cfg.model.name}")
+        try:
+            self.net.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise UserError(f"--resume: {where} holds other weights than {self.cfg.model.name}'s ({exc})") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.lookahead is not None and ckpt.get("lookahead"):
+            self.lookahead.load_state_dict(ckpt["lookahead"])
+        state.load_state_dict(ckpt)
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        """Write ``checkpoints/last.pt`` (rank 0; every rank must call: the RNG states are gathered)."""
+        rngs = [rng_state()]
+        if self.info.enabled:
+            rngs = [None] * self.info.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        self.last_checkpoint = time.monotonic()
+        if not self.info.is_main:
+            return
+        # A checkpoint is the run's fallback: never replace it with weights that are already NaN/Inf.
+        if not _finite(self.net):
+            return
+        state.rng = rngs
+        save_checkpoint(self.run / CHECKPOINT, self.checkpoint_state(state))
+        self.checkpointed = True
+
+
+def _last_good(s: _Session) -> str:
+    return f"; the last good checkpoint is {s.run / CHECKPOINT}" if s.checkpointed else ""
+
+
+def _short(classes) -> str:
+    names = [str(c) for c in classes]
+    return ", ".join(names[:4]) + (f", ... ({len(names)})" if len(names) > 4 else "")
+
+
+def _finite(net: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point())
+
+
+# --- set-up ------------------------------------------------------------------------------------------------------
+
+
+def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, TrainState]:
+    """Check everything, build data and model, then (only then) create the run folder and restore a resume."""
+    from imgcls.models import create_model, model_entry
+
+    tc, mc = cfg.train, cfg.model
+    _check_settings(cfg)
+    entry = model_entry(mc.name)
+    in_chans = mc.in_chans or entry.input_size[0]
+    image_size = mc.image_size or entry.input_size[-1]
+    _check_model(mc.name, in_chans, image_size, dict(mc.kwargs or {}))
+    run = D.on_main(check_run_dir, tc.out, resume=tc.resume, overwrite=tc.overwrite)
+    precision = resolve_precision(tc.precision, device)
+    data = _build_data(cfg, info, device, image_size, in_chans)
+    select = _selection(tc.select_metric, data.task, data.num_classes)
+    _seed_everything(tc.seed)
+    net = create_model(mc.name, num_classes=data.num_classes, in_chans=in_chans, weights=mc.weights, **mc.kwargs)
+    if info.rank:
+        # DDP copies rank 0's initial weights to every rank; from here on each rank draws its own dropout masks.
+        _seed_everything(tc.seed + 1_000_003 * info.rank)
+    for prefix in tc.freeze_after:
+        if not any(name.startswith(prefix) and p.requires_grad for name, p in net.named_parameters()):
+            raise UserError(f"train.freeze_after: {mc.name} has no trainable parameter named {prefix}...")
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    optimizer = build_optimizer(net, cfg.optim)  # freezes the backbone for optim.freeze_backbone
+    created = D.on_main(_open_run_dir, cfg, run, data, precision, info, image_size, in_chans)
+    session = _Session(
+        cfg=cfg,
+        info=info,
+        device=device,
+        run=run,
+        data=data,
+        net=net,
+        model=net,
+        optimizer=optimizer,
+        schedule=None,  # set below, once the model is on its device
+        scaler=precision.grad_scaler(),
+        ema=None,
+        lookahead=None,
+        precision=precision,
+        loss_fn=build_loss(tc.loss, task=data.task, label_smoothing=tc.label_smoothing),
+        val_loss_fn=build_loss(tc.loss, task=data.task),
+        aux_weights=tuple(getattr(net, "aux_weights", ()) or ()),
+        channels_last=use_channels_last(net, mc.channels_last),
+        backbone_frozen=trainable - {id(p) for p in net.parameters() if p.requires_grad},
+        meta=_model_meta(cfg, data, in_chans, image_size),
+        select=select,
+        tb=_TensorBoard(run / "tensorboard", info.is_main),
+        created=created,
+    )
+    try:
+        return session, _build_components(session)
+    except BaseException:
+        _abandon(session)
+        raise
+
+
+def _open_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
+    """Rank 0: create (or clear, for --overwrite) the folder and write config.json and data_issues.csv."""
+    created = _make_run_dir(run)
+    try:
+        _fill_run_dir(cfg, run, data, precision, info, size, chans)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif not cfg.train.resume:
+            _clear_run(run)
+        raise
+    return str(created) if created is not None else None
+
+
+def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
+    if cfg.train.overwrite:
+        _clear_run(run)
+    if not cfg.train.resume:
+        facts = {
+            "classes": list(data.classes),
+            "task": data.task,
+            "num_classes": data.num_classes,
+            "image_size": size,
+            "in_chans": chans,
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "resize": data.resize,
+            "precision": precision.name,
+            "world_size": info.world_size,
+        }
+        _atomic_write_text(run / CONFIG_FILE, json.dumps(config_record(cfg, run=facts), indent=2) + "\n")
+    data.write_issues(run / "data_issues.csv")
+
+
+def _build_components(s: _Session) -> TrainState:
+    """Move the model to its device and build schedule, EMA, Lookahead; restore a resume; wrap for DDP."""
+    cfg, tc = s.cfg, s.cfg.train
+    s.created = Path(s.created) if s.created else None
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    s.net = s.net.to(device=s.device, memory_format=memory_format)
+    if not tc.resume and callable(getattr(s.net, "init_whitening", None)):
+        _init_whitening(s.net, s.data.train, tc.init_whitening_images)
+    steps_per_epoch = math.ceil(len(s.data.train) / cfg.optim.accum_steps)
+    s.schedule = LRSchedule(s.optimizer, cfg.schedule, steps_per_epoch, tc.epochs)
+    s.ema = ModelEma(s.net, tc.ema_decay) if tc.ema_decay else None
+    if tc.lookahead_k:
+        total = steps_per_epoch * tc.epochs
+        s.lookahead = Lookahead(s.net, tc.lookahead_k, tc.lookahead_alpha, total, tc.lookahead_ramp_power)
+    state = TrainState()
+    if tc.resume:
+        s.restore(load_checkpoint(s.run / CHECKPOINT, map_location=s.device), state)
+        s.checkpointed = True
+    s.model = maybe_compile(s.net, cfg.model.compile)
+    if s.info.enabled:
+        ids = [s.info.local_rank] if s.device.startswith("cuda") else None
+        s.model = nn.parallel.DistributedDataParallel(s.model, device_ids=ids)
+    D.barrier()
+    return state
+
+
+def _model_meta(cfg: RunConfig, data, in_chans: int, image_size: int):
+    from imgcls.engine.bundle import ModelMeta
+
+    return ModelMeta(
+        name=cfg.model.name,
+        num_classes=data.num_classes,
+        classes=list(data.classes),
+        input_size=[in_chans, image_size, image_size],
+        mean=[float(v) for v in data.mean],
+        std=[float(v) for v in data.std],
+        task=data.task,
+        resize=int(data.resize) if data.resize else image_size,
+        in_chans=in_chans,
+        model_kwargs=dict(cfg.model.kwargs or {}),
+    )
+
+
+def _abandon(s: _Session) -> None:
+    """A start that failed before its first checkpoint: remove what it wrote (rank 0), so nothing half-made stays.
+
+    A resumed run, or one with a checkpoint (resumable), is left as it is.
+    """
+    if not s.info.is_main or s.checkpointed or s.cfg.train.resume:
+        return
+    s.tb.close()
+    if s.created is not None:
+        shutil.rmtree(s.created, ignore_errors=True)
+    elif s.run.is_dir():
+        _clear_run(s.run)
 
 
 def _seed_everything(seed: int) -> None:
@@ -315,12 +781,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- the loop ----------------------------------------------------------------------------------------------------
+
+
 def train(cfg: RunConfig) -> RunResult:
     """Train ``cfg.model`` on ``cfg.data_spec`` into ``cfg.train.out`` (see the module docstring).
 
     Raises:
-        UserError: a bad setting, data or output folder (one line, nothing overwritten), or a diverged run
-            (``TrainingDiverged``).
+        UserError: a bad setting, data or output folder (one line, nothing written or overwritten), or a
+            diverged run (``TrainingDiverged``).
         KeyboardInterrupt: after SIGTERM / Ctrl-C, once the checkpoint is written.
     """
     device = resolve_device(cfg.train.device)
@@ -336,454 +805,390 @@ def train(cfg: RunConfig) -> RunResult:
         D.cleanup()
 
 
-def _build_everything(cfg: RunConfig, info: D.DistInfo, device: str):
-    """Validate and build data and model; no file of an existing run is touched here."""
-    from imgcls.data import build_data
-    from imgcls.models import create_model, model_entry
-
-    tc, mc = cfg.train, cfg.model
-    if not mc.name:
-        raise UserError("--model is required (see `imgcls models`)")
-    if not cfg.data_spec:
-        raise UserError("--data is required: a folder, a CSV file or a built-in name such as digits")
-    if tc.epochs < 1:
-        raise UserError(f"--epochs must be at least 1: {tc.epochs}")
-    if tc.save not in ("best", "last"):
-        raise UserError(f"train.save must be best or last: {tc.save}")
-    if tc.final_tta not in ("none", "flip", "flip-translate"):
-        raise UserError(f"train.final_tta must be none, flip or flip-translate: {tc.final_tta}")
-    if tc.lookahead_k < 0 or not 0.0 < tc.lookahead_alpha <= 1.0:
-        raise UserError(
-            f"train.lookahead_k must be >= 0 and train.lookahead_alpha in (0, 1]: {tc.lookahead_k}, "
-            f"{tc.lookahead_alpha}"
-        )
-    if cfg.optim.accum_steps < 1:
-        raise UserError(f"optim.accum_steps must be at least 1: {cfg.optim.accum_steps}")
-    if tc.val_every < 0:
-        raise UserError(f"train.val_every must be 0 (last epoch only) or more: {tc.val_every}")
-    if not isinstance(tc.freeze_after, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in tc.freeze_after.values()
-    ):
-        raise UserError(f"train.freeze_after must map parameter-name prefixes to epochs >= 0: {tc.freeze_after}")
-    entry = model_entry(mc.name)
-    in_chans = mc.in_chans or entry.input_size[0]
-    image_size = mc.image_size or entry.input_size[-1]
-    run = D.on_main(check_run_dir, tc.out, resume=tc.resume, overwrite=tc.overwrite)
-
-    def build(rank_world: tuple[int, int]):
-        rank, world = rank_world
-        return build_data(
-            cfg.data_spec,
-            cfg.data,
-            cfg.augment,
-            image_size=image_size,
-            in_chans=in_chans,
-            seed=tc.seed,
-            rank=rank,
-            world_size=world,
-            device=device,
-            task=tc.task,
-        )
-
-    # Rank 0 first (it may download or fill the decode cache), then the others read what it made.
-    data, error = None, None
-    if info.is_main:
-        try:
-            data = build((info.rank, info.world_size))
-        except UserError as exc:
-            error = str(exc)
-    error = D.broadcast_object(error)
-    if error is not None:
-        raise UserError(error)
-    if data is None:
-        data = build((info.rank, info.world_size))
-    D.check_same(json.dumps([list(data.classes), data.task, data.train.num_samples]), "the class map and file list")
-    if len(data.train) == 0 or data.train.num_samples < cfg.data.batch_size:
-        raise UserError(
-            f"--batch-size {cfg.data.batch_size} is larger than the {data.train.num_samples} training images "
-            f"of {cfg.data_spec} per process"
-        )
-    _seed_everything(tc.seed)
-    model = create_model(
-        mc.name, num_classes=data.num_classes, in_chans=in_chans, weights=mc.weights, **(mc.kwargs or {})
-    )
-    if info.rank:
-        # DDP copies rank 0's initial weights to every rank; from here on each rank draws its own dropout masks.
-        _seed_everything(tc.seed + 1_000_003 * info.rank)
-    return run, data, model, in_chans, image_size
-
-
 def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
-    from imgcls.engine.bundle import ModelMeta, save_bundle
-    from imgcls.engine.evaluate import evaluate_model, finalize_run
-
-    tc, oc = cfg.train, cfg.optim
     t_start = time.perf_counter()
-    precision: Precision = resolve_precision(tc.precision, device)
-    run, data, net, in_chans, image_size = _build_everything(cfg, info, device)
-    task = data.task
+    s, state = _set_up(cfg, info, device)
+    _say(info, _start_line(s, state))
+    if s.data.issues:
+        _say(info, f"imgcls: skipped {len(s.data.issues)} unreadable file(s), listed in {s.run / 'data_issues.csv'}")
+    if state.rng is not None:
+        set_rng_state(state.rng[info.rank])  # last: nothing after this may draw random numbers before the loop
+    try:
+        with _StopSignals() as stop:
+            while state.epoch < cfg.train.epochs:
+                epoch_t0 = time.perf_counter()
+                train_one_epoch(s, state, stop)
+                _end_of_epoch(s, state, epoch_t0)
+    except BaseException:
+        _abandon(s)
+        raise
+    finally:
+        s.tb.close()
+    return _finish(s, state, t_start)
 
-    # From here on the run folder is ours: clear it for --overwrite, record the configuration.
-    if info.is_main:
-        if tc.overwrite:
-            _clear_run(run)
-        if not tc.resume:
-            record = config_record(
-                cfg,
-                run={
-                    "classes": list(data.classes),
-                    "task": task,
-                    "num_classes": data.num_classes,
-                    "image_size": image_size,
-                    "in_chans": in_chans,
-                    "mean": list(data.mean),
-                    "std": list(data.std),
-                    "resize": data.resize,
-                    "precision": precision.name,
-                    "world_size": info.world_size,
-                },
-            )
-            _atomic_write_text(run / "config.json", json.dumps(record, indent=2) + "\n")
-        data.write_issues(run / "data_issues.csv")
-    D.barrier()
 
-    channels_last = use_channels_last(net, cfg.model.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(device=device, memory_format=memory_format)
-    if not tc.resume and callable(getattr(net, "init_whitening", None)):
-        _init_whitening(net, data.train, tc.init_whitening_images)
-    for prefix in tc.freeze_after:
-        if not any(name.startswith(prefix) and p.requires_grad for name, p in net.named_parameters()):
-            raise UserError(f"train.freeze_after: {cfg.model.name} has no trainable parameter named {prefix}...")
-    loss_fn = build_loss(tc.loss, task=task, label_smoothing=tc.label_smoothing)
-    val_loss_fn = build_loss(tc.loss, task=task)
-    optimizer = build_optimizer(net, oc)
-    steps_per_epoch = math.ceil(len(data.train) / oc.accum_steps)
-    schedule = LRSchedule(optimizer, cfg.schedule, steps_per_epoch, tc.epochs)
-    scaler = precision.grad_scaler()
-    ema = ModelEma(net, tc.ema_decay) if tc.ema_decay else None
-    lookahead = None
-    if tc.lookahead_k:
-        lookahead = Lookahead(
-            net, tc.lookahead_k, tc.lookahead_alpha, steps_per_epoch * tc.epochs, tc.lookahead_ramp_power
-        )
-    aux_weights = tuple(getattr(net, "aux_weights", ()) or ())
-
-    history: list[dict[str, Any]] = []
-    start_epoch, start_batch, global_step = 0, 0, 0
-    best_top1, best_epoch = None, None
-    carried = {"loss_sum": 0.0, "correct": 0, "counted": 0, "seen": 0, "seconds": 0.0}
-    restored_rng = None
-    if tc.resume:
-        state = load_checkpoint(run / CHECKPOINT, map_location=device)
-        if state.get("world_size", 1) != info.world_size:
-            raise UserError(
-                f"--resume: {run / CHECKPOINT} was written by {state.get('world_size')} processes, "
-                f"this run has {info.world_size} (resume with the same number)"
-            )
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        if lookahead is not None and state.get("lookahead"):
-            lookahead.load_state_dict(state["lookahead"])
-        start_epoch, start_batch, global_step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        history = list(state["history"])
-        best_top1, best_epoch = state.get("best_top1"), state.get("best_epoch")
-        carried = dict(state["epoch_stats"])
-        restored_rng = state["rng"][info.rank]
-
-    model = maybe_compile(net, cfg.model.compile)
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.startswith("cuda") else None
-        )
-
-    def shipped() -> nn.Module:
-        return ema.module if ema is not None else net
-
-    def meta() -> ModelMeta:
-        return ModelMeta(
-            name=cfg.model.name,
-            num_classes=data.num_classes,
-            classes=list(data.classes),
-            input_size=[in_chans, image_size, image_size],
-            mean=[float(v) for v in data.mean],
-            std=[float(v) for v in data.std],
-            task=task,
-            resize=int(data.resize) if data.resize else image_size,
-            in_chans=in_chans,
-            model_kwargs=dict(cfg.model.kwargs or {}),
-        )
-
-    def checkpoint(epoch: int, batch: int, stats: dict) -> None:
-        rngs = [rng_state()]
-        if info.enabled:
-            rngs = [None] * info.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
-        if not info.is_main:
-            return
-        # A checkpoint is the run's fallback: never replace it with weights that are already NaN/Inf.
-        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
-            return
-        save_checkpoint(
-            run / CHECKPOINT,
-            {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                "epoch": epoch,
-                "batch": batch,
-                "step": global_step,
-                "rng": rngs,
-                "history": history,
-                "best_top1": best_top1,
-                "best_epoch": best_epoch,
-                "epoch_stats": stats,
-                "world_size": info.world_size,
-                "classes": list(data.classes),
-            },
-        )
-
-    params_m = sum(p.numel() for p in net.parameters()) / 1e6
+def _start_line(s: _Session, state: TrainState) -> str:
+    cfg, info, data = s.cfg, s.info, s.data
+    params_m = sum(p.numel() for p in s.net.parameters()) / 1e6
     n_val = int(D.all_reduce_sum(torch.tensor([data.val.num_samples], dtype=torch.int64))[0])
-    _say(
-        info,
+    size = s.meta.input_size[-1]
+    return (
         f"imgcls: {cfg.model.name} ({params_m:.2f}M params) on {cfg.data_spec}: {data.num_classes} classes "
-        f"({task}), {data.train.num_samples * info.world_size} train / {n_val} val images at "
-        f"{image_size}px · {device}, {precision.name} ({precision.reason})"
-        f"{', channels_last' if channels_last else ''}{', compiled' if cfg.model.compile else ''}"
+        f"({data.task}), {data.train.num_samples * info.world_size} train / {n_val} val images at "
+        f"{size}px · {s.device}, {s.precision.name} ({s.precision.reason})"
+        f"{', channels_last' if s.channels_last else ''}{', compiled' if cfg.model.compile else ''}"
         f" · {info.world_size} process{'es' if info.world_size > 1 else ''}"
-        + (f" · resuming at epoch {start_epoch + 1}, batch {start_batch}" if tc.resume else ""),
+        + (f" · resuming at epoch {state.epoch + 1}, batch {state.batch}" if cfg.train.resume else "")
     )
-    if data.issues:
-        _say(info, f"imgcls: skipped {len(data.issues)} unreadable file(s), listed in {run / 'data_issues.csv'}")
 
-    tb = _TensorBoard(run / "tensorboard", info.is_main)
-    bad_in_a_row = 0
-    last_ckpt_time = time.monotonic()
-    if restored_rng is not None:
-        set_rng_state(restored_rng)  # last: nothing after this may draw random numbers before the loop
-    with _StopSignals() as stop:
-        for epoch in range(start_epoch, tc.epochs):
-            epoch_t0 = time.perf_counter()
-            stats = carried if epoch == start_epoch else {k: 0 for k in carried}
-            stats = {k: float(v) if k in ("loss_sum", "seconds") else int(v) for k, v in stats.items()}
-            first = start_batch if epoch == start_epoch else 0
-            data.train.set_epoch(epoch)
-            frozen = _frozen_parameters(net, tc.freeze_after, epoch, requires_grad=not info.enabled)
-            n_batches = len(data.train)
-            progress = _Progress(tc.progress, n_batches, first, f"epoch {epoch + 1}/{tc.epochs}", info.is_main)
-            model.train()
-            bad_window = False
-            for b, (x, y) in enumerate(data.train.iterate(start_batch=first), start=first):
-                boundary = (b + 1) % oc.accum_steps == 0 or b + 1 == n_batches
-                x = x.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device, non_blocking=True)
-                due = boundary and b + 1 < n_batches and _checkpoint_due(tc, global_step + 1, last_ckpt_time)
-                # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
-                ctx = model.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
-                with ctx:
-                    with precision.autocast():
-                        output = model(x)
-                    loss, logits = compute_loss(loss_fn, output, y, aux_weights)
-                    # Agreed before backward: a rank that skips DDP's backward while another runs it hangs.
-                    nonfinite, stop_now, due = D.agree_flags(
-                        not bool(torch.isfinite(loss.detach())), stop.received is not None, due
+
+def _frozen(s: _Session, epoch: int) -> tuple[list[nn.Parameter], list[nn.Module]]:
+    """The parameters frozen at (0-based) ``epoch`` and the modules that therefore stay in eval mode.
+
+    A parameter is frozen by ``optim.freeze_backbone`` or when its ``train.freeze_after`` epochs are over; in
+    one process it then stops requiring a gradient. A module is frozen when it has parameters, one of them is
+    frozen and none of them trains (parameters the model itself never trains count as not training); its
+    submodules, parameterless ones included (an affine-free BatchNorm, a dropout), are frozen with it.
+    """
+    staged = {
+        id(p)
+        for name, p in s.net.named_parameters()
+        if any(name.startswith(prefix) and epoch >= n for prefix, n in s.cfg.train.freeze_after.items())
+    }
+    frozen_ids = staged | s.backbone_frozen
+    params = [p for p in s.net.parameters() if id(p) in staged]
+    if not s.info.enabled:
+        for p in params:
+            p.requires_grad_(False)
+    modules = []
+    for module in s.net.modules():
+        own = list(module.parameters())
+        trains = any(p.requires_grad and id(p) not in frozen_ids for p in own)
+        if any(id(p) in frozen_ids for p in own) and not trains:
+            modules.append(module)
+    return params, modules
+
+
+def train_one_epoch(s: _Session, state: TrainState, stop: _StopSignals) -> None:
+    """Train ``state.epoch`` from batch ``state.batch`` to its end (or to a stop signal: checkpoint, then
+    KeyboardInterrupt)."""
+    tc, oc, info = s.cfg.train, s.cfg.optim, s.info
+    epoch, first = state.epoch, state.batch
+    t0 = time.perf_counter()
+    stats = state.epoch_stats
+    s.data.train.set_epoch(epoch)
+    frozen_params, frozen_modules = _frozen(s, epoch)
+    n_batches = len(s.data.train)
+    progress = _Progress(tc.progress, n_batches, first, f"epoch {epoch + 1}/{tc.epochs}", info.is_main)
+    s.model.train()
+    for module in frozen_modules:
+        module.eval()
+    bad_window = False
+    try:
+        for b, (x, y) in enumerate(s.data.train.iterate(start_batch=first), start=first):
+            boundary = (b + 1) % oc.accum_steps == 0 or b + 1 == n_batches
+            due = boundary and b + 1 < n_batches and _checkpoint_due(tc, state.step + 1, s.last_checkpoint)
+            out = _forward_backward(s, x, y, boundary, stop.received is not None, due)
+            loss, logits, y, nonfinite, stop_now, due = out
+            bad_window = bad_window or nonfinite
+            _count(s, stats, loss, logits, y, nonfinite)
+            running_acc = 100.0 * stats["correct"] / stats["counted"] if stats["counted"] else None
+            progress.update(x.shape[0] * info.world_size, stats["loss_sum"] / max(stats["seen"], 1), running_acc)
+            if not boundary:
+                continue
+            if _optimizer_step(s, state, stats, frozen_params, bad_window):
+                s.bad_in_a_row = 0
+            else:
+                s.bad_in_a_row += 1
+                if s.bad_in_a_row >= tc.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"the loss or its gradient was NaN or infinite for {s.bad_in_a_row} steps in a row "
+                        f"(epoch {epoch + 1}, batch {b + 1}): stopped; lower --lr or set optim.clip_grad_norm"
+                        + _last_good(s)
                     )
-                    if not nonfinite:
-                        scaler.scale(loss / oc.accum_steps).backward()
-                bad_window = bad_window or nonfinite
-                if not nonfinite:
-                    stats["loss_sum"] += float(loss.detach()) * x.shape[0]
-                    stats["seen"] += x.shape[0]
-                counts = _accuracy_counts(logits.detach(), y, task)
-                if counts is not None:
-                    stats["correct"] += counts[0]
-                    stats["counted"] += counts[1]
-                running_acc = 100.0 * stats["correct"] / stats["counted"] if stats["counted"] else None
-                progress.update(x.shape[0] * info.world_size, stats["loss_sum"] / max(stats["seen"], 1), running_acc)
-                if not boundary:
-                    continue
-                for p in frozen:  # under DDP they still get a gradient (its reducer expects one): drop it
-                    p.grad = None
-                unscaled, grad_ok = False, True
-                if not bad_window and oc.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    unscaled = True
-                    # Gradients are identical on every rank after the all-reduce, so this needs no agreement;
-                    # with fp16 the scaler itself skips steps with overflowed gradients.
-                    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), oc.clip_grad_norm)
-                    grad_ok = bool(torch.isfinite(norm)) or scaler.is_enabled()
-                elif not bad_window and not scaler.is_enabled():
-                    # A finite loss can still back-propagate a NaN/Inf gradient (an overflow inside backward);
-                    # applying it would turn every weight into NaN. Same gradients on every rank: same decision.
-                    grads = [p.grad for p in net.parameters() if p.grad is not None]
-                    grad_ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-                if bad_window or not grad_ok:
-                    optimizer.zero_grad(set_to_none=True)
-                    if unscaled:
-                        scaler.update()
-                    bad_window = False
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= tc.max_bad_steps:
-                        progress.close()
-                        raise TrainingDiverged(
-                            f"the loss or its gradient was NaN or infinite for {bad_in_a_row} steps in a row "
-                            f"(epoch {epoch + 1}, batch {b + 1}): stopped; lower --lr or set optim.clip_grad_norm; the "
-                            f"last good checkpoint is {run / CHECKPOINT}"
-                        )
-                    continue
-                bad_in_a_row = 0
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                schedule.step()
-                if lookahead is not None:
-                    lookahead.step(net)
-                if ema is not None:
-                    ema.update(net)
-                if stop_now or due:
-                    partial = dict(stats, seconds=stats["seconds"] + time.perf_counter() - epoch_t0)
-                    checkpoint(epoch, b + 1, partial)
-                    last_ckpt_time = time.monotonic()
-                if stop_now:
-                    progress.close()
-                    name = signal.Signals(stop.received).name if stop.received else "a stop signal on another rank"
-                    _say(info, f"imgcls: {name}: checkpoint saved to {run / CHECKPOINT}; continue with --resume")
-                    raise KeyboardInterrupt
-            progress.close()
-            if lookahead is not None and epoch + 1 == tc.epochs:
-                lookahead.finish(net)  # the run ends on the slow weights
+            bad_window = False
+            if stop_now or due:
+                state.batch = b + 1
+                state.epoch_stats = dict(stats, seconds=stats["seconds"] + time.perf_counter() - t0)
+                s.save_checkpoint(state)
+                state.epoch_stats = stats
+            if stop_now:
+                name = signal.Signals(stop.received).name if stop.received else "a stop signal on another rank"
+                _say(info, f"imgcls: {name}: checkpoint saved to {s.run / CHECKPOINT}; continue with --resume")
+                raise KeyboardInterrupt
+    finally:
+        progress.close()
+    stats["seconds"] += time.perf_counter() - t0
+    if s.lookahead is not None and epoch + 1 == tc.epochs:
+        s.lookahead.finish(s.net)  # the run ends on the slow weights
 
-            # End of epoch: validation, schedule, files, summary.
-            n = D.all_reduce_sum(torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64))
-            train_loss = float(n[0] / n[1]) if n[1] > 0 else None
-            validate = epoch + 1 == tc.epochs or (tc.val_every > 0 and (epoch + 1) % tc.val_every == 0)
-            result = _NOT_VALIDATED
-            if validate:
-                result = evaluate_model(
-                    shipped(),
-                    data.val,
-                    task=task,
-                    loss_fn=val_loss_fn,
-                    precision=precision.name,
-                    device=device,
-                    distributed=info.enabled,
-                )
-            lr_now = schedule.lr
-            if validate:
-                schedule.observe(result.loss if result.loss is not None else math.inf)
-            seconds = stats["seconds"] + time.perf_counter() - epoch_t0
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": result.loss,
-                "val_top1": result.top1,
-                "val_top5": result.top5,
-                "lr": lr_now,
-                "seconds": round(seconds, 3),
-            }
-            history.append(row)
-            improved = result.top1 is not None and (best_top1 is None or result.top1 > best_top1)
-            if improved:
-                best_top1, best_epoch = result.top1, epoch + 1
-            if info.is_main:
-                _write_metrics(run / METRICS_FILE, history)
-                tb.epoch(row)
-                if tc.save == "last" or improved or (best_top1 is None and epoch + 1 == tc.epochs):
-                    save_bundle(run, shipped(), meta())
-            checkpoint(epoch + 1, 0, {k: 0 for k in carried})
-            last_ckpt_time = time.monotonic()
-            top5 = "" if result.top5 is None else f" top-5 {result.top5:.2f}%"
-            top1 = ("—" if validate else "not validated") if result.top1 is None else f"{result.top1:.2f}%"
-            _say(
-                info,
-                f"epoch {epoch + 1}/{tc.epochs}  train loss {_num(train_loss)}  val loss {_num(result.loss)}  "
-                f"top-1 {top1}{top5}  lr {lr_now:.4g}  {seconds:.1f}s"
-                + (f"  (best {best_top1:.2f}% at epoch {best_epoch})" if best_top1 is not None else ""),
-            )
-    tb.close()
 
-    # The shipped weights: the best epoch's (read back from model.safetensors) or the last.
-    final = shipped()
-    if tc.save == "best" and best_epoch is not None and best_epoch != len(history):
+def _forward_backward(s: _Session, x, y, boundary: bool, stop_here: bool, due: bool):
+    """One micro-batch: forward, loss, backward (skipped when the loss is not finite on any rank).
+
+    Returns ``(loss, logits, y, nonfinite, stop_now, due)``: detached loss and main logits, the targets on the
+    device, and the flags agreed over ranks.
+    """
+    x = x.to(s.device, non_blocking=True)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = y.to(s.device, non_blocking=True)
+    # DDP all-reduces gradients only on the micro-batch that ends an accumulation window.
+    ctx = s.model.no_sync() if s.info.enabled and not boundary else contextlib.nullcontext()
+    with ctx:
+        with s.precision.autocast():
+            output = s.model(x)
+        loss, logits = compute_loss(s.loss_fn, output, y, s.aux_weights)
+        # Agreed before backward: a rank that skips DDP's backward while another runs it hangs.
+        nonfinite, stop_now, due = D.agree_flags(not bool(torch.isfinite(loss.detach())), stop_here, due)
+        if not nonfinite:
+            s.scaler.scale(loss / s.cfg.optim.accum_steps).backward()
+    return loss.detach(), logits.detach(), y, nonfinite, stop_now, due
+
+
+def _count(s: _Session, stats: dict, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, nonfinite: bool):
+    """Add one micro-batch to the epoch's running loss and accuracy."""
+    n = int(y.shape[0])
+    if not nonfinite:
+        stats["loss_sum"] += float(loss) * n
+        stats["seen"] += n
+    counts = _accuracy_counts(logits, y, s.task)
+    if counts is not None:
+        stats["correct"] += counts[0]
+        stats["counted"] += counts[1]
+
+
+def _optimizer_step(s: _Session, state: TrainState, stats: dict, frozen: list[nn.Parameter], bad: bool) -> bool:
+    """End of an accumulation window: check the gradient, step, schedule, Lookahead, EMA. False: step skipped."""
+    oc = s.cfg.optim
+    for p in frozen:  # under DDP they still get a gradient (its reducer expects one): drop it
+        p.grad = None
+    unscaled, grad_ok = False, True
+    if not bad and oc.clip_grad_norm:
+        s.scaler.unscale_(s.optimizer)
+        unscaled = True
+        # Gradients are identical on every rank after the all-reduce, so this needs no agreement;
+        # with fp16 the scaler itself skips steps with overflowed gradients.
+        norm = torch.nn.utils.clip_grad_norm_(s.net.parameters(), oc.clip_grad_norm)
+        grad_ok = bool(torch.isfinite(norm)) or s.scaler.is_enabled()
+    elif not bad and not s.scaler.is_enabled():
+        # A finite loss can still back-propagate a NaN/Inf gradient (an overflow inside backward);
+        # applying it would turn every weight into NaN. Same gradients on every rank: same decision.
+        grads = [p.grad for p in s.net.parameters() if p.grad is not None]
+        grad_ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    if bad or not grad_ok:
+        s.optimizer.zero_grad(set_to_none=True)
+        if unscaled:
+            s.scaler.update()
+        return False
+    lr = s.schedule.lr  # the rate this step uses
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    stats["lr_sum"] += lr
+    stats["lr_steps"] += 1
+    stats["lr_max"] = max(stats["lr_max"], lr)
+    if s.info.is_main:
+        s.tb.step(state.step, lr)
+    s.schedule.step()
+    if s.lookahead is not None:
+        s.lookahead.step(s.net)
+    if s.ema is not None:
+        s.ema.update(s.net)
+    return True
+
+
+def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, task: str) -> tuple[int, int] | None:
+    if task == "multilabel":
+        return None
+    pred = logits.argmax(dim=1)
+    truth = target.argmax(dim=1) if target.ndim == 2 else target
+    return int((pred == truth).sum()), int(target.shape[0])
+
+
+def _checkpoint_due(tc, next_step: int, last_time: float) -> bool:
+    """A mid-epoch checkpoint after optimiser step ``next_step``? (Any rank saying yes is enough.)"""
+    by_steps = bool(tc.checkpoint_every_steps) and next_step % tc.checkpoint_every_steps == 0
+    by_time = bool(tc.checkpoint_every_seconds) and time.monotonic() - last_time > tc.checkpoint_every_seconds
+    return by_steps or by_time
+
+
+# --- end of epoch, end of run ------------------------------------------------------------------------------------
+
+
+def _end_of_epoch(s: _Session, state: TrainState, epoch_t0: float) -> None:
+    """Validate (when due), feed the plateau schedule, write metrics.csv, the shipped weights and the checkpoint."""
+    from imgcls.engine.bundle import save_bundle
+
+    tc, info, stats = s.cfg.train, s.info, state.epoch_stats
+    epoch = state.epoch + 1  # 1-based, as in metrics.csv
+    if not _finite(s.shipped()):
+        raise TrainingDiverged(
+            f"the weights are NaN or infinite after epoch {epoch}: stopped without writing them; lower --lr or set "
+            "optim.clip_grad_norm" + _last_good(s)
+        )
+    row = {"epoch": epoch, **_validate(s, epoch), **_epoch_figures(stats)}
+    if row["val_loss"] is not None and not math.isfinite(row["val_loss"]):
+        raise TrainingDiverged(
+            f"the validation loss is NaN or infinite after epoch {epoch} (the weights give non-finite outputs): "
+            "stopped without writing them; lower --lr or set optim.clip_grad_norm" + _last_good(s)
+        )
+    state.history.append(row)
+    _, column, higher = s.select
+    value = row.get(column)
+    best = state.best
+    improved = value is not None and (best is None or (value > best["value"] if higher else value < best["value"]))
+    if improved:
+        state.best = {"epoch": epoch, "value": value}
+    if info.is_main:
+        _write_metrics(s.run / METRICS_FILE, state.history)
+        s.tb.epoch(row)
+        if tc.save == "last" or improved or (state.best is None and epoch == tc.epochs):
+            save_bundle(s.run, s.shipped(), s.meta)
+    state.epoch, state.batch, state.epoch_stats = epoch, 0, _fresh_stats()
+    s.save_checkpoint(state)
+    _say(info, _epoch_line(s, state, row))
+
+
+def _validate(s: _Session, epoch: int) -> dict[str, Any]:
+    """The validation columns of ``epoch`` (empty between ``train.val_every`` epochs); feeds ``plateau``."""
+    from imgcls.engine.evaluate import evaluate_model
+
+    tc = s.cfg.train
+    if not (epoch == tc.epochs or (tc.val_every > 0 and epoch % tc.val_every == 0)):
+        return {"val_loss": None, "val_top1": None, "val_top5": None, "val_mAP": None}
+    result = evaluate_model(
+        s.shipped(),
+        s.data.val,
+        task=s.task,
+        loss_fn=s.val_loss_fn,
+        precision=s.precision.name,
+        device=s.device,
+        distributed=s.info.enabled,
+    )
+    s.schedule.observe(result.loss if result.loss is not None else math.inf)
+    mAP = result.metrics.get("mAP")
+    return {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5, "val_mAP": mAP}
+
+
+def _epoch_figures(stats: dict) -> dict[str, Any]:
+    """Train loss (over ranks), the learning rates the epoch's steps used, and its seconds."""
+    n = D.all_reduce_sum(torch.tensor([stats["loss_sum"], stats["seen"]], dtype=torch.float64))
+    lr_mean = stats["lr_sum"] / stats["lr_steps"] if stats["lr_steps"] else None
+    return {
+        "train_loss": float(n[0] / n[1]) if n[1] > 0 else None,
+        "lr": lr_mean,
+        "lr_mean": lr_mean,
+        "lr_max": stats["lr_max"] if stats["lr_steps"] else None,
+        "seconds": round(stats["seconds"], 3),
+    }
+
+
+def _epoch_line(s: _Session, state: TrainState, row: dict[str, Any]) -> str:
+    tc = s.cfg.train
+    validated = row["val_loss"] is not None or row["val_top1"] is not None or row["val_mAP"] is not None
+    top1 = ("—" if validated else "not validated") if row["val_top1"] is None else f"{row['val_top1']:.2f}%"
+    top5 = "" if row["val_top5"] is None else f" top-5 {row['val_top5']:.2f}%"
+    mAP = "" if row["val_mAP"] is None else f" mAP {row['val_mAP']:.2f}%"
+    metric, _, _ = s.select
+    best = state.best
+    return (
+        f"epoch {row['epoch']}/{tc.epochs}  train loss {_num(row['train_loss'])}  val loss {_num(row['val_loss'])}  "
+        f"top-1 {top1}{top5}{mAP}  lr {_num(row['lr_mean'], digits=4)}  {row['seconds']:.1f}s"
+        + (f"  (best {metric} {best['value']:.4g} at epoch {best['epoch']})" if best is not None else "")
+    )
+
+
+def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
+    """Load the shipped weights (the best epoch's or the last), evaluate them, write the report and the record."""
+    tc, info, run = s.cfg.train, s.info, s.run
+    final = s.shipped()
+    best = state.best
+    if tc.save == "best" and best is not None and best["epoch"] != len(state.history):
         from imgcls.engine.bundle import load_weights
 
-        state = D.on_main(lambda: load_weights(run))
-        final.load_state_dict(state)
+        final.load_state_dict(D.on_main(lambda: load_weights(run)))
     report_path, summary = None, {}
     if tc.report:
+        from imgcls.engine.evaluate import finalize_run
+
         summary = finalize_run(
             run,
             final,
-            data,
-            precision=precision.name,
-            device=device,
+            s.data,
+            precision=s.precision.name,
+            device=s.device,
             distributed=info.enabled,
-            loss_fn=val_loss_fn,
+            loss_fn=s.val_loss_fn,
             tta=tc.final_tta,
         )
-        if info.is_main:
+    metric, column, _ = s.select
+    shipped_epoch = best["epoch"] if tc.save == "best" and best is not None else len(state.history)
+    if info.is_main:
+        _record_selection(run, metric, column, state, shipped_epoch, "best" if tc.save == "best" else "last")
+        if tc.report:
             from imgcls.report import build_report
 
             report_path = build_report(run)
     elapsed = time.perf_counter() - t_start
-    top1, top5 = summary.get("top1", best_top1), summary.get("top5")
+    best_top1 = max((r["val_top1"] for r in state.history if r.get("val_top1") is not None), default=None)
+    top1 = summary.get("top1", state.history[shipped_epoch - 1].get("val_top1"))
+    top5 = summary.get("top5")
     _say(
         info,
         f"imgcls: done in {_duration(elapsed)}: top-1 {_num(top1, '%')}"
         + (f", top-5 {_num(top5, '%')}" if top5 is not None else "")
-        + f" ({'best epoch ' + str(best_epoch) if tc.save == 'best' else 'last epoch'}) · weights "
+        + (f", mAP {_num(summary['mAP'], '%')}" if summary.get("mAP") is not None else "")
+        + f" (epoch {shipped_epoch}, {'best by ' + metric if tc.save == 'best' else 'the last'}) · weights "
         f"{run / 'model.safetensors'}" + (f" · report {report_path}" if report_path else ""),
     )
     return RunResult(
         run_dir=run,
-        epochs=len(history),
+        epochs=len(state.history),
         best_top1=best_top1,
-        best_epoch=best_epoch,
+        best_epoch=best["epoch"] if best else None,
         top1=top1,
         top5=top5,
         seconds=elapsed,
-        precision=precision.name,
+        precision=s.precision.name,
         report=report_path,
-        history=history,
+        history=state.history,
+        select_metric=metric,
+        best_value=best["value"] if best else None,
     )
 
 
-@dataclass(frozen=True)
-class _NoValidation:
-    loss: None = None
-    top1: None = None
-    top5: None = None
+def _record_selection(run: Path, metric: str, column: str, state: TrainState, shipped: int, rule: str) -> None:
+    """``config.json``'s ``run.selection``: what the report needs to say which weights ship and what they scored."""
+    path = run / CONFIG_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # the record is the user's to repair; the run itself is complete
+    best = state.best
+    record.setdefault("run", {})["selection"] = {
+        "metric": metric,
+        "column": column,
+        "rule": rule,  # train.save: "best" (by the metric) or "last"
+        "best_epoch": best["epoch"] if best else None,
+        "best_value": best["value"] if best else None,
+        "last_epoch": len(state.history),
+        "last": state.history[-1] if state.history else None,
+        "shipped_epoch": shipped,
+    }
+    _atomic_write_text(path, json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
 
 
-_NOT_VALIDATED = _NoValidation()
-
-
-def _frozen_parameters(
-    net: nn.Module, freeze_after: dict[str, int], epoch: int, requires_grad: bool
-) -> list[nn.Parameter]:
-    """The parameters whose ``train.freeze_after`` epochs are over at (0-based) ``epoch``; with
-    ``requires_grad`` they also stop requiring a gradient."""
-    frozen = [
-        p
-        for name, p in net.named_parameters()
-        if any(name.startswith(prefix) and epoch >= epochs for prefix, epochs in freeze_after.items())
-    ]
-    if requires_grad:
-        for p in frozen:
-            p.requires_grad_(False)
-    return frozen
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity as null (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 @torch.no_grad()
@@ -800,8 +1205,21 @@ def _init_whitening(net: nn.Module, loader, count: int) -> None:
     net.init_whitening(torch.cat(parts)[:count].to(param.device).contiguous())
 
 
-def _num(value: float | None, unit: str = "") -> str:
-    return "—" if value is None else f"{value:.4f}{unit}" if not unit else f"{value:.2f}{unit}"
+def _num(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    if digits:
+        return f"{value:.{digits}g}"
+    return f"{value:.4f}{unit}" if not unit else f"{value:.2f}{unit}"
 
 
-__all__ = ["CHECKPOINT", "METRICS_COLUMNS", "RunResult", "TrainingDiverged", "check_run_dir", "train"]
+__all__ = [
+    "CHECKPOINT",
+    "METRICS_COLUMNS",
+    "RunResult",
+    "TrainState",
+    "TrainingDiverged",
+    "check_run_dir",
+    "train",
+    "train_one_epoch",
+]
