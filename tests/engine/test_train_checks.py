@@ -8,6 +8,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,25 @@ def test_resume_refuses_data_whose_classes_changed(tmp_path, photos, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--resume: the classes of" in err and "differ from the checkpoint's (a, b)" in err, err
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_two_trains_on_one_folder_the_second_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "digits", "--epochs", "2", "--out", str(run), *_quiet()]
+    first = subprocess.Popen([sys.executable, "-m", "imgcls", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        lock = run / ".imgcls-train.lock"
+        for _ in range(3000):  # the first holds the lock from the moment its folder exists
+            if lock.exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert lock.exists(), "the first run never took its lock"
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and ("another imgcls train is writing" in err or "already holds a run" in err), err
+    finally:
+        out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out.decode()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # the first run's record, whole
+    assert not lock.exists()  # released at the end

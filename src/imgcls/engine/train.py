@@ -69,6 +69,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls._files import FileLock, atomic_write_text
 from imgcls.engine import distributed as D
 from imgcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgcls.engine.config import MAX_IMAGE_SIZE, RunConfig, config_record
@@ -101,6 +102,7 @@ METRICS_COLUMNS = (
     "lr_max",
     "seconds",
 )
+LOCK_FILE = ".imgcls-train.lock"  # held by the one `train` writing the folder; removed when it ends
 # What makes a folder "a run": refusing to write into it without --resume / --overwrite protects it.
 RUN_MARKERS = ("config.json", "checkpoints", "model.safetensors", "model.json", "metrics.csv")
 # What --overwrite removes (only our own files: anything else in the folder is left alone).
@@ -228,7 +230,7 @@ def check_run_dir(out: str | None, *, resume: bool, overwrite: bool) -> Path:
             raise UserError(f"--resume: no checkpoint at {run / CHECKPOINT}")
     elif holds_run and not overwrite:
         raise UserError(f"--out {run}: already holds a run (use --resume to continue it or --overwrite to replace it)")
-    elif run.is_dir() and not overwrite and any(run.iterdir()):
+    elif run.is_dir() and not overwrite and any(p.name != LOCK_FILE for p in run.iterdir()):
         raise UserError(f"--out {run}: is a non-empty folder that holds no run (choose another or add --overwrite)")
     existing = run
     while not existing.exists():
@@ -261,29 +263,13 @@ def _make_run_dir(run: Path) -> Path | None:
     return top
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically; a full disk is a UserError and leaves the old file as it was."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc}); the previous file is unchanged") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(METRICS_COLUMNS)
     for row in history:
         writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in METRICS_COLUMNS])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(value: Any) -> str:
@@ -539,6 +525,7 @@ class _Session:
     checkpointed: bool = False  # a checkpoint of this run exists (a failed run is resumable)
     bad_in_a_row: int = 0  # optimiser steps skipped in a row for a non-finite loss or gradient
     last_checkpoint: float = field(default_factory=time.monotonic)
+    lock: FileLock | None = None  # rank 0: the run folder's lock, held until the run ends
 
     @property
     def task(self) -> str:
@@ -648,7 +635,7 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
             raise UserError(f"train.freeze_after: {mc.name} has no trainable parameter named {prefix}...")
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
     optimizer = build_optimizer(net, cfg.optim)  # freezes the backbone for optim.freeze_backbone
-    created = D.on_main(_open_run_dir, cfg, run, data, precision, info, image_size, in_chans)
+    created, lock = _open_run_dir_everywhere(cfg, run, data, precision, info, image_size, in_chans)
     session = _Session(
         cfg=cfg,
         info=info,
@@ -672,26 +659,51 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
         select=select,
         tb=_TensorBoard(run / "tensorboard", info.is_main),
         created=created,
+        lock=lock,
     )
     try:
         return session, _build_components(session)
     except BaseException:
         _abandon(session)
+        if session.lock is not None:
+            session.lock.release()
         raise
+
+
+def _open_run_dir_everywhere(cfg: RunConfig, run: Path, data, precision, info: D.DistInfo, size: int, chans: int):
+    """`_open_run_dir` on rank 0 (its error raised on every rank); returns ``(created, lock)`` (rank 0's lock)."""
+    result, error = (None, None), None
+    if info.is_main:
+        try:
+            result = _open_run_dir(cfg, run, data, precision, info, size, chans)
+        except UserError as exc:
+            error = str(exc)
+    error = D.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    return D.broadcast_object(result[0]), result[1]
 
 
 def _open_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
     """Rank 0: create (or clear, for --overwrite) the folder and write config.json and data_issues.csv."""
     created = _make_run_dir(run)
+    lock = FileLock(run / LOCK_FILE, f"imgcls train --out {run}", timeout=0)
     try:
+        try:
+            lock.acquire()
+        except UserError:
+            raise UserError(f"--out {run}: another imgcls train is writing this run folder right now") from None
+        # Checked again under the lock: a run started beside us may have written its files meanwhile.
+        check_run_dir(str(run), resume=cfg.train.resume, overwrite=cfg.train.overwrite)
         _fill_run_dir(cfg, run, data, precision, info, size, chans)
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        elif not cfg.train.resume:
+        elif not cfg.train.resume and lock.fd is not None:
             _clear_run(run)
+        lock.release()
         raise
-    return str(created) if created is not None else None
+    return (str(created) if created is not None else None), lock
 
 
 def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
@@ -710,7 +722,7 @@ def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D
             "precision": precision.name,
             "world_size": info.world_size,
         }
-        _atomic_write_text(run / CONFIG_FILE, json.dumps(config_record(cfg, run=facts), indent=2) + "\n")
+        atomic_write_text(run / CONFIG_FILE, json.dumps(config_record(cfg, run=facts), indent=2) + "\n")
     data.write_issues(run / "data_issues.csv")
 
 
@@ -765,6 +777,8 @@ def _abandon(s: _Session) -> None:
     if not s.info.is_main or s.checkpointed or s.cfg.train.resume:
         return
     s.tb.close()
+    if s.lock is not None:
+        s.lock.release()
     if s.created is not None:
         shutil.rmtree(s.created, ignore_errors=True)
     elif s.run.is_dir():
@@ -819,12 +833,14 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
                 epoch_t0 = time.perf_counter()
                 train_one_epoch(s, state, stop)
                 _end_of_epoch(s, state, epoch_t0)
+        return _finish(s, state, t_start)
     except BaseException:
         _abandon(s)
         raise
     finally:
         s.tb.close()
-    return _finish(s, state, t_start)
+        if s.lock is not None:
+            s.lock.release()
 
 
 def _start_line(s: _Session, state: TrainState) -> str:
@@ -1177,7 +1193,7 @@ def _record_selection(run: Path, metric: str, column: str, state: TrainState, sh
         "last": state.history[-1] if state.history else None,
         "shipped_epoch": shipped,
     }
-    _atomic_write_text(path, json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
 
 
 def _json_safe(value: Any) -> Any:
