@@ -1,20 +1,37 @@
 """AutoAugment, RandAugment and TrivialAugment on whole batches, every draw from the caller's generator.
 
 - AutoAugment (Cubuk et al. 2018, "AutoAugment: Learning Augmentation Policies from Data", arXiv:1805.09501):
-  25 learned sub-policies of two ops (op, probability, magnitude 0–9) per dataset; the tables below are the
+  25 learned sub-policies of two ops (op, probability, magnitude level 0–9) per dataset; the tables below are the
   paper's appendix tables for ImageNet, CIFAR-10 and reduced SVHN. One sub-policy is drawn per image.
-- RandAugment (Cubuk et al. 2019, arXiv:1909.13719): ``N`` ops drawn uniformly (with replacement) per image
-  from 14, all at magnitude ``M`` on the shared 0–10 scale.
-- TrivialAugment (Müller & Hutter 2021, arXiv:2103.10158), the "wide" search space: one op per image, with a
-  magnitude level drawn uniformly from 0–30.
+- RandAugment (Cubuk et al. 2019, arXiv:1909.13719, §3): ``N`` ops drawn uniformly (with replacement) per image
+  from the paper's 14, all at magnitude ``M`` on the shared 0–10 scale (10: each op's largest value).
+- TrivialAugment (Müller & Hutter 2021, arXiv:2103.10158), the "wide" search space of its Table 1: one op per
+  image from the same 14, with a magnitude level drawn uniformly from 0–30.
 
-Magnitudes map linearly onto each op's range, ``value = level / 10 × max`` as in the AutoAugment authors' code
-(paper Table 1: shear ±0.3, translate ±150/331 of the side, rotate ±30°, enhance factors 0.1–1.9, posterize 4–8
-bits, solarize threshold 0–256). Geometric ops get a random sign. RandAugment and TrivialAugment use enhance
-factors ``1 ± v`` with a random sign (so magnitude 0 is the identity, as torchvision and timm do); AutoAugment
-keeps the paper's unsigned ``0.1 + 1.8 × level / 10``. Deviations: shears are about the image centre (the
-reference shears about the top-left corner, pushing content off the image), warps are bilinear, and posterize
-follows the paper's 4–8 bits (the reference code's 1–4 contradicts its Table 1).
+An op's parameter is ``neutral ± f × max`` with ``f`` = level / 10 (AutoAugment, RandAugment) or level / 30
+(TrivialAugment); geometric ops and, for RandAugment and TrivialAugment, the enhance ops take a random sign per
+image. Ranges (AutoAugment Table 1, shared by RandAugment; TrivialAugment wide in brackets): shear ±0.3 [±0.99],
+translate ±150/331 of the side [±32 px], rotate ±30° [±135°], posterize 8 down to 4 [2] bits, solarize threshold
+256 (nothing inverted) down to 0, enhance factors (Brightness, Color, Contrast, Sharpness):
+
+- AutoAugment: the paper's unsigned ``0.1 + 1.8 × level / 10`` (0.1–1.9; level 5 is the identity, level 0 a
+  factor of 0.1), as the policies were searched with;
+- RandAugment: ``1 ± 0.9 × M / 10`` (0.1–1.9), TrivialAugment: ``1 ± 0.99 × level / 30`` (0.01–1.99), so magnitude
+  0 is the identity for every op and a larger magnitude is always a stronger change (torchvision's form). The
+  authors' code maps the level to an unsigned factor instead (RandAugment ``0.1 + 1.8 M / 10``, so a fixed M
+  only ever brightens; TrivialAugment ``0.01 + 1.99 × level / 30``, the same spread of factors as ours).
+
+Sign conventions (PIL's and torchvision's): a positive Rotate turns the content counter-clockwise, a positive
+ShearX samples row ``y`` from ``x + s·(y - cy)`` (PIL's ``AFFINE (1, s, 0, 0, 1, 0)``), a positive TranslateX /
+TranslateY moves the content right / down. Brightness above 1 brightens, Contrast above 1 widens the spread about
+the mean grey, Color above 1 saturates, Sharpness above 1 sharpens (below 1 blurs).
+
+Deviations from the reference code: shears are about the image centre (the reference shears about the top-left
+corner, pushing content off the image), warps are bilinear (torchvision's policies default to nearest),
+rotations are not rounded to whole degrees, posterize follows the paper's 4–8 bits (the AutoAugment code's 1–4
+contradicts its Table 1). Translations are whole pixels, truncated towards zero as in the reference code.
+TrivialAugment's 32-pixel translation is the paper's absolute range: on 32-pixel images its top level (1 in 31
+of the draws of a translation) moves the whole image out, leaving the grey fill.
 
 Batched: every image draws its own ops and magnitudes; images are then grouped by op, so each op runs once per
 batch. All geometric ops of a stage share one affine warp (fill: mid-grey, the reference's 128). Equalize and
@@ -26,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from kornia.enhance import sharpness as _kornia_sharpness
@@ -144,33 +162,54 @@ RANDOM_OPS = (
     "TranslateY",
 )
 
-# A magnitude space: op -> (fn(fraction in [0, 1], image side in px) -> op parameter, random sign?).
-Space = dict[str, tuple[Callable[[torch.Tensor, int], torch.Tensor], bool]]
+
+@dataclass(frozen=True)
+class Magnitude:
+    """How a magnitude fraction ``f`` in [0, 1] becomes an op's parameter: ``neutral ± scale(f, side)``.
+
+    ``scale(f, side)`` is the distance from the op's neutral value (``side``: the image side along the op's axis,
+    in pixels); ``signed`` ops take a random sign per image, the others move one way only. For every op but
+    AutoAugment's unsigned enhance factors, ``f = 0`` gives the neutral value and so the identity.
+    """
+
+    scale: Callable[[torch.Tensor, int], torch.Tensor]
+    signed: bool = False
+    neutral: float = 0.0
+
+    def value(self, frac: torch.Tensor, sign: torch.Tensor, side: int) -> torch.Tensor:
+        """The op parameter for float64 fractions ``frac`` and signs ``sign`` (±1, used when ``signed``)."""
+        v = self.scale(frac, side)
+        return self.neutral + (v * sign if self.signed else v)
+
+
+# A magnitude space: op name -> its Magnitude.
+Space = dict[str, Magnitude]
 
 
 def _space(shear: float, translate: Callable[[int], float], rotate: float, posterize_bits: int, enhance: str) -> Space:
-    none = (lambda f, side: torch.zeros_like(f), False)
-    if enhance == "unsigned":  # AutoAugment: factor 0.1 + 1.8·f, never signed
-        enh = (lambda f, side: 0.1 + 1.8 * f, False)
-    else:  # RandAugment / TrivialAugment: 1 ± max·f
+    none = Magnitude(lambda f, side: torch.zeros_like(f))
+    if enhance == "unsigned":  # AutoAugment: factor 0.1 + 1.8·f, never signed (1.0, the identity, at level 5)
+        enh = Magnitude(lambda f, side: 1.8 * f, neutral=0.1)
+    else:  # RandAugment / TrivialAugment: 1 ± max·f, random sign (1.0, the identity, at magnitude 0)
         top = float(enhance)
-        enh = (lambda f, side: top * f, True)
+        enh = Magnitude(lambda f, side: top * f, signed=True, neutral=1.0)
     return {
         "Identity": none,
         "AutoContrast": none,
         "Equalize": none,
         "Invert": none,
-        "ShearX": (lambda f, side: shear * f, True),
-        "ShearY": (lambda f, side: shear * f, True),
-        "TranslateX": (lambda f, side: translate(side) * f, True),
-        "TranslateY": (lambda f, side: translate(side) * f, True),
-        "Rotate": (lambda f, side: rotate * f, True),
+        "ShearX": Magnitude(lambda f, side: shear * f, signed=True),
+        "ShearY": Magnitude(lambda f, side: shear * f, signed=True),
+        # Whole pixels, truncated towards zero, as the reference implementations shift (int(level · max / 10)).
+        "TranslateX": Magnitude(lambda f, side: torch.trunc(translate(side) * f), signed=True),
+        "TranslateY": Magnitude(lambda f, side: torch.trunc(translate(side) * f), signed=True),
+        "Rotate": Magnitude(lambda f, side: rotate * f, signed=True),
         "Color": enh,
         "Contrast": enh,
         "Brightness": enh,
         "Sharpness": enh,
-        "Posterize": (lambda f, side: 8 - torch.round(posterize_bits * f), False),
-        "Solarize": (lambda f, side: 256.0 * (1 - f), False),  # threshold in 0..256 grey levels
+        "Posterize": Magnitude(lambda f, side: -torch.round(posterize_bits * f), neutral=8.0),  # bits kept
+        "Solarize": Magnitude(lambda f, side: -256.0 * f, neutral=256.0),  # threshold in 0..256 grey levels
     }
 
 
@@ -203,7 +242,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     ``(step // 2 + #pixels below i) // step``; a channel with a single level or ``step == 0`` is left as is.
     """
     n, c, h, w = x.shape
-    q = _grey_levels(x).long().view(n * c, h * w)
+    q = _grey_levels(x).long().reshape(n * c, h * w)
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device).scatter_add_(1, q, torch.ones_like(q))
     last = hist.gather(1, q.amax(dim=1, keepdim=True))  # count of the brightest level present
     step = (h * w - last) // 255  # (N·C, 1)
@@ -250,25 +289,31 @@ _COLOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def _affine_matrices(names: list[str], v: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Forward (source -> output) 2×3 matrices in pixel units, about the image centre, one per image."""
+    """Forward (source -> output) 2×3 matrices in pixel units (x right, y down), about the image centre.
+
+    Sign conventions (PIL's, the library the policies were searched with, and torchvision's): a positive Rotate
+    turns the content counter-clockwise; a positive ShearX samples row ``y`` from ``x + s·(y - cy)`` (PIL's
+    ``AFFINE (1, s, 0, 0, 1, 0)``, so rows below the centre move left), ShearY likewise with the axes swapped; a
+    positive TranslateX / TranslateY moves the content right / down (torchvision's sign).
+    """
     n = len(names)
     m = torch.zeros(n, 2, 3, dtype=torch.float64)
     m[:, 0, 0] = m[:, 1, 1] = 1.0
     cx, cy = (w - 1) / 2, (h - 1) / 2
     for i, (name, val) in enumerate(zip(names, v.tolist())):
-        if name == "ShearX":  # x' = x + s·(y - cy)
-            m[i, 0, 1], m[i, 0, 2] = val, -val * cy
-        elif name == "ShearY":  # y' = y + s·(x - cx)
-            m[i, 1, 0], m[i, 1, 2] = val, -val * cx
+        if name == "ShearX":  # x_out = x - s·(y - cy)
+            m[i, 0, 1], m[i, 0, 2] = -val, val * cy
+        elif name == "ShearY":  # y_out = y - s·(x - cx)
+            m[i, 1, 0], m[i, 1, 2] = -val, val * cx
         elif name == "TranslateX":
             m[i, 0, 2] = val
         elif name == "TranslateY":
             m[i, 1, 2] = val
-        elif name == "Rotate":
+        elif name == "Rotate":  # counter-clockwise on screen: (1, 0) relative to the centre goes to (cos, -sin)
             a = math.radians(val)
             cos, sin = math.cos(a), math.sin(a)
-            m[i, 0] = torch.tensor([cos, -sin, cx - cos * cx + sin * cy], dtype=torch.float64)
-            m[i, 1] = torch.tensor([sin, cos, cy - sin * cx - cos * cy], dtype=torch.float64)
+            m[i, 0] = torch.tensor([cos, sin, cx - cos * cx - sin * cy], dtype=torch.float64)
+            m[i, 1] = torch.tensor([-sin, cos, cy + sin * cx - cos * cy], dtype=torch.float64)
     return m
 
 
@@ -318,12 +363,8 @@ def _values(
         sel = choice == k
         if not bool(sel.any()):
             continue
-        fn, signed = space[name]
         side = h if name.endswith("Y") and name.startswith(("Shear", "Translate")) else w
-        v = fn(frac[sel].double(), side)
-        if signed:
-            v = v * sign[sel]
-        value[sel] = v.double() if isinstance(v, torch.Tensor) else v
+        value[sel] = space[name].value(frac[sel].double(), sign[sel], side).double()
     return value
 
 
