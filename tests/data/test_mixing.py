@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgcls.data.mixing import build_mixer, cutmix_box, sample_pairing_active, soft_targets
+from imgcls.data.mixing import build_mixer, cutmix_box, mixup, sample_pairing_active, soft_targets
 from imgcls.data.transforms import AugmentConfig
 
 K = 10
@@ -105,3 +105,39 @@ def test_sample_pairing_averages_and_keeps_the_first_label():
     assert sorted(partner.round().long().tolist()) == sorted(y.tolist()), "each image is averaged with another"
     assert not torch.equal(xm, x)
     assert torch.equal(mixer(x, y, gen(0), 3)[0], x), "off epoch of the on/off cycle"
+
+
+def test_mixup_lambda_is_beta_alpha_alpha():
+    # Beta(α, α): mean 1/2, variance 1 / (4 (2α + 1)); a Beta(α, 1) or a Beta(1/α, ...) mix-up fails.
+    x, y = torch.zeros(4, 1, 2, 2), torch.nn.functional.one_hot(torch.arange(4), 4).float()
+    for alpha in (0.4, 2.0):
+        lam = torch.tensor([mixup(x, y, alpha, gen(s))[2] for s in range(2000)])
+        assert float(lam.mean()) == pytest.approx(0.5, abs=0.02)
+        assert float(lam.var()) == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.1)
+
+
+def test_cutmix_box_sides_follow_lambda():
+    for lam in (0.5, 0.75, 0.9):
+        side = 2 * (int(64 * (1 - lam) ** 0.5) // 2)  # the reference's cx ± cut_w // 2
+        whole = 0
+        for seed in range(100):
+            y0, y1, x0, x1 = cutmix_box(64, 64, lam, gen(seed))
+            if y0 > 0 and y1 < 64 and x0 > 0 and x1 < 64:  # not clipped: the full box
+                assert (y1 - y0, x1 - x0) == (side, side)
+                whole += 1
+        assert whole >= 5
+
+
+def test_mix_prob_and_the_mixup_cutmix_choice_are_fair():
+    x, y = coded_batch(n=8, h=8, w=8)
+    mixer = build_mixer(AugmentConfig(mixup=1.0, cutmix=1.0, mix_prob=0.4), K)
+    kinds = []
+    for seed in range(400):
+        xm, _ = mixer(x, y, gen(seed), 0)
+        if torch.equal(xm, x):
+            kinds.append("none")
+        else:  # CutMix leaves every pixel a pure class index; mixup blends every pixel
+            kinds.append("cutmix" if torch.equal(xm, xm.round()) else "mixup")
+    mixed = [k for k in kinds if k != "none"]
+    assert len(mixed) / len(kinds) == pytest.approx(0.4, abs=0.07)
+    assert mixed.count("cutmix") / len(mixed) == pytest.approx(0.5, abs=0.1)

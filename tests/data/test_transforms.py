@@ -421,3 +421,148 @@ def test_reused_transform_gives_what_a_fresh_one_gives():
     for (x, s), y in zip(batches, held):
         assert torch.equal(y, build_batch_transform(aug, True, 32, MEAN, STD)(x, gen(s)))
     assert torch.equal(fn(*batches[0][:1], gen(5)), held[0])
+
+
+# ----------------------------------------------------------------------------------------- audit: factors, axes, ranges
+
+
+def test_pad_crop_and_translate_reach_exactly_their_offset_range():
+    # A dot at a known place: its position in the output is the crop offset, which must cover -4..4 on both axes
+    # (a halved or doubled range, or swapped axes, fails).
+    x = torch.zeros(256, 1, 32, 32, dtype=torch.uint8)
+    x[:, :, 10, 20] = 255
+    for aug in (AugmentConfig(crop_padding=4), AugmentConfig(translate=0.125)):  # 0.125 · 32 = 4 px
+        y = build_batch_transform(aug, True, 32, (0.0,), (1.0,))(x, gen(0))
+        pos = (y[:, 0] > 0.5).flatten(1).float().argmax(1)
+        dy, dx = pos // 32 - 10, pos % 32 - 20
+        assert set(dy.tolist()) == set(range(-4, 5)) and set(dx.tolist()) == set(range(-4, 5))
+        assert (dy != dx).any(), "rows and columns are drawn independently"
+
+
+def test_random_resized_crop_takes_the_box_it_drew_on_a_non_square_image():
+    # No flips: the boxes are the transform's first draw. A quarter-area square box resized to its own size is
+    # exactly that window (a swapped top/left or height/width fails on a 32 x 48 image).
+    x = random_batch(n=16, h=32, w=48, seed=2)
+    aug = AugmentConfig(random_resized_crop=True, rrc_scale=(16 * 16 / (32 * 48),) * 2, rrc_ratio=(1.0, 1.0))
+    y = build_batch_transform(aug, True, 16, MEAN, STD)(x, gen(4))
+    boxes = sample_resized_crops(16, 32, 48, aug.rrc_scale, aug.rrc_ratio, gen(4))
+    assert (boxes[:, 2:] == 16).all() and boxes[:, 1].max() > 16, "boxes are 16 x 16 and reach past column 16"
+    for i, (top, left, _, _) in enumerate(boxes.tolist()):
+        assert torch.allclose(y[i], normalised(x[i : i + 1, :, top : top + 16, left : left + 16])[0], atol=1e-4)
+
+
+def test_random_resized_crop_boxes_span_the_scale_and_ratio_bounds():
+    boxes = sample_resized_crops(4000, 224, 224, (0.08, 1.0), (3 / 4, 4 / 3), gen(1))
+    _, _, h, w = boxes.double().unbind(1)
+    area, ratio = h * w / 224**2, w / h
+    # Within the bounds up to the rounding of each side to whole pixels, and reaching both ends.
+    assert area.min() >= 0.08 * (1 - 2 / 17) and area.max() <= 1.0
+    assert area.min() < 0.09 and area.max() > 0.95
+    assert ratio.min() >= 3 / 4 - 0.05 and ratio.max() <= 4 / 3 + 0.05
+    assert ratio.min() < 0.77 and ratio.max() > 1.3
+    # The aspect ratio is log-uniform: as many boxes wider than tall as taller than wide.
+    assert abs(float((ratio > 1).double().mean()) - float((ratio < 1).double().mean())) < 0.05
+
+
+def test_rotation_angles_span_the_range_and_the_fill_is_black():
+    x = torch.zeros(200, 1, 33, 33, dtype=torch.uint8)
+    x[:, :, 16, 26] = 255  # a dot 10 px right of the centre
+    y = build_batch_transform(AugmentConfig(rotation=30), True, 33, (0.0,), (1.0,))(x, gen(0))[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    mass = y.clamp(min=0)
+    cy, cx = (mass * ys).sum((1, 2)) / mass.sum((1, 2)), (mass * xs).sum((1, 2)) / mass.sum((1, 2))
+    angle = torch.rad2deg(torch.atan2(-(cy - 16), cx - 16))  # counter-clockwise positive
+    assert angle.abs().max() <= 30.5 and angle.abs().max() > 27, "uniform in [-30, 30] degrees"
+    assert (angle > 5).sum() > 50 and (angle < -5).sum() > 50, "both directions"
+    white = torch.full((4, 1, 33, 33), 255, dtype=torch.uint8)
+    turned = build_batch_transform(AugmentConfig(rotation=45), True, 33, (0.0,), (1.0,))(white, gen(3))
+    assert turned[:, 0, 0, 0].max() < 0.6 and turned[:, 0, 16, 16].min() == pytest.approx(1.0), "black corners"
+
+
+def test_scale_aspect_scales_within_its_range():
+    x = torch.zeros(200, 1, 65, 65, dtype=torch.uint8)
+    x[:, :, 32, 12] = x[:, :, 12, 32] = 255  # dots 20 px left of and above the centre
+    aug = AugmentConfig(scale_aspect=(0.2, 0.0))
+    y = build_batch_transform(aug, True, 65, (0.0,), (1.0,))(x, gen(0))[:, 0]
+    xs = torch.arange(65.0)
+    left = (y[:, 32, :40] * xs[:40]).sum(1) / y[:, 32, :40].sum(1)
+    scale = (32 - left) / 20
+    assert scale.min() >= 0.8 - 0.01 and scale.max() <= 1.2 + 0.01 and scale.min() < 0.83 and scale.max() > 1.17
+    top = (y[:, :40, 32] * xs[:40]).sum(1) / y[:, :40, 32].sum(1)
+    assert torch.allclose((32 - top) / 20, scale, atol=0.01), "aspect 0: the same scale on both axes"
+
+
+def test_color_jitter_ranges_of_contrast_saturation_and_hue():
+    g = torch.zeros(256, 3, 8, 8, dtype=torch.uint8)
+    g[:, :, :, :4] = 80
+    g[:, :, :, 4:] = 160  # two grey levels: contrast is their distance
+    y = unnormalised(build_batch_transform(AugmentConfig(color_jitter=(0, 0.5, 0, 0)), True, 8, MEAN, STD)(g, gen(0)))
+    factor = (y[:, 0, 0, 4] - y[:, 0, 0, 0]) / (80 / 255)
+    assert factor.min() >= 0.5 - 1e-4 and factor.max() <= 1.5 + 1e-4 and factor.min() < 0.55 and factor.max() > 1.45
+    mean = (y[:, 0, 0, 4] + y[:, 0, 0, 0]) / 2
+    assert torch.allclose(mean, torch.full_like(mean, 120 / 255), atol=1e-4), "contrast keeps the mean grey"
+    red = torch.zeros(256, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0], red[:, 1], red[:, 2] = 200, 100, 100
+    y = unnormalised(build_batch_transform(AugmentConfig(color_jitter=(0, 0, 0.5, 0)), True, 8, MEAN, STD)(red, gen(0)))
+    grey = (torch.tensor([200, 100, 100.0]) * torch.tensor([0.299, 0.587, 0.114])).sum() / 255
+    factor = (y[:, 0, 0, 0] - grey) / (200 / 255 - grey)
+    assert factor.min() >= 0.5 - 1e-4 and factor.max() <= 1.5 + 1e-4 and factor.min() < 0.55 and factor.max() > 1.45
+    y = unnormalised(build_batch_transform(AugmentConfig(color_jitter=(0, 0, 0, 0.1)), True, 8, MEAN, STD)(red, gen(0)))
+    # The hue angle of each output about the grey axis: within ±0.1 turn of red's, reaching nearly both ends.
+    rgb = y[:, :, 0, 0] - y[:, :, 0, 0].mean(1, keepdim=True)
+    u = (2 * rgb[:, 0] - rgb[:, 1] - rgb[:, 2]) / 2
+    v = (rgb[:, 1] - rgb[:, 2]) * 3**0.5 / 2
+    turns = torch.atan2(v, u) / (2 * np.pi)
+    assert turns.abs().max() <= 0.1 + 1e-3 and turns.max() > 0.09 and turns.min() < -0.09
+
+
+def test_noise_is_zero_mean_and_blur_has_the_stated_sigma():
+    x = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    noisy = unnormalised(build_batch_transform(AugmentConfig(gaussian_noise=0.05), True, 32, MEAN, STD)(x, gen(0)))
+    assert abs(float((noisy - 128 / 255).mean())) < 0.002
+    impulse = torch.zeros(4, 1, 97, 97, dtype=torch.uint8)
+    impulse[:, :, 48, 48] = 255
+    aug = AugmentConfig(gaussian_blur=1.0, gaussian_blur_sigma=(1.0, 1.0))  # kernel 9 on 97 px: ±4 sigma
+    y = build_batch_transform(aug, True, 97, (0.0,), (1.0,))(impulse, gen(0))[:, 0]
+    assert torch.allclose(y.sum((1, 2)), torch.ones(4), atol=1e-4), "the kernel sums to 1"
+    d2 = (torch.arange(97.0) - 48) ** 2
+    var = (y.sum(1) * d2).sum(1)  # second moment along columns
+    assert torch.allclose(var, torch.ones(4), atol=0.02), "variance sigma² = 1 px²"
+
+
+def test_random_erasing_area_aspect_and_noise_value():
+    x = torch.full((400, 3, 64, 64), 128, dtype=torch.uint8)
+    y = build_batch_transform(AugmentConfig(random_erasing=1.0), True, 64, MEAN, STD)(x, gen(0))
+    changed = (~torch.isclose(y, normalised(x), atol=1e-5)).any(1)
+    rows, cols = changed.any(2).sum(1).double(), changed.any(1).sum(1).double()
+    assert torch.equal(changed.sum((1, 2)).double(), rows * cols), "one rectangle"
+    area, aspect = rows * cols / 64**2, rows / cols
+    erased = area > 0
+    assert erased.double().mean() > 0.95
+    # Zhong et al.: area 2-40 % of the image, aspect 0.3-3.33 (up to rounding the sides to whole pixels).
+    assert area[erased].min() >= 0.018 and area[erased].max() <= 0.41
+    assert aspect[erased].min() >= 0.27 and aspect[erased].max() <= 3.7
+    noise = unnormalised(y).permute(1, 0, 2, 3)[:, changed]  # (3, erased pixels): uniform in [0, 1]
+    assert abs(float(noise.mean()) - 0.5) < 0.01 and abs(float(noise.std()) - 12**-0.5) < 0.01
+
+
+def test_coarse_dropout_hole_count_and_size():
+    x = torch.full((200, 3, 32, 32), 255, dtype=torch.uint8)
+    y = build_batch_transform(AugmentConfig(coarse_dropout=4, coarse_dropout_size=0.25), True, 32, MEAN, STD)(x, gen(0))
+    holes = (y == 0).all(1)
+    area = holes.sum((1, 2))
+    assert (area >= 1).all() and area.max() <= 4 * 8 * 8, "1-4 holes of side at most 0.25 · 32 = 8"
+    assert area.max() > 100, "several holes in some images"
+    rows_hit = holes.any(2).sum(1)
+    assert rows_hit.max() <= 32 and (holes.any(1).sum(1) <= 4 * 8).all() and (rows_hit <= 4 * 8).all()
+
+
+def test_pca_lighting_offsets_follow_the_eigenvectors_and_their_scale():
+    x = torch.full((512, 3, 4, 4), 128, dtype=torch.uint8)
+    y = unnormalised(build_batch_transform(AugmentConfig(pca_lighting=0.1), True, 4, MEAN, STD)(x, gen(0)))
+    offset = (y[:, :, 0, 0] - 128 / 255).double()  # (N, 3)
+    # E|offset|² = σ² Σ λ_i² (orthonormal eigenvectors); the first component dominates and is nearly grey.
+    expected = 0.1**2 * (0.2175**2 + 0.0188**2 + 0.0045**2)
+    assert float((offset**2).sum(1).mean()) == pytest.approx(expected, rel=0.15)
+    principal = torch.linalg.svd(offset, full_matrices=False).Vh[0]
+    assert float(principal.abs() @ torch.full((3,), 3**-0.5, dtype=torch.float64)) > 0.99

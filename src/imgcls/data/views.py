@@ -2,8 +2,10 @@
 
 Ten-crop is AlexNet's test protocol (Krizhevsky et al. 2012, §4.1: "the four corner patches and the center
 patch as well as their horizontal reflections", predictions averaged over the ten); five-crop is the same without
-the reflections. The views of one image are contiguous in the output (image-major), so predictions average as
-``logits.view(N, V, K).mean(1)``. Plain slicing of the batch: nothing here needs kornia.
+the reflections. The views of one image are contiguous in the output (image-major): row ``i·V + v`` is view ``v``
+of image ``i``, so per-view outputs reshape to ``(N, V, ...)``. `merge_views` takes the plain mean of whatever it is
+given; `imgcls.engine.evaluate` averages class probabilities over views, not logits. Plain slicing of the batch:
+nothing here needs kornia.
 """
 
 from __future__ import annotations
