@@ -409,3 +409,82 @@ def test_cuda_bf16_evaluation_agrees_with_cpu():
     assert gpu.logits.device.type == "cpu"
     assert torch.allclose(gpu.logits, cpu.logits, atol=0.1)
     assert gpu.top1 >= 75.0  # bf16 rounding may flip a near-tie, not most predictions
+
+
+# --- audit (issue 11): TTA views and weights on inputs whose answer is known ------------------------------------
+
+
+class Recorder(nn.Module):
+    """Keeps every batch it is shown and answers the same logits for any input (its softmax is fixed)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.seen: list[torch.Tensor] = []
+        self.logits = torch.tensor([1.0, -0.5, 2.0, 0.25][:num_classes])
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return self.logits.expand(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "flip-translate", "ten-crop"])
+def test_tta_weights_sum_to_one(tta):
+    """A model that answers the same for every view: any weighted average whose weights sum to 1 returns it."""
+    model = Recorder(3)
+    x = _images(5, size=10)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    res = evaluate_model(model, TensorLoader(x, y, 5), task="multiclass", tta=tta, crop_size=8)
+    assert torch.allclose(torch.softmax(res.logits, 1), torch.softmax(model.logits, 0).expand(5, -1), atol=1e-6)
+    assert len(model.seen) == {"none": 1, "flip": 2, "flip-translate": 6, "ten-crop": 10}[tta]
+
+
+def test_flip_translate_weights_and_views_on_a_known_image():
+    from imgcls.engine.evaluate import flip_translate_views
+
+    h, w = 5, 6
+    x = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)  # pixel value = its index
+
+    def reflect(i: int, n: int) -> int:
+        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+    def shifted(dy: int, dx: int) -> torch.Tensor:  # view[i, j] = x[i + dy, j + dx], reflected at the border
+        return torch.tensor([[x[0, 0, reflect(i + dy, h), reflect(j + dx, w)] for j in range(w)] for i in range(h)])
+
+    views, weights = flip_translate_views(x)
+    assert sum(weights) == pytest.approx(1.0) and weights == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    expected = [x[0, 0], x[0, 0].flip(-1), shifted(1, 1), shifted(1, 1).flip(-1), shifted(-1, -1)]
+    expected.append(shifted(-1, -1).flip(-1))
+    for got, want in zip(views, expected, strict=True):
+        assert torch.equal(got[0, 0], want)
+
+
+def test_flip_translate_averages_probabilities_with_airbench_weights():
+    from imgcls.engine.evaluate import flip_translate_views
+
+    torch.manual_seed(9)
+    model = TinyConvNet(num_classes=5).eval()
+    x = _images(7)
+    y = torch.randint(0, 5, (7,))
+    res = evaluate_model(model, TensorLoader(x, y, 4), task="multiclass", tta="flip-translate")
+    views, weights = flip_translate_views(x)
+    with torch.no_grad():
+        expected = sum(wt * torch.softmax(model(v), 1) for v, wt in zip(views, weights))
+        logit_average = torch.softmax(sum(wt * model(v) for v, wt in zip(views, weights)), 1)
+    assert torch.allclose(torch.softmax(res.logits, 1), expected, atol=1e-6)  # probabilities, as documented
+    assert not torch.allclose(expected, logit_average, atol=1e-4)  # ...which is not the same as logits
+
+
+def test_ten_crop_shows_the_network_exactly_the_ten_known_crops():
+    model = Recorder(3)
+    big, s = 6, 4
+    x = torch.arange(big * big, dtype=torch.float32).reshape(1, 1, big, big)  # every crop is unique
+    evaluate_model(model, [(x, torch.tensor([0]))], task="multiclass", tta="ten-crop", crop_size=s)
+    seen = [v[0, 0] for v in model.seen]
+    corners = {"tl": (0, 0), "tr": (0, big - s), "bl": (big - s, 0), "br": (big - s, big - s), "c": (1, 1)}
+    known = [x[0, 0, t : t + s, left : left + s] for t, left in corners.values()]
+    known += [k.flip(-1) for k in known]
+    assert len(seen) == 10
+    for want in known:  # each of the ten exactly once
+        assert sum(torch.equal(got, want) for got in seen) == 1
+    assert seen[0][0, 0] == 7  # the center crop of a 6x6 image starts at (1, 1): pixel 1*6+1

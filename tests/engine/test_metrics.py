@@ -174,3 +174,82 @@ def test_collectives_are_identity_without_a_process_group():
     t = torch.arange(6).reshape(3, 2)
     assert torch.equal(M.all_gather_cat(t), t)
     assert torch.equal(M.all_reduce_sum(t), t)
+
+
+# --- audit (issue 11): every metric against scikit-learn on random and edge-case inputs ------------------------
+
+
+def _random_multiclass(seed: int, n: int, k: int):
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, k, (n,), generator=gen)
+    logits = torch.randn(n, k, generator=gen) + 1.5 * torch.nn.functional.one_hot(targets, k)
+    return logits, targets
+
+
+@pytest.mark.parametrize(("seed", "n", "k"), [(0, 200, 10), (1, 37, 3), (2, 500, 20), (3, 9, 12)])
+def test_macro_scores_and_balanced_accuracy_match_sklearn(seed, n, k):
+    logits, targets = _random_multiclass(seed, n, k)
+    out = M.classification_metrics(logits, targets, "multiclass")
+    y, p = targets.numpy(), logits.argmax(1).numpy()
+    labels = list(range(k))
+    for key, fn in (("macro_precision", skm.precision_score), ("macro_recall", skm.recall_score),
+                    ("macro_f1", skm.f1_score)):  # fmt: skip
+        assert out[key] == pytest.approx(100 * fn(y, p, labels=labels, average="macro", zero_division=0)), key
+    assert out["balanced_accuracy"] == pytest.approx(100 * skm.balanced_accuracy_score(y, p))
+    assert out["top1"] == pytest.approx(100 * skm.accuracy_score(y, p))
+
+
+@pytest.mark.parametrize("k", [5, 7])
+def test_topk_matches_sklearn_top_k_accuracy(k):
+    logits, targets = _random_multiclass(4, 300, k)
+    for top in (1, 2, 3, 5):
+        expected = skm.top_k_accuracy_score(targets.numpy(), logits.numpy(), k=top, labels=list(range(k)))
+        assert M.topk_accuracy(logits, targets, (top,))[0] == pytest.approx(100 * expected)
+
+
+def test_auc_matches_sklearn_with_ties_and_is_half_for_constant_scores():
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 2, (400,), generator=gen)
+    z = torch.round(y.float() + torch.randn(400, generator=gen))  # a handful of distinct scores: many ties
+    assert len(torch.unique(z)) < 10
+    assert M.binary_auc(z, y) == pytest.approx(skm.roc_auc_score(y.numpy(), z.numpy()))
+    assert M.binary_auc(torch.zeros(400), y) == pytest.approx(0.5)
+    assert M.binary_auc(-z, y) == pytest.approx(1 - skm.roc_auc_score(y.numpy(), z.numpy()))  # sign is right
+
+
+def test_multilabel_per_class_scores_match_sklearn_with_ties_and_smoothed_labels():
+    gen = torch.Generator().manual_seed(6)
+    truth = (torch.rand(150, 5, generator=gen) < 0.35).long()
+    logits = torch.round(2 * (truth.float() - 0.5) + torch.randn(150, 5, generator=gen))  # tied scores
+    smoothed = truth.float() * 0.9 + 0.025  # label smoothing keeps positives >= 0.5
+    out = M.multilabel_metrics(logits, smoothed, threshold=0.5)
+    probs = torch.sigmoid(logits).numpy()
+    y = truth.numpy()
+    ap = skm.average_precision_score(y, probs, average=None)
+    assert out["per_class"]["ap"] == pytest.approx(list(ap))
+    pred = (probs >= 0.5).astype(int)
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    assert out["per_class"]["precision"] == pytest.approx(list(p))
+    assert out["per_class"]["recall"] == pytest.approx(list(r))
+    assert out["per_class"]["f1"] == pytest.approx(list(f))
+    assert out["per_class"]["support"] == s.tolist()
+    assert out["subset_accuracy"] == pytest.approx(100 * skm.accuracy_score(y, pred))
+
+
+def test_confusion_matrix_orientation_on_a_known_case():
+    # Every image of class 0 is called class 2, and nothing else is wrong: row 0 (true class 0), column 2.
+    targets = torch.tensor([0, 0, 0, 1, 2, 2])
+    preds = torch.tensor([2, 2, 2, 1, 2, 2])
+    cm = M.confusion_matrix(preds, targets, 3)
+    assert cm[0, 2] == 3 and cm[2, 0] == 0
+    pc = M.per_class_metrics(cm)
+    assert pc["recall"][0] == 0.0 and pc["precision"][2] == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_no_samples_gives_json_ready_nones_not_nan(task):
+    k = 2 if task == "binary" else 4
+    targets = torch.zeros(0, k) if task == "multilabel" else torch.zeros(0, dtype=torch.long)
+    out = M.classification_metrics(torch.zeros(0, k), targets, task)
+    json.dumps(out, allow_nan=False)
+    assert out["num_samples"] == 0 and out["top1"] is None

@@ -124,7 +124,8 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) 
 
 
 def topk_accuracy(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float | None]:
-    """Top-k accuracy in percent for each ``k`` in ``ks``; ``None`` where ``k`` exceeds the number of classes.
+    """Top-k accuracy in percent for each ``k`` in ``ks``; ``None`` where ``k`` exceeds the number of classes or
+    there are no samples (an accuracy of nothing is undefined, and JSON has no NaN).
 
     Args:
         logits: ``(N, K)`` scores (a single binary logit is accepted, see the module docstring).
@@ -134,9 +135,7 @@ def topk_accuracy(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5))
     num_classes = class_logits(logits).shape[1]
     n = logits.shape[0]
     correct = topk_correct(logits, targets, ks)
-    return [
-        None if k > num_classes else (100.0 * int(c) / n if n else float("nan")) for k, c in zip(ks, correct.tolist())
-    ]
+    return [None if k > num_classes or not n else 100.0 * int(c) / n for k, c in zip(ks, correct.tolist())]
 
 
 def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor:
@@ -237,8 +236,8 @@ def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = 0.5) 
         "mAP": 100.0 * float(np.mean(defined)) if defined else None,
         "f1_micro": 100.0 * float(2 * tp.sum() / micro_den) if micro_den else 0.0,
         "f1_macro": 100.0 * float(f1.mean()) if k else 0.0,
-        "precision_at_1": 100.0 * float(truth[np.arange(n), best].mean()) if n else float("nan"),
-        "subset_accuracy": 100.0 * float((pred == truth).all(axis=1).mean()) if n else float("nan"),
+        "precision_at_1": 100.0 * float(truth[np.arange(n), best].mean()) if n else None,
+        "subset_accuracy": 100.0 * float((pred == truth).all(axis=1).mean()) if n else None,
         "threshold": threshold,
         "per_class": {
             "ap": ap,
@@ -277,14 +276,18 @@ def classification_metrics(logits: Tensor, targets: Tensor, task: str, *, thresh
     per_class = per_class_metrics(cm)
     # balanced accuracy (scikit-learn's): mean recall over the classes present in the targets
     present_recall = [r for r, s in zip(per_class["recall"], per_class["support"]) if s]
+
+    def macro(key: str) -> float | None:  # undefined (None) without samples
+        return 100.0 * float(np.mean(per_class[key])) if n else None
+
     out = {
         "num_samples": n,
         "top1": top1,
         "top5": top5,
-        "macro_precision": 100.0 * float(np.mean(per_class["precision"])),
-        "macro_recall": 100.0 * float(np.mean(per_class["recall"])),
-        "macro_f1": 100.0 * float(np.mean(per_class["f1"])),
-        "balanced_accuracy": 100.0 * float(np.mean(present_recall)) if present_recall else float("nan"),
+        "macro_precision": macro("precision"),
+        "macro_recall": macro("recall"),
+        "macro_f1": macro("f1"),
+        "balanced_accuracy": 100.0 * float(np.mean(present_recall)) if present_recall else None,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
