@@ -488,3 +488,48 @@ def test_ten_crop_shows_the_network_exactly_the_ten_known_crops():
     for want in known:  # each of the ten exactly once
         assert sum(torch.equal(got, want) for got in seen) == 1
     assert seen[0][0, 0] == 7  # the center crop of a 6x6 image starts at (1, 1): pixel 1*6+1
+
+
+def test_finalize_run_evaluates_a_separate_test_split_once(tmp_path):
+    torch.manual_seed(10)
+    data, _ = _fake_data()
+    gen = torch.Generator().manual_seed(11)
+    xt, yt = torch.randn(9, 3, 8, 8, generator=gen), torch.arange(9) % 5
+    data.test = TensorLoader(xt, yt, 4)
+    model = TinyConvNet(num_classes=5)
+    out = finalize_run(tmp_path, model, data)
+    expected = evaluate_model(model, data.test, task="multiclass")
+    saved = RunFolder(tmp_path).read_eval()
+    assert saved["test"]["num_samples"] == 9 and saved["test"]["top1"] == pytest.approx(expected.top1)
+    assert saved["num_samples"] == 23 and out == saved  # the validation figures stay the top-level ones
+
+
+def test_finalize_run_tunes_multilabel_thresholds_into_model_json(tmp_path):
+    from imgcls.engine.bundle import save_bundle
+    from imgcls.models import create_model
+    from imgcls.run_folder import ModelMeta
+
+    torch.manual_seed(12)
+    data, _ = _fake_data(n=40, k=4)
+    y = (torch.rand(40, 4, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    data.val = TensorLoader(data.val.x, y, 8)
+    data.task = "multilabel"
+    model = TinyConvNet(num_classes=4)
+    shipped = create_model("lenet5", num_classes=4, in_chans=1)  # a real bundle beside: its record gets them
+    meta = ModelMeta("lenet5", 4, data.classes[:4], [1, 32, 32], [0.5], [0.25], task="multilabel", in_chans=1)
+    sha = save_bundle(tmp_path, shipped, meta).sha256
+    out = finalize_run(tmp_path, model, data)
+    expected = _tuned(model, data)
+    assert out["tuned_thresholds"] == expected and out["threshold"] == 0.5
+    record = RunFolder(tmp_path).read_meta()
+    assert record.thresholds == expected and record.sha256 == sha
+    from imgcls.engine.bundle import load_bundle
+
+    load_bundle(tmp_path)  # the weights still match their record
+
+
+def _tuned(model, data):
+    from imgcls.engine import metrics as M
+
+    res = evaluate_model(model, data.val, task="multilabel")
+    return M.tune_thresholds(res.logits, res.targets)

@@ -253,3 +253,29 @@ def test_no_samples_gives_json_ready_nones_not_nan(task):
     out = M.classification_metrics(torch.zeros(0, k), targets, task)
     json.dumps(out, allow_nan=False)
     assert out["num_samples"] == 0 and out["top1"] is None
+
+
+def test_tuned_thresholds_maximise_each_class_f1():
+    gen = torch.Generator().manual_seed(7)
+    truth = (torch.rand(80, 4, generator=gen) < 0.3).long()
+    truth[:, 3] = 0  # no positive: keeps 0.5
+    logits = 2.5 * (truth.float() - 0.3) + torch.randn(80, 4, generator=gen)
+    thresholds = M.tune_thresholds(logits, truth)
+    probs = torch.sigmoid(logits).numpy()
+    assert thresholds[3] == 0.5
+    for c in range(3):
+        y = truth[:, c].numpy()
+        f1_at = skm.f1_score(y, probs[:, c] >= thresholds[c], zero_division=0)
+        best = max(skm.f1_score(y, probs[:, c] >= t, zero_division=0) for t in np.unique(probs[:, c]))
+        assert f1_at == pytest.approx(best)  # no threshold does better on these samples
+        assert 0.0 < thresholds[c] < 1.0
+    # The tuned thresholds go through the metrics as one value per class.
+    out = M.multilabel_metrics(logits, truth, threshold=thresholds)
+    assert out["threshold"] == thresholds
+
+
+def test_tuned_threshold_lies_between_the_separated_scores():
+    # Positives at 0.9 and 0.8, negatives at 0.3 and 0.1: any cut in (0.3, 0.8) is perfect; the midpoint is kept.
+    probs = torch.tensor([[0.9], [0.8], [0.3], [0.1]])
+    (t,) = M.tune_thresholds(torch.logit(probs), torch.tensor([[1], [1], [0], [0]]))
+    assert t == pytest.approx(0.55)

@@ -243,3 +243,87 @@ def test_report_from_finalize_run(tmp_path):
     assert {"confusion.png", "per_class.png", "samples.png"} <= set(page.images)
     with Image.open(tmp_path / "report" / "samples.png") as im:
         assert im.width > 1000
+
+
+# --- issue 11 items 6 and 12: best and last, the shipped weights, honest figures, readable axes -----------------
+
+
+def _text(page: _Page) -> str:
+    return " ".join(" ".join(page.text).split())
+
+
+def test_best_and_last_are_both_shown_and_the_shipped_one_is_named(tmp_path):
+    run = make_run(tmp_path / "run", k=10, epochs=8)
+    rows = RunFolder(run).read_metrics()
+    rows[5]["val_top1"], rows[5]["val_loss"] = 99.0, 0.05  # epoch 6 is the best; epoch 8 the last
+    RunFolder(run).write_metrics(list(rows[0]), rows)
+    text = _text(_parse(build_report(run)))
+    assert "best epoch 6 (top-1 99.00%, val loss 0.0500)" in text
+    last = rows[-1]
+    assert f"last epoch 8 (top-1 {last['val_top1']:.2f}%, val loss {last['val_loss']:.4f})" in text
+    assert "shipped weights epoch 6 (the best epoch by validation top-1)" in text
+    assert "optimistic" in text and "test/" in text  # chosen on the only held-out split
+
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["save"] = "last"
+    (run / "config.json").write_text(json.dumps(config))
+    text = _text(_parse(build_report(run)))
+    assert "shipped weights epoch 8 (the last epoch)" in text and "optimistic" not in text
+
+
+def test_summary_json_is_the_record_and_a_test_split_is_reported_apart(tmp_path):
+    run = make_run(tmp_path / "run", k=10, epochs=8)
+    folder = RunFolder(run)
+    folder.write_summary({
+        "seconds": 754.2, "epochs": 8, "shipped": "best", "selection_split": "val",
+        "best": {"epoch": 3, "metric": "top1", "value": 91.25, "val_loss": 0.3},
+        "last": {"epoch": 8, "metric": "top1", "value": 90.5, "val_loss": 0.35},
+    })  # fmt: skip
+    evaluation = folder.read_eval()
+    evaluation["test"] = {"top1": 88.125, "top5": 99.0, "num_samples": 321}
+    folder.write_eval(evaluation)
+    page = _parse(build_report(run))
+    text = _text(page)
+    assert "training time 12 min 34 s (the whole run" in text  # the recorded figure, not the sum of epochs
+    assert "best epoch 3 (top-1 91.25%" in text and "last epoch 8 (top-1 90.50%" in text
+    assert "test (shipped weights) top-1 88.12% / top-5 99.00% on 321 images, evaluated once" in text
+    assert "88.12%" in text.split("Run")[0]  # the test figure is the headline
+    assert "optimistic" not in text  # the unbiased figure is there
+
+
+def test_two_classes_never_say_top_5(tmp_path):
+    run = make_run(tmp_path / "run", k=2, epochs=3)
+    page = _parse(build_report(run))
+    text = _text(page)
+    assert "top-5" not in text and "top-2 predictions" in text
+    with np.load(run / "samples.npz") as npz:
+        fig = plots.samples_figure(npz["images"], npz["targets"], npz["topk_indices"], npz["topk_probs"], ["a", "b"])
+    titles = [t.get_text() for t in fig.axes[0].texts if "Validation images" in t.get_text()]
+    assert titles and "top-2 predictions" in titles[0] and "top-5" not in titles[0]
+
+
+def test_one_loss_spike_does_not_flatten_the_curve():
+    rows = _metrics_rows(10, 10)
+    ordinary = [r["train_loss"] for r in rows] + [r["val_loss"] for r in rows]
+    rows[6]["val_loss"] = 4e4  # one diverging epoch
+    ax = plots.loss_figure(rows).axes[0]
+    low, top = ax.get_ylim()
+    assert top < 100 and top >= max(ordinary)
+    assert (max(ordinary) - min(ordinary)) / (top - low) > 0.5  # the ordinary curve fills most of the axis
+    assert any(t.get_text() == "4e+04" for t in ax.texts)  # the spike's value is written at the edge
+    assert "spike" in ax.get_title()
+    # A normal curve (high first epochs included) is not clipped.
+    plain = plots.loss_figure(_metrics_rows(10, 10)).axes[0]
+    assert plain.get_ylim()[1] >= max(ordinary) and "spike" not in plain.get_title()
+    assert plots.spikes(np.array([2.3, 1.2, 0.9, 0.8])).tolist() == [False] * 4
+    assert plots.spikes(np.array([1.0, 1e4])).tolist() == [False, True]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 13, 18, 19, 20, 21, 25, 100])
+def test_epoch_ticks_are_whole_numbers(epochs):
+    rows = _metrics_rows(epochs, 10)
+    for fig in (plots.loss_figure(rows), plots.accuracy_figure(rows), plots.lr_figure(rows)):
+        ax = fig.axes[0]
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -187,7 +187,7 @@ def _evaluate(
     distributed: bool,
     tta: str,
     crop_size: int | None,
-    threshold: float,
+    threshold: float | list[float],
     on_batch: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     if tta not in TTA_MODES:
@@ -364,13 +364,20 @@ def finalize_run(
     distributed: bool = False,
     loss_fn: LossFn | None = None,
     tta: str = "none",
+    tune_thresholds: bool = True,
 ) -> dict:
-    """Evaluate the final model on the validation split and write what the report reads.
+    """Evaluate the final model on the validation split (and a separate test split, when the data has one) and
+    write what the report reads.
 
     Files (rank 0 only when distributed; every rank must call then):
 
     - ``eval.json``: the task, class names and every metric of :func:`evaluate_model` (top-1/top-5, loss,
       per-class precision/recall/F1/support, confusion matrix; mAP and F1 for multi-label; ROC-AUC for binary).
+      When ``data.test`` holds images, ``"test"`` has the same metrics on them — evaluated once, here, with
+      everything already chosen on validation. Multi-label: ``"tuned_thresholds"``, the per-class thresholds
+      that maximise each class's F1 on validation (:func:`imgcls.engine.metrics.tune_thresholds`), also stored
+      in ``model.json`` (``thresholds``) for predict and serve; validation F1 is reported at 0.5 (at the tuned
+      thresholds it would be optimistic), test F1 at the tuned thresholds.
     - ``predictions.csv``: ``index, target, pred_1..pred_5, prob_1..prob_5`` — one row per validation image in
       loader order (rank order when distributed); a multi-label target is its positive indices joined by ``;``.
     - ``samples.npz``: ``images`` uint8 ``(S, H, W, C)`` (normalisation undone with ``data.mean``/``data.std``),
@@ -380,13 +387,15 @@ def finalize_run(
     Args:
         run_dir: the run folder.
         model: the final (shipped) model.
-        data: what ``imgcls.data.build_data`` returned (``val``, ``task``, ``classes``, ``mean``, ``std``).
+        data: what ``imgcls.data.build_data`` returned (``val``, ``task``, ``classes``, ``mean``, ``std``, and
+            ``test`` when the data has a separate test split).
         precision: autocast precision for the pass.
         device: where the model lives.
         distributed: gather across ranks.
         loss_fn: the validation loss; default as in :func:`evaluate_model`.
         tta: test-time augmentation, ``"none"``, ``"flip"`` or ``"flip-translate"`` (the recipe's
             ``train.final_tta``).
+        tune_thresholds: multi-label only — tune per-class thresholds on validation (else 0.5 stays).
 
     Returns:
         The contents of ``eval.json`` as a dict.
@@ -408,9 +417,33 @@ def finalize_run(
         on_batch=keeper,
     )
     payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
+    thresholds = None
+    if data.task == "multilabel" and tune_thresholds:
+        thresholds = M.tune_thresholds(result.logits, result.targets)
+        payload["tuned_thresholds"] = thresholds
+    test = getattr(data, "test", None)
+    if test is not None and (getattr(test, "num_samples", None) or len(test)):
+        # Evaluated once, here, with the weights and thresholds already fixed: the unbiased figure.
+        measured = _evaluate(
+            model,
+            test,
+            task=data.task,
+            loss_fn=loss_fn,
+            precision=precision,
+            device=device,
+            distributed=distributed,
+            tta=tta,
+            crop_size=None,
+            threshold=thresholds if thresholds is not None else 0.5,
+        )
+        payload["test"] = measured.metrics
     if _rank() != 0:
         return payload
     run.write_eval(payload)
+    meta = run.read_meta_or_none()
+    if thresholds is not None and meta is not None:
+        meta.thresholds = thresholds  # the weights are unchanged, so their SHA-256 in the record still holds
+        run.write_meta(meta)
     probs = M.probabilities(result.logits, data.task)
     _write_predictions(run.predictions, probs, result.targets, data.task)
     kept = torch.as_tensor(keeper.index, dtype=torch.int64)

@@ -199,13 +199,13 @@ def binary_auc(logits: Tensor, targets: Tensor) -> float | None:
 # --- multi-label -----------------------------------------------------------------------------------------------
 
 
-def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = 0.5) -> dict:
+def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float | list[float] = 0.5) -> dict:
     """Multi-label metrics: mAP, F1 at a probability threshold, precision@1 and exact-match accuracy.
 
     Args:
         logits: ``(N, K)`` per-label logits (sigmoid gives each label's probability).
         targets: ``(N, K)`` multi-hot (values ≥ 0.5 count as positive, so smoothed labels work too).
-        threshold: a label is predicted when its probability is at least this.
+        threshold: a label is predicted when its probability is at least this (one value, or one per class).
 
     Returns:
         ``mAP`` (percent; mean of per-class average precision over the classes with a positive, scikit-learn's
@@ -223,7 +223,8 @@ def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = 0.5) 
     for c in range(k):
         ap.append(float(average_precision_score(truth[:, c], probs[:, c])) if truth[:, c].any() else None)
     defined = [a for a in ap if a is not None]
-    pred = (probs >= threshold).astype(np.int64)
+    cut = np.asarray(threshold, dtype=np.float64)
+    pred = (probs >= (cut if cut.ndim == 0 else cut[None, :])).astype(np.int64)
     tp = (pred & truth).sum(axis=0).astype(np.float64)
     fp = (pred & (1 - truth)).sum(axis=0).astype(np.float64)
     fn = ((1 - pred) & truth).sum(axis=0).astype(np.float64)
@@ -238,7 +239,7 @@ def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = 0.5) 
         "f1_macro": 100.0 * float(f1.mean()) if k else 0.0,
         "precision_at_1": 100.0 * float(truth[np.arange(n), best].mean()) if n else None,
         "subset_accuracy": 100.0 * float((pred == truth).all(axis=1).mean()) if n else None,
-        "threshold": threshold,
+        "threshold": threshold if np.ndim(threshold) == 0 else [float(t) for t in threshold],
         "per_class": {
             "ap": ap,
             "precision": precision.tolist(),
@@ -249,10 +250,50 @@ def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = 0.5) 
     }
 
 
+def tune_thresholds(logits: Tensor, targets: Tensor, default: float = 0.5) -> list[float]:
+    """Per-class probability thresholds that maximise each class's F1 on these samples (multi-label).
+
+    For each class the samples are ranked by probability and every cut between two distinct probabilities is
+    tried (predict the samples above it); the threshold is the midpoint of the best cut, so that it generalises
+    to probabilities between the two. A class without a positive (F1 undefined) keeps ``default``, and so does a
+    class whose best F1 is 0. Ties in F1 keep the highest threshold (the fewest positive predictions).
+
+    Args:
+        logits: ``(N, K)`` per-label logits.
+        targets: ``(N, K)`` multi-hot (≥ 0.5 counts as positive).
+        default: the threshold of classes that cannot be tuned.
+
+    Returns:
+        ``K`` thresholds in [0, 1].
+    """
+    probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+    truth = targets.float().cpu().numpy() >= 0.5
+    out = []
+    for c in range(probs.shape[1]):
+        positives = int(truth[:, c].sum())
+        if positives == 0:
+            out.append(default)
+            continue
+        order = np.argsort(-probs[:, c], kind="stable")
+        p, t = probs[order, c], truth[order, c]
+        tp = np.cumsum(t)
+        fp = np.cumsum(~t)
+        f1 = 2 * tp / (2 * tp + fp + (positives - tp))
+        distinct = np.append(p[:-1] > p[1:], True)  # a cut after i is realisable only between distinct values
+        f1 = np.where(distinct, f1, -1.0)
+        i = int(np.argmax(f1))
+        if f1[i] <= 0:
+            out.append(default)
+            continue
+        below = p[i + 1] if i + 1 < len(p) else 0.0
+        out.append(round(float((p[i] + below) / 2), 6))
+    return out
+
+
 # --- everything at once ----------------------------------------------------------------------------------------
 
 
-def classification_metrics(logits: Tensor, targets: Tensor, task: str, *, threshold: float = 0.5) -> dict:
+def classification_metrics(logits: Tensor, targets: Tensor, task: str, *, threshold: float | list[float] = 0.5) -> dict:
     """Every metric that fits ``task``, as plain Python values (ready for ``json.dumps``).
 
     Multi-class and binary: ``top1``, ``top5`` (``None`` under 5 classes), ``macro_precision``,
@@ -333,4 +374,5 @@ __all__ = [
     "probabilities",
     "topk_accuracy",
     "topk_correct",
+    "tune_thresholds",
 ]

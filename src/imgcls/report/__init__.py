@@ -1,21 +1,30 @@
 """The run report: PNG plots and ``report/report.html``, built from the files of a run folder alone.
 
-:func:`build_report` reads only what the run folder holds (DESIGN.md, "The run folder"):
+:func:`build_report` reads only what the run folder holds (DESIGN.md, "The run folder"; names from
+:class:`imgcls.run_folder.RunFolder`):
 
 - ``metrics.csv`` — one row per epoch: loss, accuracy and learning-rate curves;
-- ``eval.json`` — the final evaluation (``imgcls.engine.evaluate.finalize_run``): the confusion matrix and
-  per-class scores;
-- ``samples.npz`` — a few validation images with their top-5 predictions, for the image grid;
+- ``summary.json`` — the training outcome the engine records: the run's time (the figure the console prints),
+  the best and the last epoch, and which of the two ``model.safetensors`` holds;
+- ``eval.json`` — the final evaluation of the shipped weights (``imgcls.engine.evaluate.finalize_run``): the
+  confusion matrix and per-class scores, and the separate test split when the data has one;
+- ``samples.npz`` — a few validation images with their top predictions, for the image grid;
 - ``model.json``, ``config.json`` — what was trained on what, for the summary.
 
-Any of them may be missing (a run stopped early, a multi-label task has no confusion matrix): the report then
-shows what there is. So it can be rebuilt at any time, e.g. ``python -c "import imgcls.report as r;
-r.build_report('runs/demo')"``.
+The page shows the best epoch (with its number) and the last one side by side and says which one the shipped
+weights are. When the best epoch was chosen on the only held-out split, the validation figures of the shipped
+weights are optimistic (the choice looked at those very images), and the page says so; a ``test/`` split,
+evaluated once at the end, is reported separately as the unbiased figure.
+
+Any file may be missing (a run stopped early, a multi-label task has no confusion matrix, an older run has no
+``summary.json``): the report then shows what there is. So it can be rebuilt at any time, e.g.
+``python -c "import imgcls.report as r; r.build_report('runs/demo')"``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +32,9 @@ import numpy as np
 from imgcls._files import atomic_write_text
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
+
+# metrics.csv columns a best epoch may be chosen by, per selection metric name.
+SELECTION_COLUMNS = {"top1": "val_top1", "mAP": "val_mAP", "map": "val_mAP"}
 
 
 def _duration(seconds: float) -> str:
@@ -44,41 +56,89 @@ def _get(d: dict, *keys, default=None):
     return d
 
 
-def build_report(run_dir: str | os.PathLike) -> Path:
-    """Draw the plots of a run and write ``<run_dir>/report/report.html``.
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of the record: its number, the selection metric's value and the validation loss."""
 
-    Args:
-        run_dir: a run folder (what ``imgcls train --out`` wrote).
+    epoch: int
+    value: float | None
+    val_loss: float | None
 
-    Returns:
-        The path of ``report.html``.
-    """
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the run's record says about its epochs: the best, the last, which one ships, and the time."""
+
+    metric: str  # "top1", "mAP"...
+    best: Epoch | None
+    last: Epoch | None
+    shipped: str  # "best" or "last"
+    seconds: float | None  # the run's time as recorded (the console's figure); None: not recorded
+    epoch_seconds: float  # the sum of metrics.csv's per-epoch seconds
+
+    @property
+    def shipped_epoch(self) -> Epoch | None:
+        return self.best if self.shipped == "best" and self.best is not None else self.last
+
+
+def _epoch(record, rows: list[dict], column: str) -> Epoch | None:
+    if isinstance(record, dict) and record.get("epoch") is not None:
+        return Epoch(int(record["epoch"]), record.get("value"), record.get("val_loss"))
+    if isinstance(record, int):
+        row = next((r for r in rows if r.get("epoch") == record), {})
+        return Epoch(record, row.get(column), row.get("val_loss"))
+    return None
+
+
+def read_outcome(run: RunFolder, rows: list[dict], config: dict, task: str) -> Outcome:
+    """The best/last/shipped record from ``summary.json``, or derived from ``metrics.csv`` and the saved
+    ``train.save`` setting for runs without one."""
+    summary = run.read_summary() or {}
+    metric = str(_get(summary, "best", "metric") or ("mAP" if task == "multilabel" else "top1"))
+    column = SELECTION_COLUMNS.get(metric, f"val_{metric}")
+    if not any(r.get(column) is not None for r in rows):
+        column, metric = "val_top1", "top1" if task != "multilabel" else "precision@1"
+    scored = [r for r in rows if r.get(column) is not None and r.get("epoch") is not None]
+    best = _epoch(summary.get("best"), rows, column)
+    if best is None and scored:
+        top = max(scored, key=lambda r: r[column])  # the first of equal values, as the engine keeps it
+        best = Epoch(int(top["epoch"]), top[column], top.get("val_loss"))
+    last = _epoch(summary.get("last"), rows, column)
+    if last is None and rows and rows[-1].get("epoch") is not None:
+        last = Epoch(int(rows[-1]["epoch"]), rows[-1].get(column), rows[-1].get("val_loss"))
+    shipped = summary.get("shipped") or _get(config, "train", "save") or "best"
+    if shipped == "best" and best is None:
+        shipped = "last"  # nothing was validated: the last epoch's weights are the ones written
+    seconds = summary.get("seconds")
+    epoch_seconds = float(sum(r.get("seconds") or 0.0 for r in rows))
+    return Outcome(metric, best, last, str(shipped), float(seconds) if seconds is not None else None, epoch_seconds)
+
+
+def _describe(e: Epoch | None, metric: str) -> str:
+    if e is None:
+        return "–"
+    value = f"{metric} {e.value:.2f}%" if e.value is not None else f"{metric} –"
+    loss = f", val loss {e.val_loss:.4f}" if e.val_loss is not None else ""
+    return f"{e.epoch} ({value}{loss})"
+
+
+def _figures(run: RunFolder, rows, evaluation, samples, classes, task) -> list:
+    """Draw every figure the files allow; returns their ``FigureRef`` in page order."""
     from imgcls.report import plots
-    from imgcls.report.html import FigureRef, render_report
+    from imgcls.report.html import FigureRef
 
-    run = RunFolder(run_dir)
-    if not run.root.is_dir():
-        raise UserError(f"run folder not found: {run.root}")
     out = run.report_dir
-    out.mkdir(exist_ok=True)
-    rows = run.read_metrics()
-    evaluation = run.read_eval() or {}
-    found = run.read_meta_or_none()
-    meta = found.to_dict() if found is not None else {}
-    config = run.read_config() or {}
-    samples = run.read_samples()
-    classes = [str(c) for c in evaluation.get("classes") or meta.get("classes") or []]
-    task = evaluation.get("task") or meta.get("task") or "multiclass"
-
     figures: list[FigureRef] = []
     if rows:
         plots.plot_loss(rows, out / "loss.png")
         figures.append(FigureRef("loss.png", "Loss", "Mean loss per image on the training and validation sets."))
         plots.plot_accuracy(rows, out / "accuracy.png")
-        figures.append(FigureRef("accuracy.png", "Accuracy", "Validation top-1 and top-5 accuracy per epoch."))
+        has_top5 = any(r.get("val_top5") is not None for r in rows)
+        caption = f"Validation top-1{' and top-5' if has_top5 else ''} accuracy per epoch."
+        figures.append(FigureRef("accuracy.png", "Accuracy", caption))
         if any(r.get("lr") is not None for r in rows):
             plots.plot_lr(rows, out / "lr.png")
-            figures.append(FigureRef("lr.png", "Learning rate", "At the end of each epoch."))
+            figures.append(FigureRef("lr.png", "Learning rate", "As logged in metrics.csv, per epoch."))
     matrix = evaluation.get("confusion_matrix")
     if matrix and classes and len(matrix) == len(classes):
         plots.plot_confusion(np.asarray(matrix), classes, out / "confusion.png")
@@ -86,19 +146,16 @@ def build_report(run_dir: str | os.PathLike) -> Path:
             FigureRef("confusion.png", "Confusion matrix", "Row i: where the images of class i went.", wide=True)
         )
     per_class = evaluation.get("per_class") or {}
-    if classes and per_class:
-        multilabel = task == "multilabel"
-        values = per_class.get("ap") if multilabel else per_class.get("recall")
-        if values:
-            label = "average precision" if multilabel else "accuracy"
-            plots.plot_per_class(
-                [None if v is None else 100 * v for v in values], classes, out / "per_class.png", label=label
-            )
-            figures.append(
-                FigureRef("per_class.png", f"Per-class {label}", "Sorted, worst first; dashed line: the mean.")
-            )
+    multilabel = task == "multilabel"
+    values = per_class.get("ap") if multilabel else per_class.get("recall")
+    if classes and values:
+        label = "average precision" if multilabel else "accuracy"
+        plots.plot_per_class([None if v is None else 100 * v for v in values], classes, out / "per_class.png",
+                             label=label)  # fmt: skip
+        figures.append(FigureRef("per_class.png", f"Per-class {label}", "Sorted, worst first; dashed line: the mean."))
     if samples is not None and len(samples.get("images", ())) and (classes or "classes" in samples):
         names = classes or [str(c) for c in samples["classes"]]
+        shown = int(samples["topk_indices"].shape[1])
         plots.plot_samples(
             samples["images"],
             samples["targets"],
@@ -108,48 +165,92 @@ def build_report(run_dir: str | os.PathLike) -> Path:
             out / "samples.png",
             multilabel=str(samples.get("task", task)) == "multilabel",
         )
-        figures.append(
-            FigureRef("samples.png", "Predictions", "Validation images with their top-5 classes.", wide=True)
-        )
+        caption = f"Validation images with their {plots.topk_words(shown)}."
+        figures.append(FigureRef("samples.png", "Predictions", caption, wide=True))
+    return figures
 
-    model_name = meta.get("name") or _get(config, "model", "name") or "model"
-    spec = _get(config, "data", "spec") or "data"
-    best = max((r for r in rows if r.get("val_top1") is not None), key=lambda r: r["val_top1"], default=None)
-    headline = [("top-1", _pct(evaluation.get("top1")))]
+
+def _headline(evaluation: dict) -> list[tuple[str, str]]:
+    test = evaluation.get("test") if isinstance(evaluation.get("test"), dict) else None
+    headline = []
+    if test:
+        headline.append(("test top-1", _pct(test.get("top1"))))
+        if test.get("top5") is not None:
+            headline.append(("test top-5", _pct(test["top5"])))
+        if test.get("mAP") is not None:
+            headline.append(("test mAP", _pct(test["mAP"])))
+    prefix = "val " if test else ""
+    headline.append((f"{prefix}top-1", _pct(evaluation.get("top1"))))
     if evaluation.get("top5") is not None:
-        headline.append(("top-5", _pct(evaluation["top5"])))
+        headline.append((f"{prefix}top-5", _pct(evaluation["top5"])))
     for key, label in (("mAP", "mAP"), ("auc", "ROC-AUC"), ("macro_f1", "macro F1")):
         if evaluation.get(key) is not None:
             value = evaluation[key]
-            headline.append((label, f"{value:.3f}" if key == "auc" else _pct(value)))
-    seconds = sum(r.get("seconds") or 0.0 for r in rows)
+            headline.append((prefix + label, f"{value:.3f}" if key == "auc" else _pct(value)))
+    return headline
+
+
+def _scores(evaluation: dict) -> str:
+    """``top-1 X% / top-5 Y%`` (top-5 only where it exists; mAP for multi-label)."""
+    parts = [f"top-1 {_pct(evaluation.get('top1'))}"]
+    if evaluation.get("top5") is not None:
+        parts.append(f"top-5 {_pct(evaluation['top5'])}")
+    if evaluation.get("mAP") is not None:
+        parts.append(f"mAP {_pct(evaluation['mAP'])}")
+    return " / ".join(parts)
+
+
+def _results(outcome: Outcome, evaluation: dict) -> tuple[list[tuple[str, str]], list[str]]:
+    """Summary rows about the epochs and the shipped weights, and the notes the page must carry."""
+    metric = "top-1" if outcome.metric == "top1" else outcome.metric
+    rows = [("best epoch", _describe(outcome.best, metric)), ("last epoch", _describe(outcome.last, metric))]
+    shipped = outcome.shipped_epoch
+    if shipped is not None:
+        why = f"the best epoch by validation {metric}" if outcome.shipped == "best" else "the last epoch"
+        rows.append(("shipped weights", f"epoch {shipped.epoch} ({why}) — model.safetensors"))
+    test = evaluation.get("test") if isinstance(evaluation.get("test"), dict) else None
+    if evaluation:
+        tta = evaluation.get("tta")
+        how = f", TTA {tta}" if tta and tta != "none" else ""
+        count = evaluation.get("num_samples", "–")
+        rows.append(("validation (shipped weights)", f"{_scores(evaluation)} on {count} images{how}"))
+        if evaluation.get("loss") is not None:
+            rows.append(("validation loss (shipped weights)", f"{evaluation['loss']:.4f}"))
+    if test:
+        count = test.get("num_samples", "–")
+        rows.append(("test (shipped weights)", f"{_scores(test)} on {count} images, evaluated once at the end"))
+    notes = []
+    if outcome.shipped == "best" and outcome.best is not None and not test:
+        notes.append(
+            f"The shipped weights are those of the best epoch by validation {metric}, chosen on the same "
+            "validation images that the figures above are measured on: they are optimistic. For an unbiased "
+            "figure, give the data a separate test/ folder beside train/ and val/; it is evaluated once, at the end."
+        )
+    return rows, notes
+
+
+def _run_rows(outcome: Outcome, rows: list[dict], meta: dict, config: dict, evaluation: dict, classes, task):
+    model_name = meta.get("name") or _get(config, "model", "name") or "model"
     input_size = meta.get("input_size")
+    epochs_planned = _get(config, "train", "epochs")
+    if outcome.seconds is not None:
+        time_text = f"{_duration(outcome.seconds)} (the whole run, as the console reported it)"
+    else:
+        time_text = f"{_duration(outcome.epoch_seconds)} (sum of the epochs)" if rows else "–"
     summary = [
-        (
-            "model",
-            f"{model_name} ({meta.get('num_classes', len(classes))} classes"
-            + (f", input {'×'.join(map(str, input_size))})" if input_size else ")"),
-        ),
-        ("data", str(spec)),
+        ("model", f"{model_name} ({meta.get('num_classes', len(classes))} classes"
+                  + (f", input {'×'.join(map(str, input_size))})" if input_size else ")")),
+        ("data", str(_get(config, "data", "spec") or "data")),
         ("task", str(task)),
-        (
-            "epochs",
-            f"{len(rows)}" + (f" of {_get(config, 'train', 'epochs')}" if _get(config, "train", "epochs") else ""),
-        ),
-        ("training time", _duration(seconds) if rows else "–"),
-        ("validation images", str(evaluation.get("num_samples", "–"))),
-        ("final top-1 / top-5", f"{_pct(evaluation.get('top1'))} / {_pct(evaluation.get('top5'))}"),
-        ("best val top-1", f"{best['val_top1']:.2f}% (epoch {int(best['epoch'])})" if best else "–"),
-        ("final val loss", f"{evaluation['loss']:.4f}" if evaluation.get("loss") is not None else "–"),
-    ]
+        ("epochs", f"{len(rows)}" + (f" of {epochs_planned}" if epochs_planned else "")),
+        ("training time", time_text),
+    ]  # fmt: skip
+    results, notes = _results(outcome, evaluation)
+    summary += results
     optim = config.get("optim") or {}
     if optim:
-        summary.append(
-            (
-                "optimiser",
-                f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}, weight decay {optim.get('weight_decay', '?')}",
-            )
-        )
+        summary.append(("optimiser", f"{optim.get('name', '?')}, lr {optim.get('lr', '?')}, "
+                                     f"weight decay {optim.get('weight_decay', '?')}"))  # fmt: skip
     asked, chosen = _get(config, "train", "precision"), _get(config, "run", "precision")
     if chosen or asked:
         summary.append(("precision", f"{chosen} (asked: {asked})" if chosen and asked and asked != chosen
@@ -161,17 +262,50 @@ def build_report(run_dir: str | os.PathLike) -> Path:
         summary.append(("weights SHA-256", meta["sha256"][:16] + "…"))
     if config.get("git_commit"):
         summary.append(("git commit", str(config["git_commit"])[:12]))
+    return model_name, summary, notes
 
+
+def build_report(run_dir: str | os.PathLike) -> Path:
+    """Draw the plots of a run and write ``<run_dir>/report/report.html``.
+
+    Args:
+        run_dir: a run folder (what ``imgcls train --out`` wrote).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        UserError: the folder is missing, one of its files is malformed, or the disk refuses a write (one line
+            naming the file).
+    """
+    from imgcls.report.html import render_report
+
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"run folder not found: {run.root}")
+    rows = run.read_metrics()
+    evaluation = run.read_eval() or {}
+    found = run.read_meta_or_none()
+    meta = found.to_dict() if found is not None else {}
+    config = run.read_config() or {}
+    samples = run.read_samples()
+    classes = [str(c) for c in evaluation.get("classes") or meta.get("classes") or []]
+    task = evaluation.get("task") or meta.get("task") or "multiclass"
+    outcome = read_outcome(run, rows, config, task)
+
+    figures = _figures(run, rows, evaluation, samples, classes, task)
+    model_name, summary, notes = _run_rows(outcome, rows, meta, config, evaluation, classes, task)
     page = render_report(
-        title=f"{model_name} on {spec}",
+        title=f"{model_name} on {_get(config, 'data', 'spec') or 'data'}",
         subtitle=f"imgcls run report — {run.root.resolve().name}",
-        headline=headline,
+        headline=_headline(evaluation),
         summary=summary,
+        notes=notes,
         figures=figures,
-        per_class=per_class or None,
+        per_class=evaluation.get("per_class") or None,
         classes=classes,
     )
     return atomic_write_text(run.report_page, page)
 
 
-__all__ = ["build_report"]
+__all__ = ["Epoch", "Outcome", "build_report", "read_outcome"]

@@ -25,6 +25,7 @@ figcaption { font-size: 0.85rem; color: #555; }
 .half { flex: 1 1 360px; max-width: 580px; }
 .full { flex: 1 1 100%; }
 code { background: #f5f5f5; padding: 0 0.25rem; }
+.note { background: #fff6e0; border-left: 4px solid #E69F00; padding: 0.5rem 0.8rem; max-width: 60rem; }
 """
 
 
@@ -66,6 +67,7 @@ def render_report(
     headline: Sequence[tuple[str, str]],
     summary: Sequence[tuple[str, str]],
     figures: Sequence[FigureRef],
+    notes: Sequence[str] = (),
     per_class: dict | None = None,
     classes: Sequence[str] = (),
 ) -> str:
@@ -76,6 +78,7 @@ def render_report(
         subtitle: one line under the heading (the run folder).
         headline: the few numbers shown large (top-1, top-5...), as ``(label, value)``.
         summary: the run's facts, as ``(label, value)`` rows.
+        notes: sentences shown under the facts, in a box (e.g. that a figure is optimistic).
         figures: the PNGs to show, in order.
         per_class: ``eval.json``'s ``per_class`` (shown as a folded table) or ``None``.
         classes: class names for that table.
@@ -97,6 +100,7 @@ def render_report(
         cells = "".join(f"<div><b>{escape(v)}</b>{escape(k)}</div>" for k, v in headline)
         parts.append(f'<div class="headline">{cells}</div>')
     parts += ["<h2>Run</h2>", _table(summary)]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
     if figures:
         parts += ["<h2>Figures</h2>", '<div class="grid">']
         for f in figures:
@@ -116,8 +120,8 @@ def render_report(
         ]
     parts += [
         '<p class="sub" style="margin-top:2rem">Written by imgcls from the files of the run folder '
-        "(<code>metrics.csv</code>, <code>eval.json</code>, <code>samples.npz</code>, <code>model.json</code>, "
-        "<code>config.json</code>).</p>",
+        "(<code>metrics.csv</code>, <code>summary.json</code>, <code>eval.json</code>, <code>samples.npz</code>, "
+        "<code>model.json</code>, <code>config.json</code>).</p>",
         "</body>",
         "</html>",
     ]

@@ -1,12 +1,18 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas.
 
 No ``pyplot``: figures are plain ``Figure`` objects, so drawing never touches a global state or a display and
-is safe from any thread or process (a training run, a test, a web server). Each function writes one PNG and
-returns its path. Sizes grow with the number of classes so that 10 to 100 class names stay readable.
+is safe from any thread or process (a training run, a test, a web server). Each ``*_figure`` function draws one
+figure and each ``plot_*`` function writes it as one PNG (atomically: a full disk is a one-line error naming the
+file) and returns its path. Sizes grow with the number of classes so that 10 to 100 class names stay readable.
+
+Axes that must stay readable whatever the run did: epochs are whole numbers on every epoch axis; a loss spike
+(one epoch several times above its neighbours and the rest of the curve) is drawn at the top edge with its value
+written beside it, so that one diverging step does not flatten the whole curve into a line at the bottom.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,11 +20,16 @@ import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from imgcls._files import atomic_write_bytes
 
 DPI = 110
 # Colour-blind-safe pair (Okabe & Ito 2008) for right/wrong and train/validation.
 BLUE, ORANGE, GREEN, VERMILION, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#9A9A9A"
 MAX_LABEL = 22  # characters of a class name shown on an axis
+# A loss value is a spike when it exceeds this many times both its neighbours and the median of the other epochs.
+SPIKE_FACTOR = 3.0
 
 
 def _short(name: str, limit: int = MAX_LABEL) -> str:
@@ -26,9 +37,9 @@ def _short(name: str, limit: int = MAX_LABEL) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _text_inches(labels: Sequence[str], fontsize: float) -> float:
@@ -64,9 +75,12 @@ def _series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _epoch_axis(ax, epochs: np.ndarray) -> None:
+    """Whole-number epoch ticks: every epoch up to 12, else at most ~10 integer ticks."""
     ax.set_xlabel("epoch")
     if len(epochs) and epochs.max() <= 12:
         ax.set_xticks(np.unique(epochs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True, min_n_ticks=1))
 
 
 def _line_figure():
@@ -74,23 +88,59 @@ def _line_figure():
     return fig, _axes_inches(fig, 0.85, 0.6, 5.35, 3.0)
 
 
-def plot_loss(rows: Sequence[dict], path: Path) -> Path:
-    """Training and validation loss per epoch (``train_loss``, ``val_loss`` of metrics.csv)."""
+def spikes(values: np.ndarray) -> np.ndarray:
+    """Mask of the values that are spikes: more than ``SPIKE_FACTOR`` times both neighbours and the median of the
+    other values (a curve's first, high epochs are not spikes: their neighbour is high too)."""
+    v = np.asarray(values, dtype=float)
+    mask = np.zeros(len(v), dtype=bool)
+    if len(v) < 2:
+        return mask
+    for i, x in enumerate(v):
+        neighbours = v[max(0, i - 1) : i + 2]
+        neighbours = np.delete(neighbours, 1 if i > 0 else 0)
+        others = np.delete(v, i)
+        mask[i] = x > SPIKE_FACTOR * max(neighbours.max(), 0.0) and x > SPIKE_FACTOR * max(np.median(others), 0.0)
+    return mask
+
+
+def loss_figure(rows: Sequence[dict]) -> Figure:
+    """Training and validation loss per epoch (``train_loss``, ``val_loss`` of metrics.csv); spikes clipped."""
     fig, ax = _line_figure()
+    clipped: list[tuple[float, float, str]] = []
+    ordinary: list[float] = []
     for key, label, color in (("train_loss", "train", BLUE), ("val_loss", "validation", ORANGE)):
         epochs, values = _series(rows, key)
-        if len(values):
-            ax.plot(epochs, values, marker="o", markersize=3, color=color, label=label)
+        if not len(values):
+            continue
+        spike = spikes(values)
+        ordinary += values[~spike].tolist()
+        clipped += [(e, v, color) for e, v in zip(epochs[spike], values[spike])]
+        ax.plot(epochs, values, marker="o", markersize=3, color=color, label=label)
+    if clipped and ordinary:
+        low, high = min([*ordinary, 0.0]), max(ordinary)
+        top = high + 0.12 * (high - low or abs(high) or 1.0)
+        ax.set_ylim(low, top)
+        for e, v, color in clipped:
+            ax.plot([e], [top], marker="^", color=color, markersize=8, clip_on=False, zorder=5)
+            ax.annotate(f"{v:.3g}", (e, top), xytext=(0, -14), textcoords="offset points", ha="center",
+                        fontsize=8, color=color)  # fmt: skip
+        ax.set_title(f"Loss ({len(clipped)} spike{'s' if len(clipped) > 1 else ''} above the axis, value shown)")
+    else:
+        ax.set_title("Loss")
     ax.set_ylabel("loss")
-    ax.set_title("Loss")
     _epoch_axis(ax, _series(rows, "epoch")[0])
     _style(ax)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=False)
-    return _save(fig, path)
+    return fig
 
 
-def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
+def plot_loss(rows: Sequence[dict], path: Path) -> Path:
+    """Write :func:`loss_figure` to ``path``."""
+    return _save(loss_figure(rows), path)
+
+
+def accuracy_figure(rows: Sequence[dict]) -> Figure:
     """Validation top-1/top-5 (and training top-1 when logged) per epoch, with the best top-1 marked."""
     fig, ax = _line_figure()
     curves = (("train_top1", "train top-1", BLUE, "--"), ("val_top1", "val top-1", ORANGE, "-"))
@@ -117,10 +167,15 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
     _style(ax)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=False, loc="lower right")
-    return _save(fig, path)
+    return fig
 
 
-def plot_lr(rows: Sequence[dict], path: Path) -> Path:
+def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
+    """Write :func:`accuracy_figure` to ``path``."""
+    return _save(accuracy_figure(rows), path)
+
+
+def lr_figure(rows: Sequence[dict]) -> Figure:
     """The learning rate per epoch (log scale when it spans more than two decades)."""
     fig, ax = _line_figure()
     epochs, lr = _series(rows, "lr")
@@ -135,10 +190,20 @@ def plot_lr(rows: Sequence[dict], path: Path) -> Path:
     ax.set_title("Learning rate")
     _epoch_axis(ax, epochs)
     _style(ax)
-    return _save(fig, path)
+    return fig
+
+
+def plot_lr(rows: Sequence[dict], path: Path) -> Path:
+    """Write :func:`lr_figure` to ``path``."""
+    return _save(lr_figure(rows), path)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Write :func:`confusion_figure` to ``path``."""
+    return _save(confusion_figure(matrix, classes), path)
+
+
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str]) -> Figure:
     """Row-normalised confusion matrix (row = true class): each row shows where that class's images went.
 
     Cells are annotated with percentages up to 20 classes; beyond that the colour carries the value, and the
@@ -174,10 +239,15 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Pa
     cax = _axes_inches(fig, left + side + 0.2, bottom + side * 0.2, 0.18, side * 0.6)
     bar = fig.colorbar(image, cax=cax)
     bar.set_label("fraction of the true class")
-    return _save(fig, path)
+    return fig
 
 
 def plot_per_class(values: Sequence[float | None], classes: Sequence[str], path: Path, *, label: str) -> Path:
+    """Write :func:`per_class_figure` to ``path``."""
+    return _save(per_class_figure(values, classes, label=label), path)
+
+
+def per_class_figure(values: Sequence[float | None], classes: Sequence[str], *, label: str) -> Figure:
     """Horizontal bars of a per-class score in percent (accuracy, or AP for multi-label), worst class on top.
 
     Classes without a value (e.g. AP of a class with no positive) are left out.
@@ -210,7 +280,13 @@ def plot_per_class(values: Sequence[float | None], classes: Sequence[str], path:
     ax.set_title(f"Per-class {label}")
     _style(ax)
     ax.grid(False, axis="y")
-    return _save(fig, path)
+    return fig
+
+
+def topk_words(k: int) -> str:
+    """``"top-5 predictions"`` for 5, ``"top-2 predictions"`` for a 2-class task, ``"top prediction"`` for 1: a
+    caption names as many as are shown."""
+    return "top prediction" if k == 1 else f"top-{k} predictions"
 
 
 def plot_samples(
@@ -224,6 +300,22 @@ def plot_samples(
     multilabel: bool = False,
     columns: int = 4,
 ) -> Path:
+    """Write :func:`samples_figure` to ``path``."""
+    figure = samples_figure(images, targets, topk_indices, topk_probs, classes, multilabel=multilabel,
+                            columns=columns)  # fmt: skip
+    return _save(figure, path)
+
+
+def samples_figure(
+    images: np.ndarray,
+    targets: np.ndarray,
+    topk_indices: np.ndarray,
+    topk_probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    multilabel: bool = False,
+    columns: int = 4,
+) -> Figure:
     """A grid of validation images, each beside bars of its top-k classes and probabilities.
 
     As in the Places365 examples of the classic lectures: the true class is written above the image (green
@@ -242,8 +334,10 @@ def plot_samples(
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
-    ax.text(width / 2, height - 0.2, "Validation images: true class above, top-5 predictions beside "
-            "(green: the true class)", ha="center", va="top", fontsize=11)  # fmt: skip
+    truth_words = "true labels" if multilabel else "true class"
+    ax.text(width / 2, height - 0.2, f"Validation images: {truth_words} above, {topk_words(topk_indices.shape[1])} "
+            f"beside (green: {'a true label' if multilabel else 'the true class'})", ha="center", va="top",
+            fontsize=11)  # fmt: skip
     small = images.shape[1] <= 64  # show the real pixels of small images, not a blur
     row_h = (img_in - 0.2) / max(1, topk_indices.shape[1])
     for i in range(s):
@@ -279,7 +373,22 @@ def plot_samples(
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     ax.set_aspect("auto")
-    return _save(fig, path)
+    return fig
 
 
-__all__ = ["plot_accuracy", "plot_confusion", "plot_loss", "plot_lr", "plot_per_class", "plot_samples"]
+__all__ = [
+    "accuracy_figure",
+    "confusion_figure",
+    "loss_figure",
+    "lr_figure",
+    "per_class_figure",
+    "plot_accuracy",
+    "plot_confusion",
+    "plot_loss",
+    "plot_lr",
+    "plot_per_class",
+    "plot_samples",
+    "samples_figure",
+    "spikes",
+    "topk_words",
+]
