@@ -10,12 +10,12 @@ included — can use it.
 What a run folder holds (``RUN/…``):
 
 =====================  ====================================================================================
-``config.json``        the resolved configuration, library versions, git commit, run facts (engine)
+``config.json``        the resolved configuration, library versions, git commit, run facts; at the end
+                       ``run.selection``: best and last epoch, which one the weights are, the run's time (engine)
 ``checkpoints/last.pt`` the full resumable state (engine)
 ``model.safetensors``  the weights to ship, and ``model.json`` (:class:`ModelMeta`) with their SHA-256
 ``metrics.csv``        one row per epoch (engine)
 ``data_issues.csv``    ``path, reason`` of every skipped file (data layer)
-``summary.json``       the training outcome: time, best and last epoch, which one the weights are (engine)
 ``eval.json``          the final evaluation on the validation split, with ``"test"`` inside when the data has a
                        separate test split (``imgcls.engine.evaluate.finalize_run``)
 ``predictions.csv``    top-5 per validation image; ``samples.npz``: a few images for the report's grid
@@ -183,7 +183,6 @@ class RunFolder:
     META = "model.json"
     METRICS = "metrics.csv"
     ISSUES = "data_issues.csv"
-    SUMMARY = "summary.json"
     EVAL = "eval.json"
     PREDICTIONS = "predictions.csv"
     SAMPLES = "samples.npz"
@@ -195,7 +194,7 @@ class RunFolder:
     # What makes a folder "a run": train refuses to write into one without --resume / --overwrite.
     MARKERS = (CONFIG, "checkpoints", WEIGHTS, META, METRICS)
     # What --overwrite removes (only our own entries: anything else in the folder is left alone).
-    ENTRIES = (*MARKERS, ISSUES, SUMMARY, EVAL, PREDICTIONS, SAMPLES, REPORT_DIR, TENSORBOARD)
+    ENTRIES = (*MARKERS, ISSUES, EVAL, PREDICTIONS, SAMPLES, REPORT_DIR, TENSORBOARD)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -237,10 +236,6 @@ class RunFolder:
     @property
     def issues(self) -> Path:
         return self.root / self.ISSUES
-
-    @property
-    def summary(self) -> Path:
-        return self.root / self.SUMMARY
 
     @property
     def eval(self) -> Path:
@@ -332,17 +327,6 @@ class RunFolder:
 
     def write_config(self, record: dict[str, Any]) -> Path:
         return self.write_json(self.config, record, indent=2)
-
-    def read_summary(self) -> dict[str, Any] | None:
-        """``summary.json`` (the training outcome the engine records) or ``None``."""
-        return self._object(self.summary) if self.summary.is_file() else None
-
-    def write_summary(self, summary: dict[str, Any]) -> Path:
-        """Record the training outcome. Keys the report reads (all optional): ``seconds`` (the run's time, as the
-        console prints it), ``epochs``, ``best`` and ``last`` (``{"epoch", "metric", "value", "val_loss"}``),
-        ``shipped`` (``"best"`` or ``"last"``: which one ``model.safetensors`` holds), ``selection_split``
-        (the split the best epoch was chosen on, e.g. ``"val"``)."""
-        return self.write_json(self.summary, summary, indent=2)
 
     def read_eval(self) -> dict[str, Any] | None:
         """``eval.json`` (the final evaluation) or ``None``."""

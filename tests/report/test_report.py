@@ -271,21 +271,24 @@ def test_best_and_last_are_both_shown_and_the_shipped_one_is_named(tmp_path):
     assert "shipped weights epoch 8 (the last epoch)" in text and "optimistic" not in text
 
 
-def test_summary_json_is_the_record_and_a_test_split_is_reported_apart(tmp_path):
+def test_the_engines_record_is_used_and_a_test_split_is_reported_apart(tmp_path):
     run = make_run(tmp_path / "run", k=10, epochs=8)
     folder = RunFolder(run)
-    folder.write_summary({
-        "seconds": 754.2, "epochs": 8, "shipped": "best", "selection_split": "val",
-        "best": {"epoch": 3, "metric": "top1", "value": 91.25, "val_loss": 0.3},
-        "last": {"epoch": 8, "metric": "top1", "value": 90.5, "val_loss": 0.35},
-    })  # fmt: skip
+    config = folder.read_config()
+    config["run"] = {"selection": {  # as the engine records it at the end of a run
+        "metric": "top1", "column": "val_top1", "rule": "best", "best_epoch": 3, "best_value": 91.25,
+        "last_epoch": 8, "last": {"epoch": 8, "val_top1": 90.5, "val_loss": 0.35}, "shipped_epoch": 3,
+        "seconds": 754.2,
+    }}  # fmt: skip
+    folder.write_config(config)
     evaluation = folder.read_eval()
     evaluation["test"] = {"top1": 88.125, "top5": 99.0, "num_samples": 321}
     folder.write_eval(evaluation)
     page = _parse(build_report(run))
     text = _text(page)
     assert "training time 12 min 34 s (the whole run" in text  # the recorded figure, not the sum of epochs
-    assert "best epoch 3 (top-1 91.25%" in text and "last epoch 8 (top-1 90.50%" in text
+    assert "best epoch 3 (top-1 91.25%" in text and "last epoch 8 (top-1 90.50%, val loss 0.3500)" in text
+    assert "shipped weights epoch 3 (the best epoch by validation top-1)" in text
     assert "test (shipped weights) top-1 88.12% / top-5 99.00% on 321 images, evaluated once" in text
     assert "88.12%" in text.split("Run")[0]  # the test figure is the headline
     assert "optimistic" not in text  # the unbiased figure is there
@@ -327,3 +330,20 @@ def test_epoch_ticks_are_whole_numbers(epochs):
         low, high = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if low <= t <= high]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_real_run_reports_the_time_the_console_printed(tmp_path, capsys):
+    from imgcls.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "digits", "--epochs", "2", "--out", str(run), "--set", "train.progress=none"]
+    assert main(argv) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("imgcls: done in ")]
+    selection = RunFolder(run).read_config()["run"]["selection"]
+    seconds = round(selection["seconds"])
+    assert done and done[0].startswith(f"imgcls: done in {seconds // 60}:{seconds % 60:02d}")
+    minutes, rest = divmod(seconds, 60)
+    shown = f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+    text = _text(_parse(RunFolder(run).report_page))
+    assert f"training time {shown} (the whole run" in text
+    assert f"shipped weights epoch {selection['shipped_epoch']} (the best epoch by validation top-1)" in text

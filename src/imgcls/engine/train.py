@@ -1141,13 +1141,14 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
         )
     metric, column, _ = s.select
     shipped_epoch = best["epoch"] if tc.save == "best" and best is not None else len(state.history)
+    elapsed = time.perf_counter() - t_start  # recorded, shown by the report and printed below: one figure
     if info.is_main:
-        _record_selection(run, metric, column, state, shipped_epoch, "best" if tc.save == "best" else "last")
+        rule = "best" if tc.save == "best" else "last"
+        _record_selection(run, metric, column, state, shipped_epoch, rule, elapsed)
         if tc.report:
             from imgcls.report import build_report
 
             report_path = build_report(run)
-    elapsed = time.perf_counter() - t_start
     best_top1 = max((r["val_top1"] for r in state.history if r.get("val_top1") is not None), default=None)
     top1 = summary.get("top1", state.history[shipped_epoch - 1].get("val_top1"))
     top5 = summary.get("top5")
@@ -1175,8 +1176,11 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
     )
 
 
-def _record_selection(run: Path, metric: str, column: str, state: TrainState, shipped: int, rule: str) -> None:
-    """``config.json``'s ``run.selection``: what the report needs to say which weights ship and what they scored."""
+def _record_selection(
+    run: Path, metric: str, column: str, state: TrainState, shipped: int, rule: str, seconds: float
+) -> None:
+    """``config.json``'s ``run.selection``: what the report needs to say which weights ship and what they scored,
+    and the run's time (``seconds``, the figure the console prints)."""
     path = run / CONFIG_FILE
     try:
         record = json.loads(path.read_text())
@@ -1192,6 +1196,7 @@ def _record_selection(run: Path, metric: str, column: str, state: TrainState, sh
         "last_epoch": len(state.history),
         "last": state.history[-1] if state.history else None,
         "shipped_epoch": shipped,
+        "seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
 

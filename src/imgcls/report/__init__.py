@@ -4,12 +4,12 @@
 :class:`imgcls.run_folder.RunFolder`):
 
 - ``metrics.csv`` — one row per epoch: loss, accuracy and learning-rate curves;
-- ``summary.json`` — the training outcome the engine records: the run's time (the figure the console prints),
-  the best and the last epoch, and which of the two ``model.safetensors`` holds;
 - ``eval.json`` — the final evaluation of the shipped weights (``imgcls.engine.evaluate.finalize_run``): the
   confusion matrix and per-class scores, and the separate test split when the data has one;
 - ``samples.npz`` — a few validation images with their top predictions, for the image grid;
-- ``model.json``, ``config.json`` — what was trained on what, for the summary.
+- ``model.json``, ``config.json`` — what was trained on what, for the summary; ``config.json``'s
+  ``run.selection`` is the engine's record of the best and the last epoch, which of the two
+  ``model.safetensors`` holds, and the run's time (the figure the console prints).
 
 The page shows the best epoch (with its number) and the last one side by side and says which one the shipped
 weights are. When the best epoch was chosen on the only held-out split, the validation figures of the shipped
@@ -17,7 +17,7 @@ weights are optimistic (the choice looked at those very images), and the page sa
 evaluated once at the end, is reported separately as the unbiased figure.
 
 Any file may be missing (a run stopped early, a multi-label task has no confusion matrix, an older run has no
-``summary.json``): the report then shows what there is. So it can be rebuilt at any time, e.g.
+``run.selection``): the report then shows what there is. So it can be rebuilt at any time, e.g.
 ``python -c "import imgcls.report as r; r.build_report('runs/demo')"``.
 """
 
@@ -33,8 +33,9 @@ from imgcls._files import atomic_write_text
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
-# metrics.csv columns a best epoch may be chosen by, per selection metric name.
-SELECTION_COLUMNS = {"top1": "val_top1", "mAP": "val_mAP", "map": "val_mAP"}
+# train.select_metric -> (metrics.csv column, higher is better), for runs recorded without ``run.selection``.
+SELECTION_COLUMNS = {"top1": ("val_top1", True), "top5": ("val_top5", True), "mAP": ("val_mAP", True),
+                     "loss": ("val_loss", False)}  # fmt: skip
 
 
 def _duration(seconds: float) -> str:
@@ -69,54 +70,59 @@ class Epoch:
 class Outcome:
     """What the run's record says about its epochs: the best, the last, which one ships, and the time."""
 
-    metric: str  # "top1", "mAP"...
+    metric: str  # "top1", "mAP", "loss"...
     best: Epoch | None
     last: Epoch | None
     shipped: str  # "best" or "last"
+    shipped_epoch: int | None
     seconds: float | None  # the run's time as recorded (the console's figure); None: not recorded
     epoch_seconds: float  # the sum of metrics.csv's per-epoch seconds
 
-    @property
-    def shipped_epoch(self) -> Epoch | None:
-        return self.best if self.shipped == "best" and self.best is not None else self.last
+
+def _row(rows: list[dict], epoch: int | None) -> dict:
+    return next((r for r in rows if epoch is not None and r.get("epoch") == epoch), {})
 
 
-def _epoch(record, rows: list[dict], column: str) -> Epoch | None:
-    if isinstance(record, dict) and record.get("epoch") is not None:
-        return Epoch(int(record["epoch"]), record.get("value"), record.get("val_loss"))
-    if isinstance(record, int):
-        row = next((r for r in rows if r.get("epoch") == record), {})
-        return Epoch(record, row.get(column), row.get("val_loss"))
-    return None
-
-
-def read_outcome(run: RunFolder, rows: list[dict], config: dict, task: str) -> Outcome:
-    """The best/last/shipped record from ``summary.json``, or derived from ``metrics.csv`` and the saved
-    ``train.save`` setting for runs without one."""
-    summary = run.read_summary() or {}
-    metric = str(_get(summary, "best", "metric") or ("mAP" if task == "multilabel" else "top1"))
-    column = SELECTION_COLUMNS.get(metric, f"val_{metric}")
-    if not any(r.get(column) is not None for r in rows):
-        column, metric = "val_top1", "top1" if task != "multilabel" else "precision@1"
+def read_outcome(rows: list[dict], config: dict, task: str) -> Outcome:
+    """The best/last/shipped record the engine keeps in ``config.json`` (``run.selection``); for runs without
+    one it is derived from ``metrics.csv`` and the saved ``train.save`` and ``train.select_metric``."""
+    selection = _get(config, "run", "selection") or {}
+    default = "mAP" if task == "multilabel" else "top1"
+    metric = str(selection.get("metric") or _get(config, "train", "select_metric") or default)
+    if metric == "auto":
+        metric = default
+    column, higher = SELECTION_COLUMNS.get(metric, (f"val_{metric}", True))
+    column = selection.get("column") or column
     scored = [r for r in rows if r.get(column) is not None and r.get("epoch") is not None]
-    best = _epoch(summary.get("best"), rows, column)
-    if best is None and scored:
-        top = max(scored, key=lambda r: r[column])  # the first of equal values, as the engine keeps it
+    if selection.get("best_epoch") is not None:
+        epoch = int(selection["best_epoch"])
+        best = Epoch(epoch, selection.get("best_value"), _row(rows, epoch).get("val_loss"))
+    elif scored:
+        pick = max if higher else min  # the first of equal values, as the engine keeps it
+        top = pick(scored, key=lambda r: r[column])
         best = Epoch(int(top["epoch"]), top[column], top.get("val_loss"))
-    last = _epoch(summary.get("last"), rows, column)
-    if last is None and rows and rows[-1].get("epoch") is not None:
-        last = Epoch(int(rows[-1]["epoch"]), rows[-1].get(column), rows[-1].get("val_loss"))
-    shipped = summary.get("shipped") or _get(config, "train", "save") or "best"
+    else:
+        best = None
+    last_row = selection.get("last") if isinstance(selection.get("last"), dict) else (rows[-1] if rows else {})
+    last_epoch = selection.get("last_epoch") or last_row.get("epoch")
+    last = Epoch(int(last_epoch), last_row.get(column), last_row.get("val_loss")) if last_epoch else None
+    shipped = str(selection.get("rule") or _get(config, "train", "save") or "best")
     if shipped == "best" and best is None:
         shipped = "last"  # nothing was validated: the last epoch's weights are the ones written
-    seconds = summary.get("seconds")
+    chosen = best if shipped == "best" else last
+    shipped_epoch = selection.get("shipped_epoch") or (chosen.epoch if chosen else None)
+    seconds = selection.get("seconds")
     epoch_seconds = float(sum(r.get("seconds") or 0.0 for r in rows))
-    return Outcome(metric, best, last, str(shipped), float(seconds) if seconds is not None else None, epoch_seconds)
+    return Outcome(metric, best, last, shipped, shipped_epoch, None if seconds is None else float(seconds),
+                   epoch_seconds)  # fmt: skip
 
 
 def _describe(e: Epoch | None, metric: str) -> str:
+    """``"6 (top-1 99.00%, val loss 0.0500)"``."""
     if e is None:
         return "–"
+    if metric == "loss":
+        return f"{e.epoch} (val loss {e.value:.4f})" if e.value is not None else str(e.epoch)
     value = f"{metric} {e.value:.2f}%" if e.value is not None else f"{metric} –"
     loss = f", val loss {e.val_loss:.4f}" if e.val_loss is not None else ""
     return f"{e.epoch} ({value}{loss})"
@@ -138,7 +144,10 @@ def _figures(run: RunFolder, rows, evaluation, samples, classes, task) -> list:
         figures.append(FigureRef("accuracy.png", "Accuracy", caption))
         if any(r.get("lr") is not None for r in rows):
             plots.plot_lr(rows, out / "lr.png")
-            figures.append(FigureRef("lr.png", "Learning rate", "As logged in metrics.csv, per epoch."))
+            caption = "Per epoch, the mean rate of its optimiser steps" + (
+                " (dashed: the highest)." if any(r.get("lr_max") is not None for r in rows) else "."
+            )
+            figures.append(FigureRef("lr.png", "Learning rate", caption))
     matrix = evaluation.get("confusion_matrix")
     if matrix and classes and len(matrix) == len(classes):
         plots.plot_confusion(np.asarray(matrix), classes, out / "confusion.png")
@@ -204,10 +213,9 @@ def _results(outcome: Outcome, evaluation: dict) -> tuple[list[tuple[str, str]],
     """Summary rows about the epochs and the shipped weights, and the notes the page must carry."""
     metric = "top-1" if outcome.metric == "top1" else outcome.metric
     rows = [("best epoch", _describe(outcome.best, metric)), ("last epoch", _describe(outcome.last, metric))]
-    shipped = outcome.shipped_epoch
-    if shipped is not None:
+    if outcome.shipped_epoch is not None:
         why = f"the best epoch by validation {metric}" if outcome.shipped == "best" else "the last epoch"
-        rows.append(("shipped weights", f"epoch {shipped.epoch} ({why}) — model.safetensors"))
+        rows.append(("shipped weights", f"epoch {outcome.shipped_epoch} ({why}) — model.safetensors"))
     test = evaluation.get("test") if isinstance(evaluation.get("test"), dict) else None
     if evaluation:
         tta = evaluation.get("tta")
@@ -291,7 +299,7 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     samples = run.read_samples()
     classes = [str(c) for c in evaluation.get("classes") or meta.get("classes") or []]
     task = evaluation.get("task") or meta.get("task") or "multiclass"
-    outcome = read_outcome(run, rows, config, task)
+    outcome = read_outcome(rows, config, task)
 
     figures = _figures(run, rows, evaluation, samples, classes, task)
     model_name, summary, notes = _run_rows(outcome, rows, meta, config, evaluation, classes, task)

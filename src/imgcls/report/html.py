@@ -120,8 +120,8 @@ def render_report(
         ]
     parts += [
         '<p class="sub" style="margin-top:2rem">Written by imgcls from the files of the run folder '
-        "(<code>metrics.csv</code>, <code>summary.json</code>, <code>eval.json</code>, <code>samples.npz</code>, "
-        "<code>model.json</code>, <code>config.json</code>).</p>",
+        "(<code>metrics.csv</code>, <code>eval.json</code>, <code>samples.npz</code>, <code>model.json</code>, "
+        "<code>config.json</code>).</p>",
         "</body>",
         "</html>",
     ]

@@ -176,12 +176,18 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> Path:
 
 
 def lr_figure(rows: Sequence[dict]) -> Figure:
-    """The learning rate per epoch (log scale when it spans more than two decades)."""
+    """The learning rate per epoch — the mean of the epoch's steps (``lr``), and its highest (``lr_max``, dashed)
+    when logged — on a log scale when it spans more than two decades."""
     fig, ax = _line_figure()
     epochs, lr = _series(rows, "lr")
+    peak_epochs, peak = _series(rows, "lr_max")
     if len(lr):
-        ax.plot(epochs, lr, marker="o", markersize=3, color=BLUE)
-        positive = lr[lr > 0]
+        ax.plot(epochs, lr, marker="o", markersize=3, color=BLUE, label="mean of the epoch's steps")
+        if len(peak) and (len(peak) != len(lr) or not np.allclose(peak, lr)):  # a constant rate needs one line
+            ax.plot(peak_epochs, peak, "--", color=ORANGE, label="highest in the epoch")
+            ax.legend(frameon=False)
+        values = np.concatenate([lr, peak])
+        positive = values[values > 0]
         if len(positive) and positive.max() / positive.min() > 100:
             ax.set_yscale("log")
         else:
