@@ -82,7 +82,6 @@ def rows() -> list[tuple[str, ...]]:
         entry = model_entry(name)
         classes = entry.default_num_classes
         _, prof = profile_model(name, num_classes=classes)
-        inference_params = sum(r.params for r in prof.layers if r.output_shape is not None or r.macs)
         size = "×".join(map(str, entry.input_size[1:]))
         out.append(
             (
@@ -90,7 +89,7 @@ def rows() -> list[tuple[str, ...]]:
                 entry.paper,
                 size,
                 str(classes),
-                f"{inference_params / 1e6:.2f}",
+                f"{prof.inference_params / 1e6:.2f}",
                 f"{prof.macs / 1e9:.3f}" if prof.macs >= 1e7 else f"{prof.macs / 1e9:.2g}",
                 _sources(name),
             )

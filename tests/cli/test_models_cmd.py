@@ -12,11 +12,6 @@ from imgcls.cli.models_cmd import parse_input_size
 from imgcls.errors import UserError
 
 
-def needs(name: str) -> None:
-    if name not in imgcls.list_models():
-        pytest.skip(f"{name} is not registered yet")
-
-
 def test_models_lists_every_registered_model(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -25,7 +20,6 @@ def test_models_lists_every_registered_model(capsys):
 
 
 def test_models_pattern_and_substring(capsys):
-    needs("resnet18")
     assert main(["models", "resnet1*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert names == imgcls.list_models("resnet1*") and "resnet18" in names
@@ -51,7 +45,6 @@ def test_summary_unknown_model_is_one_line_exit_2(capsys):
 
 
 def test_summary_table_has_rows_and_totals(capsys):
-    needs("resnet18")
     assert main(["summary", "resnet18"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:2] == ["layer", "type"]
@@ -61,7 +54,6 @@ def test_summary_table_has_rows_and_totals(capsys):
 
 
 def test_summary_json_and_input_size(capsys):
-    needs("resnet18")
     assert main(["summary", "resnet18", "--input-size", "64", "--num-classes", "10", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["name"] == "resnet18" and data["input_size"] == [3, 64, 64]
@@ -72,7 +64,6 @@ def test_summary_json_and_input_size(capsys):
 
 
 def test_summary_googlenet_is_shaped_like_the_paper(capsys):
-    needs("googlenet")
     assert main(["summary", "googlenet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -88,12 +79,25 @@ def test_summary_googlenet_is_shaped_like_the_paper(capsys):
     for name, (kind, size) in expect.items():
         row = next(line for line in lines if f" {name} " in f" {line} ")
         assert row.startswith(kind) and size in row, row
-    # Paper: 1.5 G multiply-adds at inference.
-    assert lines[-1].startswith("total") and lines[-1].split()[-1] in ("1.5G", "1.6G")
+    # The test-time network (Table 1: ~6.8M parameters, 1.5 G multiply-adds), then the auxiliary classifiers that
+    # training adds (Section 5: discarded at inference time), then both together.
+    assert lines[-3].split() == ["total", "(test", "time)", "7.0M", "1.6G"]
+    assert lines[-2].split() == ["+", "training", "only", "(aux1,", "aux2)", "6.4M"]
+    assert lines[-1].split() == ["total", "with", "training-only", "heads", "13.4M"]
+
+
+def test_summary_separates_inception_v3s_auxiliary_head(capsys):
+    assert main(["summary", "inception_v3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].split() == ["total", "(test", "time)", "3×299×299", "in", "23,834,568", "5.7G"]
+    assert lines[-2].split() == ["+", "training", "only", "(AuxLogits)", "3,326,696"]
+    assert lines[-1].split() == ["total", "with", "training-only", "heads", "27,161,264"]
+    assert main(["summary", "inception_v3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["inference_params"], data["params"], data["training_only"]) == (23_834_568, 27_161_264, ["AuxLogits"])
 
 
 def test_summary_bad_input_size(capsys):
-    needs("resnet18")
     assert main(["summary", "resnet18", "--input-size", "big"]) == 2
     assert "--input-size big" in capsys.readouterr().err
 
@@ -113,14 +117,12 @@ def test_parse_input_size_rejects(text):
 
 
 def test_summary_input_too_small_is_exit_2(capsys):
-    needs("vgg16")
     assert main(["summary", "vgg16", "--input-size", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgcls: error: input size 3x16x16 does not fit vgg16:") and err.count("\n") == 1
 
 
 def test_summary_counts_a_cifar_size_model_with_10_classes(capsys):
-    needs("lenet5")
     assert main(["summary", "lenet5", "--json"]) == 0
     layers = {row["name"]: row for row in json.loads(capsys.readouterr().out)["layers"]}
     assert layers["fc"]["output_shape"] == [10]  # LeNet-5's ten digits, not ImageNet's 1000

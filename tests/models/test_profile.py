@@ -11,11 +11,6 @@ import imgcls
 from imgcls.models.profile import OTHER, format_table, profile
 
 
-def needs(name: str) -> None:
-    if name not in imgcls.list_models():
-        pytest.skip(f"{name} is not registered yet")
-
-
 class WithExtras(nn.Module):
     """Work outside any child (a functional linear), a parameter on the model itself, an unused auxiliary head."""
 
@@ -81,7 +76,6 @@ def test_plain_sequential_and_table():
 
 
 def test_resnet18_matches_paper():
-    needs("resnet18")
     model = imgcls.create_model("resnet18")
     prof = profile(model)
     # He et al. 2015, Table 1: 1.8 × 10^9 FLOPs (multiply-adds) for 18 layers.
@@ -96,7 +90,6 @@ def test_resnet18_matches_paper():
 
 
 def test_vgg16_matches_paper():
-    needs("vgg16")
     with torch.device("meta"):  # shapes and counts only: no memory for 138 M weights, no arithmetic
         model = imgcls.create_model("vgg16")
     prof = profile(model)
@@ -104,3 +97,17 @@ def test_vgg16_matches_paper():
     assert prof.macs == pytest.approx(15.5e9, rel=0.03)
     assert prof.params == sum(p.numel() for p in model.parameters()) == 138_357_544
     assert sum(r.macs for r in prof.layers) == prof.macs
+
+
+def test_training_only_heads_are_counted_apart():
+    prof = profile(WithExtras(), (3, 16, 16))
+    assert [r.name for r in prof.unused] == ["aux"]
+    assert prof.inference_params == prof.params - 35
+    table = format_table(prof, WithExtras()).splitlines()
+    assert table[-3].split()[:3] == ["total", "(test", "time)"] and f"{prof.inference_params:,}" in table[-3]
+    assert table[-2].split() == ["+", "training", "only", "(aux)", "35"]
+    assert table[-1].split()[-1] == f"{prof.params:,}"
+    data = prof.to_dict()
+    assert data["inference_params"] == prof.inference_params and data["training_only"] == ["aux"]
+    plain = format_table(profile(SlicedHead(), (3, 4, 4))).splitlines()
+    assert plain[-1].startswith("total ") and "training" not in "".join(plain)

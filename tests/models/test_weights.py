@@ -420,3 +420,35 @@ def test_unpinned_timm_file_records_its_hash(server, monkeypatch, tmp_path):
     W.load_weights(dst, "tiny", got)
     assert (tmp_path / "c" / (entry.cache_name + ".sha256")).read_text().strip() == hashlib.sha256(body).hexdigest()
     torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
+
+
+# ---- input channels come from the file ----------------------------------------------------------------------------
+def test_stored_in_chans_reads_the_first_convolution(tmp_path):
+    grey = imgcls.create_model("lenet5", num_classes=10)  # native: 1 channel
+    save_file(dict(grey.state_dict()), str(tmp_path / "grey.safetensors"))
+    rgb = imgcls.create_model("lenet5", num_classes=10, in_chans=3)
+    torch.save({f"module.{k}": v for k, v in rgb.state_dict().items()}, tmp_path / "rgb.pth")  # a DDP checkpoint
+    assert W.stored_in_chans("lenet5", tmp_path / "grey.safetensors") == 1
+    assert W.stored_in_chans("lenet5", tmp_path / "rgb.pth") == 3
+    save_file({"other.weight": torch.zeros(2, 2)}, str(tmp_path / "foreign.safetensors"))
+    assert W.stored_in_chans("lenet5", tmp_path / "foreign.safetensors") is None
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_predict_with_lenet5_weights_uses_the_files_channels(tmp_path, capsys, in_chans):
+    # Issue 11 item 9: `predict --model lenet5 --weights FILE` with grey-scale weights failed with a shape mismatch.
+    from PIL import Image
+
+    from imgcls.cli import main
+
+    torch.manual_seed(0)
+    model = imgcls.create_model("lenet5", num_classes=10, in_chans=in_chans).eval()
+    save_file(dict(model.state_dict()), str(tmp_path / "lenet5.safetensors"))
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[None] * 8, (32, 1))).save(image)
+    args = ["predict", "--model", "lenet5", "--weights", str(tmp_path / "lenet5.safetensors"), "--json", str(image)]
+    assert main(args) == 0
+    (answer,) = json.loads(capsys.readouterr().out)
+    assert len(answer["predictions"]) == 5 and {p["label"] for p in answer["predictions"]} <= {
+        str(i) for i in range(10)
+    }

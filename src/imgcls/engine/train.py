@@ -414,6 +414,10 @@ def _check_model(name: str, in_chans: int, image_size: int, kwargs: dict[str, An
     try:
         with torch.device("meta"):
             net = create_model(name, num_classes=2, in_chans=in_chans, **kwargs)
+    except UserError as exc:  # an option the model does not have (create_model lists the ones it has)
+        if not kwargs:
+            raise
+        raise UserError(f"model.kwargs: {exc}") from None
     except (TypeError, ValueError) as exc:
         if not kwargs:
             raise

@@ -308,7 +308,7 @@ class Predictor:
         name: str,
         file: str | os.PathLike,
         classes: Sequence[str] | None = None,
-        in_chans: int = 3,
+        in_chans: int | None = None,
         input_size: int | None = None,
         backend: str = "torch",
         precision: str = "auto",
@@ -317,7 +317,8 @@ class Predictor:
     ) -> Predictor:
         """A registered architecture with a weights file (ours, torchvision's or timm's format).
 
-        The number of classes is read from the file's classifier; labels default to ``"0"``, ``"1"``, ...
+        The number of classes and of input channels (unless `in_chans` is given) are read from the file's classifier
+        and first convolution; labels default to ``"0"``, ``"1"``, ...
         Preprocessing is the architecture's native one from the registry: its input size (or ``input_size``),
         its mean and std, and a center crop of 87.5% for ImageNet-size inputs.
 
@@ -331,6 +332,10 @@ class Predictor:
         if not Path(file).is_file():
             raise UserError(f"weights file not found: {file} (check --weights)")
         entry = model_entry(name)
+        if in_chans is None:  # the channels the file was trained with, else the architecture's native ones
+            from imgcls.models.weights import stored_in_chans
+
+            in_chans = stored_in_chans(name, file) or entry.input_size[0]
         num_classes = _classifier_rows(name, file, in_chans)
         if classes is not None and num_classes is not None and len(classes) != num_classes:
             raise UserError(f"{file}: has {num_classes} classes but {len(classes)} class names were given")

@@ -2,7 +2,25 @@
 
 from imgcls.models import _families  # noqa: F401  (registers every family)
 from imgcls.models._base import Classifier
-from imgcls.models._registry import ModelEntry, create_model, list_models, model_entry, register_model
+from imgcls.models._registry import (
+    ModelEntry,
+    check_model_args,
+    create_model,
+    list_models,
+    model_entry,
+    model_options,
+    register_model,
+)
 from imgcls.models.profile import profile
 
-__all__ = ["Classifier", "ModelEntry", "create_model", "list_models", "model_entry", "profile", "register_model"]
+__all__ = [
+    "Classifier",
+    "ModelEntry",
+    "check_model_args",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "model_options",
+    "profile",
+    "register_model",
+]

@@ -1,11 +1,14 @@
-"""The model registry: a decorator, a dict, `create_model` and `list_models`."""
+"""The model registry: a decorator, a dict, `create_model`, `list_models` and `check_model_args`."""
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from imgcls.errors import UserError
@@ -17,7 +20,7 @@ class ModelEntry:
 
     name: str
     fn: Callable[..., nn.Module]
-    input_size: tuple[int, int, int] = (3, 224, 224)  # native (C, H, W)
+    input_size: tuple[int, int, int] = (3, 224, 224)  # native (C, H, W); C is create_model's default in_chans
     paper: str = ""  # short citation, e.g. "He et al. 2015 (arXiv:1512.03385)"
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -67,23 +70,146 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, weights=None, **kw) -> nn.Module:
+def create_model(name: str, num_classes: int = 1000, in_chans: int | None = None, weights=None, **kw) -> nn.Module:
     """Build a registered model.
 
     Args:
         name: registered name, e.g. ``"resnet50"``.
         num_classes: size of the classifier output.
-        in_chans: number of input channels.
+        in_chans: number of input channels; ``None`` takes the model's native channels from the registry
+            (1 for ``lenet5``, 3 for the rest).
         weights: ``None``, a path to a state dict (ours, torchvision's or timm's format), or ``"torchvision"`` /
             ``"timm"`` to fetch the published file into the user cache. A checkpoint with a different number of
             classes keeps its backbone and gets a new classifier.
-        **kw: family-specific options (dropout rate, pooling, auxiliary heads...).
+        **kw: family-specific options (dropout rate, pooling, auxiliary heads...); one the family does not
+            have is a UserError that lists the ones it has.
     """
     entry = model_entry(name)
-    model = entry.fn(num_classes=num_classes, in_chans=in_chans, **kw)
+    in_chans = entry.input_size[0] if in_chans is None else in_chans
+    try:
+        model = entry.fn(num_classes=num_classes, in_chans=in_chans, **kw)
+    except TypeError as exc:
+        bad = _misused_option(exc, kw)
+        if bad is None:
+            raise
+        raise UserError(_option_message(entry, bad, str(exc))) from None
     model.model_name = name
     if weights is not None:
         from imgcls.models.weights import load_weights
 
         load_weights(model, name, weights)
     return model
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The family options of `name` (keyword arguments ``create_model`` accepts besides num_classes and in_chans)
+    with their defaults, read from the model class's signature."""
+    entry = model_entry(name)
+    with torch.device("meta"):  # no memory, no initialisation: only the class is wanted
+        model = entry.fn(num_classes=entry.default_num_classes, in_chans=entry.input_size[0])
+    fixed = {"self", "num_classes", "in_chans"}
+    return {
+        p.name: p.default
+        for p in inspect.signature(type(model).__init__).parameters.values()
+        if p.name not in fixed and p.default is not inspect.Parameter.empty
+    }
+
+
+def _misused_option(exc: TypeError, kw: dict) -> str | None:
+    """The keyword of `kw` that a TypeError from a model constructor complains about, else None (our own bug)."""
+    found = re.search(r"(?:unexpected keyword argument|multiple values for (?:keyword )?argument) '(\w+)'", str(exc))
+    return found.group(1) if found and found.group(1) in kw else None
+
+
+def _option_message(entry: ModelEntry, key: str, reason: str) -> str:
+    if "multiple values" in reason:
+        return f"model option {key} cannot be set for {entry.name}: its name fixes it"
+    options = ", ".join(model_options(entry.name)) or "none"
+    return f"{entry.name} has no option {key} (its options: {options})"
+
+
+def check_model_args(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    **kwargs,
+) -> None:
+    """Check, before anything is written or allocated, that ``create_model(name, ...)`` builds and that the
+    network takes `image_size`; raise a one-line UserError otherwise.
+
+    The model is built and run on the meta device (shapes only: no memory, no arithmetic), so this costs a
+    fraction of a second even for the largest models (plus, once per process, torch's import of sympy for its
+    meta shape checks). The smallest size the network takes is searched for only
+    when the given one fails, to say it in the message.
+
+    Args:
+        name: registered model name.
+        num_classes: classifier outputs (default: the model's native dataset's).
+        in_chans: input channels (default: the registry's native channels).
+        image_size: side, or ``(height, width)``, of the training and evaluation input (default: native).
+        **kwargs: family options, as for ``create_model``.
+    """
+    entry = model_entry(name)
+    num_classes = entry.default_num_classes if num_classes is None else num_classes
+    in_chans = entry.input_size[0] if in_chans is None else in_chans
+    for label, value, least in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"{label} of {name} must be an integer >= {least}: {value!r}")
+    size = _pair(entry.input_size[1:] if image_size is None else image_size, name)
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except (TypeError, ValueError) as exc:  # an option of the wrong type or out of range
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserError(f"{name}: invalid model options {shown}: {_first_line(exc)}") from None
+    from imgcls.models.profile import norms_skipped
+
+    try:
+        with norms_skipped(model.eval()):
+            if _takes(model, in_chans, size):
+                return
+            smallest = _smallest_side(model, in_chans, min(size), max(*entry.input_size[1:], *size))
+    except (TypeError, ValueError) as exc:  # an option the constructor stored and the forward pass rejects
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserError(f"{name}: invalid model options {shown}: {_first_line(exc)}") from None
+    shown = "×".join(map(str, size)) if size[0] != size[1] else str(size[0])
+    least = f"at least {smallest}×{smallest} pixels" if smallest else "a larger input"
+    raise UserError(f"image size {shown} is too small for {name}: it needs {least}")
+
+
+def _pair(size, name: str) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair):
+        raise UserError(f"image size of {name} must be a positive integer or (height, width): {size!r}")
+    return pair
+
+
+def _takes(model: nn.Module, in_chans: int, size: tuple[int, int]) -> bool:
+    """Whether `model` (on the meta device, eval mode) runs on a ``(1, in_chans, *size)`` input."""
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, in_chans, *size, device="meta"))
+    except RuntimeError:  # a map shrank below a kernel ("Output size is too small", "Kernel size can't be...")
+        return False
+    return True
+
+
+def _smallest_side(model: nn.Module, in_chans: int, failed: int, largest: int) -> int | None:
+    """The smallest square side the model takes, between `failed` (too small) and `largest`; bisection."""
+    low, high = failed, max(largest, failed + 1)
+    if not _takes(model, in_chans, (high, high)):
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _takes(model, in_chans, (mid, mid)):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -30,6 +30,7 @@ shapes), which is how the model table is made::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -61,16 +62,36 @@ class LayerProfile:
 
 @dataclass(frozen=True)
 class Profile:
-    """Totals and per-module rows of one model at one input size (batch 1)."""
+    """Totals and per-module rows of one model at one input size (batch 1).
+
+    ``params`` counts every parameter (what the weights file holds); ``inference_params`` leaves out the
+    children the eval-mode forward pass does not call (GoogLeNet's and Inception v3's auxiliary classifiers, used
+    in training only), which is what the papers' tables count.
+    """
 
     input_size: tuple[int, ...]
     params: int
     macs: int
     layers: list[LayerProfile] = field(default_factory=list)
 
+    @property
+    def unused(self) -> list[LayerProfile]:
+        """Rows of the children the eval-mode forward pass did not call (training-only heads)."""
+        return [r for r in self.layers if r.output_shape is None and r.name != OTHER]
+
+    @property
+    def inference_params(self) -> int:
+        """Parameters of the test-time network: ``params`` less those of :attr:`unused`."""
+        return self.params - sum(r.params for r in self.unused)
+
     def to_dict(self) -> dict:
-        """A JSON-ready dict (shapes as lists)."""
-        return asdict(self)
+        """A JSON-ready dict (shapes as lists), with ``inference_params`` and ``training_only`` (the unused
+        children's names) beside the totals."""
+        return {
+            **asdict(self),
+            "inference_params": self.inference_params,
+            "training_only": [r.name for r in self.unused],
+        }
 
 
 def _shape_of(output) -> tuple | None:
@@ -170,6 +191,28 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Pr
     return Profile(tuple(input_size), params_total, macs_total, rows)
 
 
+@contextmanager
+def norms_skipped(model: nn.Module):
+    """Within the block, `model`'s batch-norm layers pass their input through unchanged.
+
+    For shape and MAC counting on the meta device only: batch norm keeps the shape and is not counted, and on the
+    meta device it runs through a Python decomposition (~30 ms per call, most of the time of a meta pass through
+    Inception v3).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.forward = _identity
+    try:
+        yield model
+    finally:
+        for m in norms:
+            del m.forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def profile_model(name: str, input_size: tuple[int, int, int] | None = None, **kw) -> tuple[nn.Module, Profile]:
     """Build registered model `name` on the meta device and profile it (no weights allocated, no arithmetic).
 
@@ -192,7 +235,8 @@ def profile_model(name: str, input_size: tuple[int, int, int] | None = None, **k
         with torch.device(device):
             model = create_model(name, **kw)
         try:
-            return model, profile(model, size)
+            with norms_skipped(model):
+                return model, profile(model, size)
         except NotImplementedError as exc:  # an operator without a meta kernel: count on the CPU instead
             last_error = exc
         except RuntimeError as exc:  # e.g. the input shrinks to nothing inside the network
@@ -290,10 +334,21 @@ def format_table(prof: Profile, model: nn.Module | None = None, paper: bool = Fa
         body = [
             (r.name, r.kind, format_shape(r.output_shape), f"{r.params:,}", format_count(r.macs)) for r in prof.layers
         ]
-    total = ("total", "", format_shape(prof.input_size) + " in", f"{prof.params:,}", format_count(prof.macs))
-    if paper:
-        total = ("total", "", "", format_count(prof.params), format_count(prof.macs))
-    rows = [header, *body, total]
+    count = format_count if paper else (lambda n: f"{n:,}")
+    unused = prof.unused
+    shape_in = "" if paper else format_shape(prof.input_size) + " in"
+    if unused:
+        # The test-time network first (the papers' figure), then what training adds (Szegedy et al. 2014: the
+        # auxiliary classifiers are discarded at inference time).
+        names = ", ".join(r.name for r in unused)
+        totals = [
+            ("total (test time)", "", shape_in, count(prof.inference_params), format_count(prof.macs)),
+            (f"+ training only ({names})", "", "", count(prof.params - prof.inference_params), ""),
+            ("total with training-only heads", "", "", count(prof.params), ""),
+        ]
+    else:
+        totals = [("total", "", shape_in, count(prof.params), format_count(prof.macs))]
+    rows = [header, *body, *totals]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     numeric = {3, 4}
 
@@ -302,7 +357,7 @@ def format_table(prof: Profile, model: nn.Module | None = None, paper: bool = Fa
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in body), rule, line(total)])
+    return "\n".join([line(header), rule, *(line(r) for r in body), rule, *(line(r) for r in totals)])
 
 
 __all__ = [
@@ -312,6 +367,7 @@ __all__ = [
     "format_count",
     "format_shape",
     "format_table",
+    "norms_skipped",
     "profile",
     "profile_model",
 ]

@@ -412,6 +412,23 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     return LoadReport(Path(source), "", applied, ckpt_classes is not None)
 
 
+def stored_in_chans(name: str, path: str | os.PathLike) -> int | None:
+    """Input channels of the first convolution that weights file `path` holds for architecture `name`.
+
+    A file made for a grey-scale LeNet-5 holds a ``(6, 1, 5, 5)`` first filter; one made on RGB CIFAR-10 a
+    ``(6, 3, 5, 5)`` one. ``None`` when the file has no such entry under the architecture's key (after the
+    key mapping of :func:`map_keys`).
+    """
+    from imgcls.models._registry import create_model
+
+    with torch.device("meta"):  # the key and rank of the first convolution only; nothing allocated
+        target = create_model(name).state_dict()
+    first = next((k for k, v in target.items() if v.dim() == 4), None)
+    state, _ = map_keys(read_state_dict(path)[0], target)
+    value = state.get(first) if first is not None else None
+    return int(value.shape[1]) if value is not None and value.dim() == 4 else None
+
+
 def load_weights(model: nn.Module, name: str, weights: str | os.PathLike, base_url: str | None = None) -> LoadReport:
     """Fill `model` (built by ``create_model(name, ...)``) with `weights`, in place.
 
@@ -448,4 +465,5 @@ __all__ = [
     "map_keys",
     "published_file",
     "read_state_dict",
+    "stored_in_chans",
 ]

@@ -1,0 +1,97 @@
+"""The registry: native defaults, option checks and the smallest input, before anything is built for real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from imgcls import create_model, list_models
+from imgcls.errors import UserError
+from imgcls.models import check_model_args, model_entry, model_options
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_default_input_channels_are_the_registrys(name):
+    # The registry's native input (channels too) is what create_model builds when nothing else is asked.
+    with torch.device("meta"):
+        model = create_model(name)
+    assert _first_conv(model).in_channels == model_entry(name).input_size[0]
+
+
+def test_lenet5_is_grey_scale_by_default():
+    assert model_entry("lenet5").input_size == (1, 32, 32)
+    model = create_model("lenet5", num_classes=10).eval()
+    assert tuple(model.c1.weight.shape) == (6, 1, 5, 5)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert create_model("lenet5", in_chans=3).c1.in_channels == 3  # still a choice
+
+
+def test_unknown_option_is_one_line_listing_the_families_options():
+    expected = "resnet18 has no option pool (its options: drop_rate, global_pool, zero_init_residual, stride_in_1x1)"
+    with pytest.raises(UserError) as err:
+        check_model_args("resnet18", num_classes=10, in_chans=3, image_size=32, pool="stochastic")
+    assert str(err.value) == expected
+    with pytest.raises(UserError) as err:  # the same text from create_model itself
+        create_model("resnet18", pool="stochastic")
+    assert str(err.value) == expected
+    assert model_options("lenet5") == {"pool": "avg"}
+    with pytest.raises(UserError) as err:
+        check_model_args("inception_v2", drop_rate=0.2, aux_logits=False)
+    assert str(err.value) == "inception_v2 has no option aux_logits (its options: drop_rate)"
+
+
+def test_option_fixed_by_the_name_and_bad_values():
+    with pytest.raises(UserError) as err:
+        check_model_args("vgg11_bn", batch_norm=False)
+    assert str(err.value) == "model option batch_norm cannot be set for vgg11_bn: its name fixes it"
+    with pytest.raises(UserError, match=r"^pool .*median") as err:
+        check_model_args("alexnet", pool="median")
+    with pytest.raises(UserError) as err:
+        check_model_args("resnet18", drop_rate="half")
+    assert str(err.value).startswith("resnet18: invalid model options drop_rate='half': ")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "smallest"),
+    [("alexnet", 16, 35), ("inception_v3", 64, 75), ("lenet5", 16, 32), ("googlenet", (20, 300), 31)],
+)
+def test_too_small_input_names_the_smallest_one(name, size, smallest):
+    shown = "×".join(map(str, size)) if isinstance(size, tuple) else str(size)
+    with pytest.raises(UserError) as err:
+        check_model_args(name, image_size=size)
+    assert (
+        str(err.value) == f"image size {shown} is too small for {name}: it needs at least {smallest}×{smallest} pixels"
+    )
+    check_model_args(name, image_size=smallest)
+
+
+@pytest.mark.parametrize(("name", "smallest"), [("alexnet", 35), ("lenet5", 32)])
+def test_smallest_input_is_what_the_real_network_takes(name, smallest):
+    # The meta-device search agrees with real arithmetic: one pixel less fails, the size found runs.
+    c = model_entry(name).input_size[0]
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, c, smallest, smallest)).shape == (1, 1000)
+        with pytest.raises(RuntimeError):
+            model(torch.zeros(1, c, smallest - 1, smallest - 1))
+
+
+def test_counts_and_sizes_must_be_positive_integers():
+    with pytest.raises(UserError) as err:
+        check_model_args("resnet18", in_chans=0)
+    assert str(err.value) == "in_chans of resnet18 must be an integer >= 1: 0"
+    with pytest.raises(UserError) as err:
+        check_model_args("resnet18", num_classes=-1)
+    assert str(err.value) == "num_classes of resnet18 must be an integer >= 0: -1"
+    with pytest.raises(UserError) as err:
+        check_model_args("resnet18", image_size=0)
+    assert str(err.value) == "image size of resnet18 must be a positive integer or (height, width): 0"
+    with pytest.raises(UserError, match="unknown model: resnt18"):
+        check_model_args("resnt18")
