@@ -107,8 +107,8 @@ def _plain_cifar(images: np.ndarray, seed: int) -> torch.Tensor:
 def bench_cifar(root: Path, cache_dir: Path, batch_size: int = 128) -> tuple[list[str], int]:
     """Table rows for (a) and the number of training images."""
     from imgcls.data import DataConfig, build_data
+    from imgcls.data.augment import AugmentConfig
     from imgcls.data.loader import generator
-    from imgcls.data.transforms import AugmentConfig
 
     aug = AugmentConfig(crop_padding=4, hflip=0.5, cutout=16)
     data = build_data(
@@ -211,8 +211,8 @@ def _photos(folder: Path, per_class: int = 128) -> list[str]:
 def bench_imagenet(folder: Path, workers: int) -> tuple[list[str], int]:
     """Table rows for (b) and the number of photos."""
     from imgcls.data import DataConfig, build_data
+    from imgcls.data.augment import AugmentConfig
     from imgcls.data.loader import generator
-    from imgcls.data.transforms import AugmentConfig
 
     # 1,024 photos: each timed pass starts its DataLoader workers anew (both sides alike), and with a few hundred
     # images that start-up weighs far more than in a real epoch of thousands of batches.

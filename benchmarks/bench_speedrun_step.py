@@ -124,8 +124,8 @@ def _profile(variant: _Variant) -> list[tuple[str, float]]:
 
 
 def _data_rate() -> float:
+    from imgcls.data.augment import AugmentConfig, build_batch_transform
     from imgcls.data.loader import ArraySamples, BatchLoader
-    from imgcls.data.transforms import AugmentConfig, build_batch_transform
     from imgcls.models.airbench import CIFAR_MEAN, CIFAR_STD
 
     rng = np.random.default_rng(0)

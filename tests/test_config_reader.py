@@ -7,7 +7,7 @@ import pytest
 
 from imgcls.config_reader import MAX_RECIPE_NODES, choices_of, load_recipe, read_section
 from imgcls.data import DataConfig
-from imgcls.data.transforms import AugmentConfig
+from imgcls.data.augment import AugmentConfig
 from imgcls.engine.config import (
     OPTIMIZERS,
     SCHEDULES,

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from imgcls.data import DataConfig, build_data, load_for_eval
+from imgcls.data.augment import AugmentConfig, sample_resized_crop
 from imgcls.data.loader import ArraySamples, BatchLoader, FileSamples, FileView, convert_channels, generator
-from imgcls.data.transforms import AugmentConfig, sample_resized_crop
 
 AUG = AugmentConfig(crop_padding=2, hflip=0.5, cutout=3)
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcls.data.augment import AugmentConfig
 from imgcls.data.loader import ArraySamples, BatchLoader
-from imgcls.data.transforms import AugmentConfig
 from imgcls.engine.config import OptimConfig, ScheduleConfig, load_recipe, resolve_config
 from imgcls.engine.evaluate import evaluate_model
 from imgcls.engine.lookahead import Lookahead

@@ -1,7 +1,7 @@
 """The data layer: sources (folder, CSV, built-in sets), decoding and validation, the uint8 cache, loaders.
 
 The engine asks for loaders with `build_data`; predict and serve read images with `load_for_eval` so that a run
-predicts exactly as it evaluated. Augmentation lives in `imgcls.data.transforms`.
+predicts exactly as it evaluated. Augmentation lives in `imgcls.data.augment`.
 """
 
 from imgcls.data.config import DataConfig

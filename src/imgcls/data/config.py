@@ -1,5 +1,5 @@
 """`DataConfig`: where the data comes from and how it is read, cached and batched (not how it is augmented;
-that is `imgcls.data.transforms.AugmentConfig`).
+that is `imgcls.data.augment.AugmentConfig`).
 
 Storage-resolution policy (what the disk cache holds):
 

@@ -4,7 +4,7 @@ Two paths give the same interface (ARCHITECTURE.md, "data/"):
 
 * **In memory / memory-mapped** (built-in sets, and folders whose decoded training split fits
   ``DataConfig.max_cache_bytes``): a uint8 ``(N, C, S, S)`` array; each batch is one gather of whole images,
-  then the batched augmentation of `imgcls.data.transforms` runs on the training device.
+  then the batched augmentation of `imgcls.data.augment` runs on the training device.
 * **Streaming** (larger folders, or ``cache="never"``): files are decoded in DataLoader worker processes, one
   whole batch per work item, with Pillow's JPEG draft mode when downscaling. RandomResizedCrop is done per
   sample there (on the full image, so that the draft scale can follow the crop size); every other augmentation
@@ -45,10 +45,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls._files import atomic_open
 from imgcls.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, LUMA_WEIGHTS_PER_MILLE, to_gray_stats
+from imgcls.data.augment import AugmentConfig, build_batch_transform, build_mixer, mean_image, sample_resized_crop
 from imgcls.data.cache import View, build_or_load, channel_stats, decode
 from imgcls.data.config import DataConfig, cache_home
 from imgcls.data.imbalance import class_balanced_indices, smote_oversample
-from imgcls.data.mixing import build_mixer
 from imgcls.data.reader import (
     ImageError,
     decode_image,
@@ -59,7 +59,6 @@ from imgcls.data.reader import (
     to_channels,
 )
 from imgcls.data.sources import Source, Split, resolve_source
-from imgcls.data.transforms import AugmentConfig, build_batch_transform, mean_image, sample_resized_crop
 from imgcls.errors import UserError
 
 log = logging.getLogger("imgcls.data")
@@ -258,7 +257,7 @@ class BatchLoader:
         batch_size: samples per batch on this rank.
         train: shuffle, drop the last incomplete batch, augment and mix; else the fixed evaluation order.
         seed: the run's seed.
-        transform: ``fn(x_uint8, generator) -> x_float`` (`imgcls.data.transforms.build_batch_transform`).
+        transform: ``fn(x_uint8, generator) -> x_float`` (`imgcls.data.augment.build_batch_transform`).
         mixer: ``fn(x, y, generator, epoch) -> (x, y_soft)`` or None.
         device: where batches are delivered.
         rank, world_size: this process's shard.
@@ -484,7 +483,7 @@ def build_data(
     Args:
         spec: folder, CSV list or built-in name (`imgcls.data.sources`).
         cfg: reading, caching and batching settings.
-        aug: `imgcls.data.transforms.AugmentConfig` (None: no augmentation).
+        aug: `imgcls.data.augment.AugmentConfig` (None: no augmentation).
         image_size: side of the square model input.
         in_chans: 1 or 3; images are converted deliberately (`convert_channels`).
         seed: the run's seed (order and augmentation; the validation split uses ``cfg.split_seed``).

@@ -239,7 +239,7 @@ def resize_shorter(im: Image.Image, side: int) -> Image.Image:
     w, h = im.size
     if min(w, h) == side:
         return im
-    # Long side rounded, as `imgcls.data.transforms` does for tensors, so both paths agree.
+    # Long side rounded, as `imgcls.data.augment.geometry` does for tensors, so both paths agree.
     if w <= h:
         size = (side, max(side, round(h * side / w)))
     else:
@@ -248,7 +248,7 @@ def resize_shorter(im: Image.Image, side: int) -> Image.Image:
 
 
 def center_crop(im: Image.Image, size: int) -> Image.Image:
-    """Center `size` × `size` crop, offset ``(W - size) // 2`` (as `imgcls.data.transforms.center_crop`)."""
+    """Center `size` × `size` crop, offset ``(W - size) // 2`` (as `imgcls.data.augment.geometry.center_crop`)."""
     w, h = im.size
     if (w, h) == (size, size):
         return im

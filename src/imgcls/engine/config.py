@@ -155,7 +155,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None  # imgcls.data.DataConfig
-    augment: Any = None  # imgcls.data.transforms.AugmentConfig
+    augment: Any = None  # imgcls.data.augment.AugmentConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -203,7 +203,7 @@ def resolve_config(recipe: str | os.PathLike | None = None, overrides: dict | No
 def config_from_dict(values: dict[str, dict[str, Any]]) -> RunConfig:
     """A RunConfig from recipe-shaped dicts (e.g. a saved ``config.json``), every section through one reader."""
     from imgcls.data import DataConfig
-    from imgcls.data.transforms import AugmentConfig
+    from imgcls.data.augment import AugmentConfig
 
     values = {name: dict(values.get(name) or {}) for name in SECTIONS}
     spec = values["data"].pop("spec", None)

@@ -509,7 +509,7 @@ def evaluate(
         ``run``, ``data``, ``task``, ``classes``, ``tta``.
     """
     from imgcls.data import DataConfig, build_data
-    from imgcls.data.transforms import AugmentConfig
+    from imgcls.data.augment import AugmentConfig
     from imgcls.engine.bundle import load_bundle
 
     run = RunFolder(run).require("run folder")

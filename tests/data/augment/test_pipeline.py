@@ -1,4 +1,4 @@
-"""Batched augmentation: config contract, evaluation geometry and every training op on hand-made inputs."""
+"""The batch transform: evaluation geometry and every training op through it, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from imgcls.data.transforms import (
-    AugmentConfig,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue_turns,
-    adjust_saturation,
-    build_batch_transform,
-    crop_flip,
-    cutout_keep,
-    cutout_mask,
-    mean_image,
-    sample_resized_crop,
-    sample_resized_crops,
-)
+import imgcls.data.augment.colour as colour
+from imgcls.data.augment import AugmentConfig, build_batch_transform, mean_image
+from imgcls.data.augment.colour import adjust_brightness, adjust_contrast, adjust_hue_turns, adjust_saturation
+from imgcls.data.augment.erase import cutout_keep, cutout_mask
+from imgcls.data.augment.geometry import crop_flip, sample_resized_crop, sample_resized_crops
 from imgcls.errors import UserError
 
 MEAN = (0.5, 0.4, 0.3)
@@ -42,43 +33,6 @@ def unnormalised(y: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
 
 def random_batch(n=16, c=3, h=32, w=32, seed=0) -> torch.Tensor:
     return torch.randint(0, 256, (n, c, h, w), generator=gen(seed), dtype=torch.uint8)
-
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-def test_from_dict_rejects_unknown_key_naming_it():
-    with pytest.raises(UserError, match="'crop_pading'"):
-        AugmentConfig.from_dict({"crop_pading": 4})
-
-
-def test_from_dict_reads_lists_and_dashes_and_round_trips():
-    aug = AugmentConfig.from_dict({"crop-padding": 4, "color_jitter": [0.4, 0.4, 0.4, 0.1], "hflip": 0.5})
-    assert aug.crop_padding == 4 and aug.color_jitter == (0.4, 0.4, 0.4, 0.1)
-    assert AugmentConfig.from_dict(aug.to_dict()) == aug
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"hflip": 1.5},
-        {"padding_mode": "wrap"},
-        {"autoaugment": "coco"},
-        {"randaugment": "two,nine"},
-        {"randaugment": "2,40"},
-        {"color_jitter": [0.4, 0.4]},
-        {"color_jitter": [0, 0, 0, 0.7]},
-        {"rrc_scale": [1.0, 0.5]},
-        {"crop_padding": 2.5},
-        {"sampler": "weighted"},
-        {"normalize": "zca"},
-        {"autoaugment": "cifar10", "trivialaugment": True},
-        {"sample_pairing": True, "mixup": 0.2},
-    ],
-)
-def test_invalid_values_are_user_errors_naming_the_key(bad):
-    with pytest.raises(UserError, match=f"augment.{next(iter(bad)).replace('-', '_')}|augment.autoaugment"):
-        AugmentConfig.from_dict(bad)
 
 
 def test_defaults_do_nothing_in_training():
@@ -351,12 +305,10 @@ def test_hue_turns_primaries_by_the_hue_angle_and_approximates_hsv():
 
 
 def test_color_jitter_is_per_image_whatever_the_slicing(monkeypatch):
-    import imgcls.data.transforms as transforms
-
     x = random_batch(n=9, h=24, w=24)
     fn = build_batch_transform(AugmentConfig(color_jitter=(0.4, 0.4, 0.4, 0.1)), True, 24, MEAN, STD)
     whole = fn(x, gen(5))
-    monkeypatch.setattr(transforms, "_CHUNK_BYTES", 1)  # one image per slice
+    monkeypatch.setattr(colour, "_CHUNK_BYTES", 1)  # one image per slice
     torch.testing.assert_close(fn(x, gen(5)), whole)
 
 
@@ -566,3 +518,12 @@ def test_pca_lighting_offsets_follow_the_eigenvectors_and_their_scale():
     assert float((offset**2).sum(1).mean()) == pytest.approx(expected, rel=0.15)
     principal = torch.linalg.svd(offset, full_matrices=False).Vh[0]
     assert float(principal.abs() @ torch.full((3,), 3**-0.5, dtype=torch.float64)) > 0.99
+
+
+def test_the_transforms_module_names_the_same_objects():
+    import imgcls.data.transforms as transforms
+    from imgcls.data import augment
+
+    assert transforms.AugmentConfig is augment.AugmentConfig
+    assert transforms.build_batch_transform is augment.build_batch_transform
+    assert all(getattr(transforms, name) is not None for name in transforms.__all__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgcls.data.mixing import build_mixer, cutmix_box, mixup, sample_pairing_active, soft_targets
-from imgcls.data.transforms import AugmentConfig
+from imgcls.data.augment import AugmentConfig
+from imgcls.data.augment.mixing import build_mixer, cutmix_box, mixup, sample_pairing_active, soft_targets
 
 K = 10
 

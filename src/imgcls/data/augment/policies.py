@@ -49,7 +49,7 @@ import torch
 from kornia.enhance import sharpness as _kornia_sharpness
 from kornia.geometry.transform import warp_affine
 
-from imgcls.data.transforms import adjust_brightness, adjust_contrast, adjust_saturation
+from imgcls.data.augment.colour import adjust_brightness, adjust_contrast, adjust_saturation
 from imgcls.errors import UserError
 
 Op = tuple[str, float, int | None]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from imgcls.data import autoaugment as aa
+from imgcls.data.augment import policies as aa
 
 ENHANCE = ("Brightness", "Color", "Contrast", "Sharpness")
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
@@ -19,7 +19,7 @@ GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 # RandAugment M in 0–10, TrivialAugment levels 0–30.
 SPACES = {"autoaugment": (aa.AUTOAUGMENT_SPACE, 10), "randaugment": (aa.RANDAUGMENT_SPACE, 10)}
 SPACES["trivialaugment"] = (aa.TRIVIALAUGMENT_SPACE, 30)
-CIFAR_JPG = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+CIFAR_JPG = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 
 
 def gen(seed: int) -> torch.Generator:

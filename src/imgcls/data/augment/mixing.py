@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from imgcls.data.transforms import AugmentConfig
+from imgcls.data.augment.config import AugmentConfig
 
 Mixer = Callable[[torch.Tensor, torch.Tensor, torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
 
