@@ -38,8 +38,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from imgcls.data.stats import preview_grid
     from imgcls.errors import UserError
+    from imgcls.report.preview import preview_grid
 
     if args.count < 1:
         raise UserError(f"--count: must be at least 1, got {args.count}")
