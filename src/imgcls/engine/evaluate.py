@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgcls._files import atomic_write_text
+from imgcls.engine import distributed as D
 from imgcls.engine import metrics as M
 from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
@@ -231,11 +232,11 @@ def _evaluate(
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_classes)
     targets = torch.cat(target_parts) if target_parts else torch.zeros(0, dtype=torch.int64)
     count = torch.tensor(float(offset), dtype=torch.float64)
-    if distributed and M.dist_ready():
-        logits = M.all_gather_cat(logits)
-        targets = M.all_gather_cat(targets)
-        loss_sum = M.all_reduce_sum(loss_sum)
-        count = M.all_reduce_sum(count)
+    if distributed and D.is_active():
+        logits = D.all_gather_cat(logits)
+        targets = D.all_gather_cat(targets)
+        loss_sum = D.all_reduce_sum(loss_sum)
+        count = D.all_reduce_sum(count)
     loss_value = float(loss_sum / count) if count > 0 else None
     found = M.classification_metrics(logits, targets, task, threshold=threshold)
     found.update(loss=M.finite_or_none(loss_value), tta=tta, precision=chosen.name)
@@ -293,10 +294,6 @@ def evaluate_model(
 
 
 # --- the files of a finished run -------------------------------------------------------------------------------
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if M.dist_ready() else 0
 
 
 def _to_uint8_hwc(x: Tensor, mean, std) -> np.ndarray:
@@ -437,7 +434,7 @@ def finalize_run(
             threshold=thresholds if thresholds is not None else 0.5,
         )
         payload["test"] = measured.metrics
-    if _rank() != 0:
+    if D.rank() != 0:
         return payload
     run.write_eval(payload)
     meta = run.read_meta_or_none()

@@ -1,4 +1,5 @@
-"""Classification metrics from logits and targets, and the collective helpers that make them exact across ranks.
+"""Classification metrics from logits and targets (their exact cross-rank versions gather with
+`imgcls.engine.distributed`).
 
 Everything here takes the model's raw outputs (``logits``, ``(N, K)``) and the targets the data layer yields:
 class indices ``(N,)`` int64, or ``(N, K)`` float soft/multi-hot rows. Accuracies are in percent, like the
@@ -21,62 +22,10 @@ import math
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 TASKS = ("multiclass", "binary", "multilabel")
-
-
-# --- collectives -----------------------------------------------------------------------------------------------
-
-
-def dist_ready() -> bool:
-    """True when ``torch.distributed`` is initialised with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _comm_device(t: Tensor) -> torch.device:
-    # NCCL moves CUDA tensors only; gloo moves CPU tensors (and CUDA ones, slowly).
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return t.device
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum of ``t`` over all ranks (a copy of ``t`` when not distributed). Every rank must call it."""
-    if not dist_ready():
-        return t.clone()
-    out = t.detach().to(_comm_device(t), copy=True)
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out.to(t.device)
-
-
-def all_gather_cat(t: Tensor) -> Tensor:
-    """Concatenate ``t`` along dim 0 over all ranks, in rank order. Ranks may hold different numbers of rows.
-
-    ``all_gather`` needs equal shapes, so the row counts are exchanged first and each rank pads to the largest.
-    Every rank must call it; the trailing dimensions must agree.
-    """
-    if not dist_ready():
-        return t
-    dev = _comm_device(t)
-    world = dist.get_world_size()
-    src = t.detach().to(dev)
-    if src.dtype == torch.bool:  # gloo has no bool all_gather
-        src = src.to(torch.uint8)
-    count = torch.tensor([src.shape[0]], device=dev, dtype=torch.int64)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
-    longest = max(sizes)
-    if src.shape[0] < longest:
-        pad = src.new_zeros((longest - src.shape[0], *src.shape[1:]))
-        src = torch.cat([src, pad])
-    parts = [torch.empty_like(src) for _ in range(world)]
-    dist.all_gather(parts, src.contiguous())
-    out = torch.cat([p[:n] for p, n in zip(parts, sizes)])
-    return out.to(device=t.device, dtype=t.dtype)
 
 
 # --- shapes ----------------------------------------------------------------------------------------------------
@@ -359,15 +308,12 @@ def finite_or_none(value: float | None) -> float | None:
 
 __all__ = [
     "TASKS",
-    "all_gather_cat",
-    "all_reduce_sum",
     "binary_auc",
     "class_logits",
     "class_targets",
     "classification_metrics",
     "confusion_matrix",
     "default_loss",
-    "dist_ready",
     "finite_or_none",
     "multilabel_metrics",
     "per_class_metrics",

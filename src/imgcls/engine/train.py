@@ -584,10 +584,7 @@ class _Session:
 
     def save_checkpoint(self, state: TrainState) -> None:
         """Write ``checkpoints/last.pt`` (rank 0; every rank must call: the RNG states are gathered)."""
-        rngs = [rng_state()]
-        if self.info.enabled:
-            rngs = [None] * self.info.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
+        rngs = D.all_gather_object(rng_state())
         self.last_checkpoint = time.monotonic()
         if not self.info.is_main:
             return
