@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--image-size", type=int, help="input side in pixels (default: the model's)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--device", metavar="DEVICE", help=f"{', '.join(DEVICES)} or cuda:N (default auto)")
     p.add_argument("--precision", choices=choices_of(TrainConfig, "precision"))
     p.add_argument("--task", choices=choices_of(TrainConfig, "task"))
     p.add_argument("--out", metavar="RUN", help="the run folder to write")
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
     e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
     e.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
-    e.add_argument("--device", choices=DEVICES, default="cpu")
+    e.add_argument("--device", metavar="DEVICE", default="cpu", help=f"{', '.join(DEVICES)} or cuda:N (default cpu)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
 

@@ -118,6 +118,7 @@ class TrainConfig:
     epochs: int = setting(10, ge=1)
     seed: int = setting(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (DEVICES for the command line)
+    deterministic: bool = True  # GPU: reproducible kernels (exact resume); false: cudnn.benchmark (engine/device.py)
     precision: str = setting("auto", choices=PRECISIONS)
     task: str | None = setting(None, choices=(None, *TASKS))  # None: what the data says
     loss: str = setting("auto", choices=("auto", *LOSSES))

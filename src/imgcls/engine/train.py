@@ -73,11 +73,13 @@ from imgcls._files import FileLock, atomic_write_text
 from imgcls.engine import distributed as D
 from imgcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgcls.engine.config import MAX_IMAGE_SIZE, RunConfig, config_record
+from imgcls.engine.device import describe, device_settings
 from imgcls.engine.ema import ModelEma
 from imgcls.engine.lookahead import Lookahead
 from imgcls.engine.losses import build_loss, compute_loss
 from imgcls.engine.optim import build_optimizer
 from imgcls.engine.precision import (
+    CompileClock,
     Precision,
     maybe_compile,
     resolve_device,
@@ -530,6 +532,7 @@ class _Session:
     bad_in_a_row: int = 0  # optimiser steps skipped in a row for a non-finite loss or gradient
     last_checkpoint: float = field(default_factory=time.monotonic)
     lock: FileLock | None = None  # rank 0: the run folder's lock, held until the run ends
+    compile_clock: CompileClock = field(default_factory=lambda: CompileClock(False))  # torch.compile's time
 
     @property
     def task(self) -> str:
@@ -815,7 +818,8 @@ def train(cfg: RunConfig) -> RunResult:
     if info.enabled and device.startswith("cuda"):
         device = f"cuda:{info.local_rank}"
     try:
-        return _train(cfg, info, device)
+        with device_settings(device, cfg.train.deterministic):
+            return _train(cfg, info, device)
     finally:
         D.cleanup()
 
@@ -826,6 +830,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     _say(info, _start_line(s, state))
     if s.data.issues:
         _say(info, f"imgcls: skipped {len(s.data.issues)} unreadable file(s), listed in {s.run / 'data_issues.csv'}")
+    s.compile_clock = CompileClock(cfg.model.compile)
     if state.rng is not None:
         set_rng_state(state.rng[info.rank])  # last: nothing after this may draw random numbers before the loop
     try:
@@ -852,7 +857,7 @@ def _start_line(s: _Session, state: TrainState) -> str:
     return (
         f"imgcls: {cfg.model.name} ({params_m:.2f}M params) on {cfg.data_spec}: {data.num_classes} classes "
         f"({data.task}), {data.train.num_samples * info.world_size} train / {n_val} val images at "
-        f"{size}px · {s.device}, {s.precision.name} ({s.precision.reason})"
+        f"{size}px · {describe(s.device)}, {s.precision.name} ({s.precision.reason})"
         f"{', channels_last' if s.channels_last else ''}{', compiled' if cfg.model.compile else ''}"
         f" · {info.world_size} process{'es' if info.world_size > 1 else ''}"
         + (f" · resuming at epoch {state.epoch + 1}, batch {state.batch}" if cfg.train.resume else "")
@@ -1003,6 +1008,8 @@ def _optimizer_step(s: _Session, state: TrainState, stats: dict, frozen: list[nn
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     state.step += 1
+    if note := s.compile_clock.step():
+        _say(s.info, note)
     stats["lr_sum"] += lr
     stats["lr_steps"] += 1
     stats["lr_max"] = max(stats["lr_max"], lr)

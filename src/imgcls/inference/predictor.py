@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from imgcls.engine.metrics import probabilities
+from imgcls.engine.precision import cpu_has_bf16
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
@@ -126,20 +127,12 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
     return paths
 
 
-def native_bf16() -> bool:
-    """True on CPUs whose matrix units compute in bfloat16 (AVX512-BF16 or AMX), where bf16 is a speed-up."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older or newer torch without these probes: stay on the safe path
-        return False
-
-
 def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``"bf16"`` where the CPU has native bfloat16, else ``"fp32"``."""
+    """``"auto"`` -> ``"bf16"`` where the CPU has bf16 units, else ``"fp32"`` (the probe training uses)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision: {precision} (choose from {', '.join(PRECISIONS)})")
     if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
     return precision
 
 
@@ -553,7 +546,6 @@ __all__ = [
     "Result",
     "TorchRunner",
     "expand_inputs",
-    "native_bf16",
     "probabilities",
     "read_onnx_metadata",
     "resolve_precision",
