@@ -135,7 +135,7 @@ s_install() {
 
 s_tests() {
   "$PY" -m pytest -q -p no:cacheprovider -rA \
-    tests/engine/test_gpu.py tests/data/test_placement.py \
+    tests/engine/test_gpu.py tests/faults/test_gpu_kills.py tests/data/test_placement.py \
     "tests/engine/test_evaluate.py::test_cuda_bf16_evaluation_agrees_with_cpu" --junitxml "$OUT/pytest-gpu.xml"
 }
 

@@ -5,19 +5,16 @@
   training under NCCL could not start before (the note of issue 12).
 - ``auto`` precision, ``--device cuda:N``, the kernel settings of `device_settings`.
 - The RNG state read back onto the GPU (``load_checkpoint(map_location="cuda")``) restores the generators.
-- Training on the GPU: the summary, pinned/resident data, ``--compile`` with its compile time, and kill -9 +
-  ``--resume`` bit-identical to an uninterrupted run (a net with dropout, so the CUDA generator matters).
+- ``--compile`` on the GPU prints its compile time. (kill -9 + ``--resume`` on the GPU: tests/faults/test_gpu_kills.py;
+  resident and pinned data: tests/data/test_placement.py.)
 """
 
 from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -92,70 +89,16 @@ def test_rng_state_read_back_onto_the_gpu_restores_every_generator(tmp_path):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and got[2] == expected[2]
 
 
-# --- training runs (subprocesses, as a user runs them) ---------------------------------------------------------
-
-EVERY = ["--set", "train.checkpoint_every_steps=3"]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    env.pop("GLOO_SOCKET_IFNAME", None)
-    return env
-
-
-def _argv(run: Path, *extra: str, epochs: int = 3) -> list[str]:
-    # NiN has dropout after its mlpconv blocks: the resume must bring the CUDA generator back too.
-    return [
-        sys.executable, "-m", "imgcls", "train", "--recipe", "digits", "--model", "nin_cifar", "--device", "cuda",
-        "--epochs", str(epochs), "--batch-size", "64", "--seed", "3", "--out", str(run), "--set", "train.save=last",
-        "--set", "train.report=false", "--set", "train.progress=none", *extra,
-    ]  # fmt: skip
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def _same_weights(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for name, tensor in b["model"].items():
-        assert torch.equal(a["model"][name], tensor), name
-    for key, value in b["optimizer"]["state"].items():
-        for buf, tensor in value.items():
-            if isinstance(tensor, torch.Tensor):
-                assert torch.equal(a["optimizer"]["state"][key][buf], tensor), (key, buf)
-
-
-def test_kill_9_then_resume_on_the_gpu_is_bit_identical(tmp_path):
-    reference = tmp_path / "reference"
-    done = _run(_argv(reference, *EVERY))
-    assert " · cuda" in done.stdout and (", bf16 (" in done.stdout or ", fp16 (" in done.stdout), done.stdout[:2000]
-
-    run = tmp_path / "killed"
-    ckpt = run / "checkpoints" / "last.pt"
-    target = random.Random(12).randrange(10, 60)  # 25 steps per epoch: mid-epoch 1 to mid-epoch 3
-    proc = subprocess.Popen(_argv(run, *EVERY), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint at the target step"
-        try:
-            state = load_checkpoint(ckpt) if ckpt.is_file() else None
-        except UserError:
-            state = None
-        if state is not None and state["step"] >= target:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    killed = load_checkpoint(ckpt)
-    resumed = _run(_argv(run, *EVERY, "--resume"))
-    assert f"resuming at epoch {killed['epoch'] + 1}, batch {killed['batch']}" in resumed.stdout
-    _same_weights(load_checkpoint(ckpt), load_checkpoint(reference / "checkpoints" / "last.pt"))
-    assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+# --- a training run (a subprocess, as a user runs it); kill -9 + resume on the GPU: tests/faults/test_gpu_kills.py
 
 
 def test_compile_reports_its_compile_time(tmp_path):
-    done = _run(_argv(tmp_path / "run", "--compile", epochs=1))
+    argv = [
+        sys.executable, "-m", "imgcls", "train", "--recipe", "digits", "--model", "nin_cifar", "--device", "cuda",
+        "--epochs", "1", "--batch-size", "64", "--compile", "--out", str(tmp_path / "run"),
+        "--set", "train.report=false", "--set", "train.progress=none",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "compiled" in done.stdout and "imgcls: torch.compile: first step " in done.stdout, done.stdout[-2000:]
