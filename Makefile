@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	rm -f $(VENV)/.install-stamp*
 	$(PIP) $(TORCH_$(BUILD))
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,classic]'
 	touch $(STAMP)
 
 demo: install
