@@ -80,6 +80,8 @@ def rows() -> list[tuple[str, ...]]:
     out = []
     for name in list_models():
         entry = model_entry(name)
+        if "classic" in entry.tags:  # feature + SVM pipelines (imgcls.classic): no layers, params or MACs to list
+            continue
         classes = entry.default_num_classes
         _, prof = profile_model(name, num_classes=classes)
         size = "×".join(map(str, entry.input_size[1:]))

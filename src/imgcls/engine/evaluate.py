@@ -514,6 +514,10 @@ def evaluate(
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
     device = resolve_device(device)
     model, meta = load_bundle(run, map_location=device)
+    if tta != "none" and getattr(model, "is_classic", False):
+        from imgcls.classic import not_applicable
+
+        raise not_applicable(f"--tta {tta} (test-time augmentation)", meta.name)
     config = run.read_config() or {}
     saved_data = config.get("data") if isinstance(config.get("data"), dict) else {}
     spec = data if data is not None else saved_data.get("spec")

@@ -810,6 +810,12 @@ def train(cfg: RunConfig) -> RunResult:
             diverged run (``TrainingDiverged``).
         KeyboardInterrupt: after SIGTERM / Ctrl-C, once the checkpoint is written.
     """
+    from imgcls.classic import is_classic
+
+    if is_classic(cfg.model.name):  # hand-made features + SVM: one fit, no training loop
+        from imgcls.classic.train import train_classic
+
+        return train_classic(cfg)
     device = resolve_device(cfg.train.device)
     if D.elastic_restart() and cfg.train.out and (Path(cfg.train.out) / CHECKPOINT).is_file():
         # torchrun --max-restarts relaunches the same command after a rank died: continue from the checkpoint.

@@ -65,6 +65,10 @@ def export_run(
     if fmt not in FORMATS:
         raise UserError(f"unknown export format: {fmt} (choose from {', '.join(FORMATS)})")
     model, meta = load_bundle(run)
+    if getattr(model, "is_classic", False):
+        from imgcls.classic import not_applicable
+
+        raise not_applicable(f"export to {fmt}", meta.name)
     exporter = export_onnx if fmt == "onnx" else export_torchscript
     return exporter(model, meta, out, tolerance=tolerance)
 

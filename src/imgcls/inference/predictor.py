@@ -270,6 +270,12 @@ class Predictor:
         _check_backend(backend)
         run = RunFolder(run)
         meta = run.read_meta()
+        from imgcls.classic import is_classic, not_applicable
+
+        if is_classic(meta.name):  # NumPy/scikit-learn pipelines: no graph to export, no bf16 kernels
+            if backend == "onnx":
+                raise not_applicable("--backend onnx (export)", meta.name)
+            precision = "fp32"
         preprocess = Preprocess(
             input_size=tuple(meta.input_size),
             resize=meta.resize or meta.input_size[1],
@@ -320,8 +326,11 @@ class Predictor:
         _check_backend(backend)
         if backend == "onnx" or str(file).endswith(".onnx"):
             return cls.from_onnx(file, batch_size=batch_size, num_workers=num_workers)
+        from imgcls.classic import is_classic
         from imgcls.models import create_model, model_entry
 
+        if is_classic(name):
+            raise UserError(f"{name}: a classical pipeline's settings live in its run's model.json: use --run RUN")
         if not Path(file).is_file():
             raise UserError(f"weights file not found: {file} (check --weights)")
         entry = model_entry(name)

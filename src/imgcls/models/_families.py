@@ -1,5 +1,6 @@
 """Imports each family module once so that its models register. Add a family here."""
 
+from imgcls.classic import models as _classic  # noqa: F401  (HOG, LBP, SIFT pipelines + SVM)
 from imgcls.models import (
     airbench,  # noqa: F401  (airbench94, the CIFAR-10 speedrun net)
     alexnet,  # noqa: F401  (AlexNet, ZFNet)
