@@ -169,3 +169,39 @@ def test_a_folder_run_skips_and_reports_a_broken_file(tmp_path):
         issues = list(csv.DictReader(f))
     assert [Path(row["path"]).name for row in issues] == ["broken.png"]
     assert float(_metrics(run)[0]["val_top1"]) == 100.0  # bar orientation: what HOG measures
+
+
+def test_serve_answers_like_predict(digits_run, tmp_path):
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from tests.support import free_port
+
+    from imgcls.data.sources import digits_arrays
+    from imgcls.inference import Predictor
+    from imgcls.serve import create_app
+
+    images, _ = digits_arrays()
+    path = tmp_path / "seven.png"
+    Image.fromarray(images[7, 0]).save(path)
+    predictor = Predictor.from_run(digits_run)
+    assert predictor.precision == "fp32"
+    expected = predictor.predict([path], topk=3)[0].predictions
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/model", timeout=30).json()["name"] == "lbp_svm"
+        got = httpx.post(f"{url}/predict?topk=3", content=path.read_bytes(), timeout=60).json()["predictions"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert [p["index"] for p in got] == [p.index for p in expected]
+    assert [p["probability"] for p in got] == pytest.approx([p.probability for p in expected], abs=1e-6)

@@ -121,8 +121,9 @@ class ClassicModel(nn.Module):
                 f"{self.model_name} is not fitted: a classical pipeline has no layers to run or profile before it is "
                 f"trained (imgcls train --model {self.model_name} ...)"
             )
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{self.model_name}: expected (N, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+        s = self.config.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_chans, s, s):
+            raise UserError(f"{self.model_name} takes (N, {self.in_chans}, {s}, {s}) input, got {tuple(x.shape)}")
 
     def reset_classifier(self, num_classes: int) -> None:
         """Forget the fitted state (a new number of classes needs a new fit)."""
@@ -132,9 +133,15 @@ class ClassicModel(nn.Module):
     # --- the state as arrays ---------------------------------------------------------------------------------------
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False) -> dict[str, Any]:
-        """The pipeline's fitted arrays as CPU tensors (empty before fitting)."""
+        """The pipeline's fitted arrays as CPU tensors; before fitting, zeros of the shapes a fit gives (as a fresh
+        network's state holds its initial values), so a saved state can be checked against a new model."""
         out = destination if destination is not None else OrderedDict()
-        for key, value in self.pipeline.arrays().items():
+        if self.pipeline.fitted:
+            arrays = self.pipeline.arrays()
+        else:
+            shapes = self.pipeline.array_shapes(self.num_classes)
+            arrays = {k: np.zeros(v, dtype=np.int64 if k == "svm.classes" else np.float64) for k, v in shapes.items()}
+        for key, value in arrays.items():
             out[prefix + key] = torch.from_numpy(value.copy())
         return out
 

@@ -59,6 +59,7 @@ class PipelineConfig:
     Attributes:
         features: ``hog``, ``lbp`` (global) or ``sift``, ``daisy`` (dense local descriptors).
         encoding: ``none`` for global features; ``bovw``, ``vlad`` or ``fisher`` for local ones.
+        image_size: side of the square images the pipeline takes (it fixes the length of HOG and LBP vectors).
         hog_orientations, hog_cell, hog_block: HOG bins, cell side, block side in cells.
         lbp_scales: ``(P, R)`` pairs of the LBP operator; lbp_grid: ``grid × grid`` histogram cells.
         patch, step: side of a local descriptor's square and the grid step between centres.
@@ -74,6 +75,7 @@ class PipelineConfig:
 
     features: str = "hog"
     encoding: str = "none"
+    image_size: int = 32
     hog_orientations: int = 9
     hog_cell: int = 4
     hog_block: int = 2
@@ -124,7 +126,7 @@ class PipelineConfig:
             raise bad("kernel", f"must be one of {', '.join(KERNELS)}")
         if self.kernel == "chi2" and self.encoding in ("vlad", "fisher"):
             raise bad("kernel", "the chi2 map needs non-negative histograms; VLAD and Fisher vectors are signed")
-        for key in ("hog_orientations", "hog_cell", "hog_block", "lbp_grid", "patch", "step", "codebook"):
+        for key in ("image_size", "hog_orientations", "hog_cell", "hog_block", "lbp_grid", "patch", "step", "codebook"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
         for key in ("codebook_images", "codebook_descriptors", "max_iter", "chi2_steps"):
@@ -257,9 +259,18 @@ class ClassicPipeline:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="imgcls-classic") as pool:
             return list(pool.map(fn, images))
 
+    def check_size(self, images: np.ndarray) -> None:
+        """A UserError unless ``images`` are ``(N, S, S, C)`` with ``S`` the ``image_size`` setting."""
+        s = self.config.image_size
+        if images.ndim != 4 or images.shape[1:3] != (s, s):
+            raise UserError(
+                f"{self.name} takes {s}x{s} images (model.kwargs.image_size), got shape {tuple(images.shape)}"
+            )
+
     def vectors(self, images: np.ndarray) -> np.ndarray:
         """``(N, H, W, C)`` uint8 → ``(N, D)`` float64: encoding, then the χ² map and standardisation."""
-        x = np.stack(self._map(images, self.encode)) if len(images) else np.zeros((0, 0))
+        self.check_size(images)
+        x = np.stack(self._map(images, self.encode)) if len(images) else np.zeros((0, self.vector_dim()))
         return self._kernel_map(x)
 
     def _kernel_map(self, x: np.ndarray) -> np.ndarray:
@@ -345,6 +356,7 @@ class ClassicPipeline:
         chosen[rng.choice(num_images, size=min(c.codebook_images, num_images), replace=False)] = True
         sample, offset = [], 0
         for images, _ in batches():
+            self.check_size(images)
             picked = [images[i] for i in range(len(images)) if offset + i < len(chosen) and chosen[offset + i]]
             sample.extend(d for d, _ in self._map(picked, self.raw_local))
             offset += len(images)
@@ -381,7 +393,7 @@ class ClassicPipeline:
         x: np.ndarray | None = None
         labels, n = [], 0
         for images, y in batches():
-            v = self._kernel_map(np.stack(self._map(images, self.encode)))
+            v = self.vectors(images)
             if x is None:
                 x = np.empty((max(num_images, len(v)), v.shape[1]))
             if n + len(v) > len(x):
@@ -465,18 +477,34 @@ class ClassicPipeline:
             k: np.ascontiguousarray(v, dtype=np.int64 if k == "svm.classes" else np.float64) for k, v in out.items()
         }
 
-    def expected_keys(self) -> set[str]:
+    def array_shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every array :meth:`arrays` gives once fitted for ``num_classes`` classes (all float64
+        but ``svm.classes``, int64). A saved state must match them exactly."""
         c = self.config
-        keys = {"svm.coef", "svm.intercept", "svm.classes", "calibration.temperature"}
+        dim = self.vector_dim()
+        rows = 1 if num_classes == 2 else num_classes
+        shapes: dict[str, tuple[int, ...]] = {
+            "svm.coef": (rows, dim),
+            "svm.intercept": (rows,),
+            "svm.classes": (num_classes,),
+            "calibration.temperature": (1,),
+        }
         if c.standardize:
-            keys |= {"scaler.mean", "scaler.scale"}
+            shapes["scaler.mean"] = shapes["scaler.scale"] = (dim,)
+        d = self.descriptor_dim()
         if c.is_local and c.pca:
-            keys |= {"pca.components", "pca.mean", "pca.explained_variance"}
+            shapes.update({"pca.components": (c.pca, d), "pca.mean": (d,), "pca.explained_variance": (c.pca,)})
+            d = c.pca
         if c.encoding in ("bovw", "vlad"):
-            keys.add("codebook.centres")
+            shapes["codebook.centres"] = (c.codebook, d)
         if c.encoding == "fisher":
-            keys |= {"gmm.weights", "gmm.means", "gmm.variances"}
-        return keys
+            shapes.update(
+                {"gmm.weights": (c.codebook,), "gmm.means": (c.codebook, d), "gmm.variances": (c.codebook, d)}
+            )
+        return shapes
+
+    def expected_keys(self) -> set[str]:
+        return set(self.array_shapes(2))
 
     def load_arrays(self, arrays: dict[str, np.ndarray], num_classes: int) -> None:
         """Rebuild the fitted estimators from :meth:`arrays`; shapes are checked against the configuration.
@@ -491,36 +519,24 @@ class ClassicPipeline:
         if keys != expected:
             raise ValueError(f"missing {sorted(expected - keys)[:3]}, unexpected {sorted(keys - expected)[:3]}")
         a = {k: np.asarray(v) for k, v in arrays.items()}
+        for key, shape in self.array_shapes(num_classes).items():
+            if a[key].shape != shape:
+                raise ValueError(f"{key} has shape {a[key].shape}, {self.name}'s settings need {shape}")
         classes = a["svm.classes"].astype(np.int64)
         coef = a["svm.coef"]
-        rows = 1 if num_classes == 2 else num_classes
-        if coef.ndim != 2 or coef.shape[0] != rows or a["svm.intercept"].shape != (rows,):
-            raise ValueError(f"svm.coef {tuple(coef.shape)} does not fit {num_classes} classes")
         if not np.array_equal(classes, np.arange(num_classes)):
             raise ValueError(f"svm.classes {classes.tolist()[:5]} are not 0..{num_classes - 1}")
-        dim = self.vector_dim(coef.shape[1])
-        if coef.shape[1] != dim:
-            raise ValueError(f"svm.coef has {coef.shape[1]} features, {self.name}'s settings give {dim}")
+        dim = coef.shape[1]
         self.pca = self.centres = self.gmm = self.scaler = None
         if "pca.components" in a:
-            comps = a["pca.components"]
-            if comps.shape != (c.pca, self.descriptor_dim()):
-                raise ValueError(f"pca.components {tuple(comps.shape)} does not fit pca={c.pca}")
-            self.pca = _pca_from_arrays(comps, a["pca.mean"], a["pca.explained_variance"])
-        desc_dim = c.pca or self.descriptor_dim()
+            self.pca = _pca_from_arrays(a["pca.components"], a["pca.mean"], a["pca.explained_variance"])
         if "codebook.centres" in a:
-            if a["codebook.centres"].shape != (c.codebook, desc_dim):
-                raise ValueError(f"codebook.centres {a['codebook.centres'].shape} != ({c.codebook}, {desc_dim})")
-            self.centres = a["codebook.centres"]
+            self.centres = np.ascontiguousarray(a["codebook.centres"], np.float64)
         if "gmm.means" in a:
-            if a["gmm.means"].shape != (c.codebook, desc_dim) or a["gmm.variances"].shape != (c.codebook, desc_dim):
-                raise ValueError(f"gmm.means {a['gmm.means'].shape} != ({c.codebook}, {desc_dim})")
             self.gmm = E.gmm_from_arrays(a["gmm.weights"], a["gmm.means"], a["gmm.variances"])
         if "scaler.mean" in a:
             from sklearn.preprocessing import StandardScaler
 
-            if a["scaler.mean"].shape != (dim,) or a["scaler.scale"].shape != (dim,):
-                raise ValueError(f"scaler arrays do not have {dim} entries")
             self.scaler = StandardScaler()
             self.scaler.mean_, self.scaler.scale_ = a["scaler.mean"], a["scaler.scale"]
             self.scaler.var_, self.scaler.n_features_in_ = a["scaler.scale"] ** 2, dim
@@ -538,16 +554,18 @@ class ClassicPipeline:
             return SIFT_DIM
         return 8 * (2 * 6 + 1)  # dense_daisy's defaults: (rings · histograms + 1) · orientations
 
-    def vector_dim(self, found: int) -> int:
-        """The SVM's input length these settings give (``found`` for global features, whose length depends on the
-        image size: checked when images arrive instead)."""
+    def vector_dim(self) -> int:
+        """Length of the vector the SVM sees, from the settings alone (after the χ² map)."""
         c = self.config
-        if not c.is_local:
-            return found
-        cells = E.pyramid_dim(c.pyramid)
-        d = c.pca or self.descriptor_dim()
-        per_cell = {"bovw": c.codebook, "vlad": c.codebook * d, "fisher": 2 * c.codebook * d}[c.encoding]
-        n = cells * per_cell
+        if c.features == "hog":
+            blocks = max(0, c.image_size // c.hog_cell - c.hog_block + 1)
+            n = blocks * blocks * c.hog_block * c.hog_block * c.hog_orientations
+        elif c.features == "lbp":
+            n = c.lbp_grid * c.lbp_grid * sum(int(p) + 2 for p, _ in c.lbp_scales)
+        else:
+            d = c.pca or self.descriptor_dim()
+            per_cell = {"bovw": c.codebook, "vlad": c.codebook * d, "fisher": 2 * c.codebook * d}[c.encoding]
+            n = E.pyramid_dim(c.pyramid) * per_cell
         return n * (2 * c.chi2_steps - 1) if c.kernel == "chi2" else n
 
 

@@ -20,10 +20,8 @@ batch-size settings do not apply (``data.batch_size`` is only the size of the fe
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from pathlib import Path
 
 from imgcls.classic import not_applicable
 from imgcls.errors import UserError
@@ -60,11 +58,12 @@ def train_classic(cfg):
     from imgcls.classic.module import to_uint8_images
     from imgcls.data import BatchLoader, build_data
     from imgcls.data.transforms import AugmentConfig, build_batch_transform
-    from imgcls.engine.bundle import ModelMeta, save_bundle
+    from imgcls.engine.bundle import save_bundle
     from imgcls.engine.config import config_record
     from imgcls.engine.evaluate import finalize_run
-    from imgcls.engine.train import RunResult, _atomic_write_text, _clear_run, _write_metrics, check_run_dir
+    from imgcls.engine.train import METRICS_COLUMNS, RunResult, check_run_dir
     from imgcls.models import create_model, model_entry
+    from imgcls.run_folder import ModelMeta, RunFolder
 
     t_start = time.perf_counter()
     tc, mc = cfg.train, cfg.model
@@ -75,11 +74,12 @@ def train_classic(cfg):
     entry = model_entry(name)
     in_chans = mc.in_chans or entry.input_size[0]
     image_size = mc.image_size or entry.input_size[-1]
-    model = create_model(name, num_classes=2, in_chans=in_chans, **(mc.kwargs or {}))  # validates model.kwargs
+    kwargs = {**(mc.kwargs or {}), "image_size": image_size}
+    model = create_model(name, num_classes=2, in_chans=in_chans, **kwargs)  # validates model.kwargs
     model.pipeline.check_libraries()
     if cfg.data.workers is not None:
         model.pipeline.workers = max(1, int(cfg.data.workers))
-    run = check_run_dir(tc.out, resume=False, overwrite=tc.overwrite)
+    run = RunFolder(check_run_dir(tc.out, resume=False, overwrite=tc.overwrite))
 
     no_aug = AugmentConfig()
     zeros, ones = [0.0] * in_chans, [1.0] * in_chans
@@ -101,7 +101,7 @@ def train_classic(cfg):
 
     # The run folder is ours from here: clear it for --overwrite, record the configuration.
     if tc.overwrite:
-        _clear_run(run)
+        run.clear()
     recorded = dataclasses.replace(cfg, augment=no_aug)
     record = config_record(
         recorded,
@@ -119,8 +119,8 @@ def train_classic(cfg):
             "pipeline": model.config.to_dict(),
         },
     )
-    _atomic_write_text(run / "config.json", json.dumps(record, indent=2) + "\n")
-    data.write_issues(run / "data_issues.csv")
+    run.write_config(record)
+    data.write_issues(run.issues)
 
     def say(text: str) -> None:
         print(f"imgcls: {text}", flush=True)
@@ -134,7 +134,7 @@ def train_classic(cfg):
     if cfg.augment is not None and cfg.augment != no_aug:
         say("augmentation settings are ignored: the pipeline sees each training image once, as evaluation does")
     if data.issues:
-        say(f"skipped {len(data.issues)} unreadable file(s), listed in {run / 'data_issues.csv'}")
+        say(f"skipped {len(data.issues)} unreadable file(s), listed in {run.issues}")
 
     # The training split in its evaluation view: same resize and centre crop as validation, predict and serve.
     train_view = BatchLoader(
@@ -172,7 +172,7 @@ def train_classic(cfg):
     if data.val is not None and n_val:
         summary = finalize_run(run, model, data, precision="fp32", device="cpu", tta="none")
     seconds = time.perf_counter() - t_fit
-    data.write_issues(run / "data_issues.csv")  # streaming may have found more while reading
+    data.write_issues(run.issues)  # streaming may have found more while reading
     row = {
         "epoch": 1,
         "train_loss": fitted.train_loss,
@@ -182,7 +182,7 @@ def train_classic(cfg):
         "lr": None,
         "seconds": round(seconds, 3),
     }
-    _write_metrics(run / "metrics.csv", [row])
+    run.write_metrics(METRICS_COLUMNS, [row])
     report_path = None
     if tc.report:
         from imgcls.report import build_report
@@ -193,11 +193,11 @@ def train_classic(cfg):
     say(
         f"done in {elapsed:.1f}s: top-1 {_pct(top1)}"
         + (f", top-5 {_pct(top5)}" if top5 is not None else "")
-        + f" · weights {run / 'model.safetensors'}"
+        + f" · weights {run.weights}"
         + (f" · report {report_path}" if report_path else "")
     )
     return RunResult(
-        run_dir=Path(run),
+        run_dir=run.root,
         epochs=1,
         best_top1=top1,
         best_epoch=1 if top1 is not None else None,
