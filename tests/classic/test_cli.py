@@ -205,3 +205,20 @@ def test_serve_answers_like_predict(digits_run, tmp_path):
         thread.join(timeout=30)
     assert [p["index"] for p in got] == [p.index for p in expected]
     assert [p["probability"] for p in got] == pytest.approx([p.probability for p in expected], abs=1e-6)
+
+
+def test_a_fit_that_fails_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    # Class "b" holds only a broken file: the data layer skips it, and the one-vs-rest SVM refuses a class
+    # without training images, after the run folder was created: it must be gone again.
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "cache"))
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / "data" / split / "a" / f"{i}.png")
+    (tmp_path / "data" / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data" / "val" / "b" / "0.png")
+    run = tmp_path / "runs" / "never"
+    assert main(["train", "--model", "hog_svm", "--data", str(tmp_path / "data"), "--out", str(run)]) == 2
+    assert "has no training image" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
+from pathlib import Path
 
 from imgcls.classic import not_applicable
 from imgcls.errors import UserError
@@ -46,6 +48,10 @@ def _refuse_what_does_not_apply(cfg, name: str) -> None:
 def train_classic(cfg):
     """Fit the classic pipeline ``cfg.model.name`` into ``cfg.train.out`` (module docstring).
 
+    Everything is checked and the data is built before the run folder is created; the folder is locked while
+    the fit runs (a second ``train`` on it is refused), and a fit that fails or is interrupted leaves no
+    half-made run: a folder it created is removed, an existing one loses the files this run wrote.
+
     Returns:
         The engine's ``RunResult`` (``epochs`` is 1).
 
@@ -53,17 +59,12 @@ def train_classic(cfg):
         UserError: a setting that does not apply, a bad ``model.kwargs`` value, missing data or library, or an
             output folder that holds another run (nothing is overwritten).
     """
-    import numpy as np
-
-    from imgcls.classic.module import to_uint8_images
-    from imgcls.data import BatchLoader, build_data
-    from imgcls.data.transforms import AugmentConfig, build_batch_transform
-    from imgcls.engine.bundle import save_bundle
-    from imgcls.engine.config import config_record
-    from imgcls.engine.evaluate import finalize_run
-    from imgcls.engine.train import METRICS_COLUMNS, RunResult, check_run_dir
+    from imgcls._files import FileLock
+    from imgcls.data import build_data
+    from imgcls.data.transforms import AugmentConfig
+    from imgcls.engine.train import LOCK_FILE, check_run_dir
     from imgcls.models import create_model, model_entry
-    from imgcls.run_folder import ModelMeta, RunFolder
+    from imgcls.run_folder import RunFolder
 
     t_start = time.perf_counter()
     tc, mc = cfg.train, cfg.model
@@ -82,7 +83,7 @@ def train_classic(cfg):
     run = RunFolder(check_run_dir(tc.out, resume=False, overwrite=tc.overwrite))
 
     no_aug = AugmentConfig()
-    zeros, ones = [0.0] * in_chans, [1.0] * in_chans
+    zeros = [0.0] * in_chans
     data = build_data(
         cfg.data_spec,
         cfg.data,
@@ -93,18 +94,61 @@ def train_classic(cfg):
         device="cpu",
         task=tc.task,
         mean=zeros,
-        std=ones,
+        std=[1.0] * in_chans,
     )
     if data.task == "multilabel":
         raise not_applicable(f"multi-label data ({cfg.data_spec})", name)
     model.num_classes = data.num_classes
 
-    # The run folder is ours from here: clear it for --overwrite, record the configuration.
-    if tc.overwrite:
-        run.clear()
-    recorded = dataclasses.replace(cfg, augment=no_aug)
+    # Only now the folder: created (or cleared for --overwrite) under its lock, and undone if the fit fails.
+    created = _make_folder(run.root)
+    lock = FileLock(run.root / LOCK_FILE, f"imgcls train --out {run.root}", timeout=0)
+    try:
+        try:
+            lock.acquire()
+        except UserError:
+            raise UserError(f"--out {run.root}: another imgcls train is writing this run folder right now") from None
+        check_run_dir(str(run.root), resume=False, overwrite=tc.overwrite)  # again, under the lock
+        if tc.overwrite:
+            run.clear()
+        return _fit_into(run, cfg, model, data, entry, image_size, in_chans, t_start)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif lock.fd is not None:
+            run.clear()
+        raise
+    finally:
+        lock.release()
+
+
+def _make_folder(root: Path) -> Path | None:
+    """Create ``root``; the topmost folder this created, or None when it existed."""
+    top = next((f for f in (root, *root.parents) if not f.exists() and f.parent.exists()), None)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {root}: cannot write there ({exc.strerror or exc})") from None
+    return top
+
+
+def _fit_into(run, cfg, model, data, entry, image_size: int, in_chans: int, t_start: float):
+    import numpy as np
+
+    from imgcls.classic.module import to_uint8_images
+    from imgcls.data import BatchLoader
+    from imgcls.data.transforms import AugmentConfig, build_batch_transform
+    from imgcls.engine.bundle import save_bundle
+    from imgcls.engine.config import config_record
+    from imgcls.engine.evaluate import finalize_run
+    from imgcls.engine.train import METRICS_COLUMNS, RunResult
+    from imgcls.run_folder import ModelMeta
+
+    tc, name = cfg.train, cfg.model.name
+    no_aug = AugmentConfig()
+    zeros, ones = [0.0] * in_chans, [1.0] * in_chans
     record = config_record(
-        recorded,
+        dataclasses.replace(cfg, augment=no_aug),
         run={
             "classes": list(data.classes),
             "task": data.task,
@@ -165,12 +209,13 @@ def train_classic(cfg):
         resize=int(data.resize) if data.resize else image_size,
         in_chans=in_chans,
         model_kwargs=model.config.to_dict(),
+        epoch=1,
     )
     save_bundle(run, model, meta)
 
     summary: dict = {}
     if data.val is not None and n_val:
-        summary = finalize_run(run, model, data, precision="fp32", device="cpu", tta="none")
+        summary = finalize_run(run.root, model, data, precision="fp32", device="cpu", tta="none")
     seconds = time.perf_counter() - t_fit
     data.write_issues(run.issues)  # streaming may have found more while reading
     row = {
@@ -179,7 +224,6 @@ def train_classic(cfg):
         "val_loss": summary.get("loss"),
         "val_top1": summary.get("top1"),
         "val_top5": summary.get("top5"),
-        "lr": None,
         "seconds": round(seconds, 3),
     }
     run.write_metrics(METRICS_COLUMNS, [row])
@@ -187,7 +231,7 @@ def train_classic(cfg):
     if tc.report:
         from imgcls.report import build_report
 
-        report_path = build_report(run)
+        report_path = build_report(run.root)
     top1, top5 = summary.get("top1"), summary.get("top5")
     elapsed = time.perf_counter() - t_start
     say(
@@ -207,6 +251,7 @@ def train_classic(cfg):
         precision="fp32",
         report=report_path,
         history=[row],
+        best_value=top1,
     )
 
 
