@@ -12,8 +12,9 @@ accuracy is the run's own final evaluation on the held-out split (``eval.json``)
 The CNN rows: LeNet-5 with the ``digits`` recipe (the demo), airbench94 with the ``speedrun`` recipe on the same
 CIFAR-10 subset, and ResNet-18 from scratch (no published weights) on ants/bees at 128 px with random resized
 crops and flips. ``IMGCLS_BENCH_CLASSIC_MODELS`` (comma-separated) and ``IMGCLS_BENCH_CLASSIC_SETS``
-(``digits,cifar10,hymenoptera``) narrow the run. Results land in ``benchmarks/results/classic.json`` row by row,
-so a stopped run keeps what it measured. Several hours on 2 busy cores; accuracy does not depend on the load,
+(``digits,cifar10,hymenoptera``; ``none`` measures nothing and only redraws the tables) narrow the run. Results
+land in ``benchmarks/results/classic_<dataset>.json`` row by row, so a stopped run keeps what it measured and runs
+on different datasets may go side by side. Several hours on 2 busy cores; accuracy does not depend on the load,
 times do.
 
 Command: ``IMGCLS_BENCH_CIFAR10=… IMGCLS_BENCH_HYMENOPTERA=… .venv/bin/python -m benchmarks.run classic``.
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "classic.json"
+RESULTS = REPO / "benchmarks" / "results"  # classic_<dataset>.json: the rows measured so far
 COMMAND = "IMGCLS_BENCH_CIFAR10=FOLDER IMGCLS_BENCH_HYMENOPTERA=FOLDER .venv/bin/python -m benchmarks.run classic"
 CLASSIC = ["hog_svm", "lbp_svm", "sift_bovw_svm", "sift_vlad_svm", "sift_fisher_svm"]
 
@@ -95,8 +96,13 @@ def _train(data: str, model: str, extra: list[str], out: Path) -> dict:
     return {**row, "top1": test.get("top1"), "top5": test.get("top5"), "num_samples": test.get("num_samples")}
 
 
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"classic_{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _measure(sets: list[str], models: set[str] | None) -> dict:
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = {name: block for name in RUNS if (block := _load(name)) is not None}
     sources = {
         "digits": "digits",
         "cifar10": _env_path("IMGCLS_BENCH_CIFAR10"),
@@ -120,7 +126,7 @@ def _measure(sets: list[str], models: set[str] | None) -> dict:
                 rows = [r for r in rows if r["model"] != model]
                 rows.append(_train(data, model, extra, Path(tmp) / f"{name}-{model}"))
                 results[name] = {"rows": rows, "per_class": per_class if name == "cifar10" else None}
-                RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+                (RESULTS / f"classic_{name}.json").write_text(json.dumps(results[name], indent=1) + "\n")
     return results
 
 
@@ -147,6 +153,7 @@ def _table(name: str, block: dict) -> list[str]:
 
 def run() -> str:
     sets = [s for s in os.environ.get("IMGCLS_BENCH_CLASSIC_SETS", "digits,cifar10,hymenoptera").split(",") if s]
+    sets = [] if sets == ["none"] else sets
     wanted = [m for m in os.environ.get("IMGCLS_BENCH_CLASSIC_MODELS", "").split(",") if m]
     results = _measure(sets, set(wanted) if wanted else None)
     titles = {
@@ -170,7 +177,7 @@ def run() -> str:
             out += [f"### {titles[name]}", "", *_table(name, results[name])]
     out += ["Published figures for reference (other protocols, not measured here):", ""]
     out += [f"- {line}" for line in LITERATURE]
-    out += ["", f"Command: `{COMMAND}` (results kept row by row in `benchmarks/results/classic.json`)."]
+    out += ["", f"Command: `{COMMAND}` (results kept row by row in `benchmarks/results/classic_<dataset>.json`)."]
     return "\n".join(out) + "\n"
 
 
