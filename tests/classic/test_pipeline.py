@@ -73,6 +73,8 @@ def test_the_classic_models_are_registered_with_their_papers():
         assert is_classic(name) and "classic" in entry.tags
         assert any(year in entry.paper for year in ("2002", "2005", "2006", "2010"))
     assert not is_classic("lenet5") and not is_classic("no_such_model") and not is_classic(None)
+    for name in CLASSIC:  # create_model's default channels are the registry's, as for the CNNs
+        assert create_model(name).in_chans == model_entry(name).input_size[0]
 
 
 @pytest.mark.parametrize("name", CLASSIC)
