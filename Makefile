@@ -43,6 +43,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests tools benchmarks
 	$(BIN)/ruff format --check src tests tools benchmarks
+	$(BIN)/python tools/model_table.py --check
 
 format: install
 	$(BIN)/ruff format src tests tools benchmarks

@@ -2,7 +2,7 @@
 
 Run it in a throwaway virtualenv that has torchvision and timm (they are not dependencies of imgcls)::
 
-    python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch torchvision timm
+    python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch torchvision timm  # e.g. 2.14.1, 0.29.1, 1.0.31
     /tmp/refvenv/bin/python tools/make_golden.py            # all architectures
     /tmp/refvenv/bin/python tools/make_golden.py resnet50   # one
 
@@ -45,11 +45,17 @@ def _timm(name: str):
 
 # name -> (library, builder, input size). Small inputs keep the test cheap; the Inception stems need >= 75 px.
 ARCHITECTURES = {
+    **{
+        name: ("torchvision", _tv(name), 64) for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg19", "vgg19_bn")
+    },
     "vgg16": ("torchvision", _tv("vgg16"), 64),
     "vgg16_bn": ("torchvision", _tv("vgg16_bn"), 64),
     "resnet18": ("torchvision", _tv("resnet18"), 64),
     "resnet50": ("torchvision", _tv("resnet50"), 64),
+    **{name: ("torchvision", _tv(name), 64) for name in ("resnet34", "resnet101", "resnet152", "resnext101_32x8d")},
     "resnext50_32x4d": ("torchvision", _tv("resnext50_32x4d"), 64),
+    "densenet169": ("torchvision", _tv("densenet169"), 64),
+    "densenet201": ("torchvision", _tv("densenet201"), 64),
     "densenet121": ("torchvision", _tv("densenet121"), 64),
     # torchvision turns transform_input on only when it loads Google's weights; the architecture is without it.
     "inception_v3": (
@@ -60,6 +66,15 @@ ARCHITECTURES = {
     "inception_v4": ("timm", _timm("inception_v4"), 96),
     "inception_resnet_v2": ("timm", _timm("inception_resnet_v2"), 96),
     "dpn92": ("timm", _timm("dpn92"), 64),
+    "mobilenet_v2": ("torchvision", _tv("mobilenet_v2"), 64),
+    "mobilenet_v3_large": ("torchvision", _tv("mobilenet_v3_large"), 64),
+    "mobilenet_v3_small": ("torchvision", _tv("mobilenet_v3_small"), 64),
+    "efficientnet_b0": ("torchvision", _tv("efficientnet_b0"), 64),
+    "regnet_x_400mf": ("torchvision", _tv("regnet_x_400mf"), 64),
+    "regnet_y_400mf": ("torchvision", _tv("regnet_y_400mf"), 64),
+    "regnet_x_800mf": ("torchvision", _tv("regnet_x_800mf"), 64),
+    "regnet_y_800mf": ("torchvision", _tv("regnet_y_800mf"), 64),
+    "resnet10t": ("timm", _timm("resnet10t"), 64),
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgcls.models import list_models, model_entry
 from imgcls.models.profile import profile_model
-from imgcls.models.weights import PUBLISHED
+from imgcls.models.published import PUBLISHED, published_files
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "MODELS.md"
 README = OUT.parents[1] / "README.md"
@@ -48,16 +48,21 @@ model = imgcls.create_model("inception_v4", weights="timm")
 model = imgcls.create_model("densenet121", weights="densenet121-a639ec97.pth")  # a file you have
 ```
 
-Files go to `$IMGCLS_CACHE` (default `~/.cache/imgcls/weights`); `$IMGCLS_WEIGHTS_URL` replaces the download
-base URL (a mirror). A download is written to a temporary file and kept only when its SHA-256 matches the
-published one. A path may be our own `model.safetensors`, a torchvision or timm state dict (`.pth`, `.bin`,
-`.safetensors`), or a training checkpoint holding one under `state_dict` or `model`; `module.` (DDP) and
-`_orig_mod.` (`torch.compile`) prefixes and DenseNet's old `norm.1` key style are mapped. Pickles are read with
-`torch.load(weights_only=True)` only.
+A published file is looked for first in `$IMGCLS_WEIGHTS_DIR` (default `~/.cache/imgcls/weights`), then in
+torchvision's download cache (`$TORCH_HOME/hub/checkpoints`) and, for timm files, in the Hugging Face hub cache; a
+copy found is checked against the SHA-256 in the table below before use. Otherwise it is downloaded into
+`$IMGCLS_WEIGHTS_DIR` (resumable; kept only when its SHA-256 matches; `$IMGCLS_WEIGHTS_URL` replaces the download
+base URL, e.g. a mirror). Offline, copy the file there under its published name: `imgcls weights path NAME` prints
+the path, `imgcls weights list` every file with its SHA-256, `imgcls weights verify [NAME|FILE]` checks copies.
+
+A path may be our own `model.safetensors`, a torchvision or timm state dict (`.pth`, `.bin`, `.safetensors`), or
+a training checkpoint holding one under `state_dict` or `model`; `module.` (DDP) and `_orig_mod.` (`torch.compile`)
+prefixes and DenseNet's old `norm.1` key style are mapped. Pickles are read with `torch.load(weights_only=True)`
+only.
 
 Normalise inputs as the weights were trained: ImageNet mean/std for torchvision's files, except Inception v3
 (Google's weights), Inception-v4 and Inception-ResNet-v2, which expect inputs scaled to [-1, 1]
-(mean = std = 0.5); DPN-92 uses mean (0.482, 0.459, 0.408) and std 0.235 (timm's `IMAGENET_DPN_*`).
+(mean = std = 0.5); DPN-92 uses mean (124, 117, 104) / 255 and std 0.235 (timm's `IMAGENET_DPN_*`).
 
 ### Fine-tuning with another number of classes
 
@@ -69,6 +74,15 @@ The backbone is loaded and the classifier (and Inception v3's auxiliary classifi
 one line on the `imgcls` logger says so. `num_classes=0` gives a feature extractor without a classifier.
 From the command line: `imgcls train --model resnet50 --weights torchvision --data FOLDER ...`.
 A file whose keys do not fit is refused with the first missing and unexpected keys and the shape mismatches.
+"""
+
+
+PUBLISHED_SECTION = """
+### The published files
+
+`imgcls weights list` prints the same table with the copies found on this machine. The eval crop is the share of
+the resized image the publisher's evaluation center crop keeps (224 of 232 for torchvision's newer recipes).
+
 """
 
 
@@ -111,12 +125,25 @@ def with_readme_table(readme: str, table: str) -> str:
     return readme[:start] + "\n" + table + readme[end:]
 
 
+def render_published() -> str:
+    """The published files: model, source, file name, SHA-256 (full, or torchvision's 8-digit prefix), eval crop."""
+    header = ("model", "source", "file", "SHA-256", "eval crop")
+    table = [header, ("---", "---", "---", "---", "---:")]
+    for model, source, entry in published_files():
+        sha = f"`{entry.sha256}`" if entry.sha256 else "not published (recorded on first download)"
+        table.append((f"`{model}`", source, f"`{entry.file_name}`", sha, f"{entry.crop_pct:.3f}"))
+    return "\n".join("| " + " | ".join(r) + " |" for r in table) + "\n"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when a table is out of date")
     args = parser.parse_args(argv)
     table = render_table()
-    wanted = {OUT: HEADER + table + WEIGHTS_SECTION, README: with_readme_table(README.read_text(), table)}
+    wanted = {
+        OUT: HEADER + table + WEIGHTS_SECTION + PUBLISHED_SECTION + render_published(),
+        README: with_readme_table(README.read_text(), table),
+    }
     if args.check:
         stale = [str(path) for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
         if stale:

@@ -44,3 +44,18 @@ def test_interface_and_shapes():
     model.reset_classifier(3)
     assert model(x).shape == (2, 3)
     out.sum().backward()
+
+
+# Jordan 2024, Section 3 and Table 1: a 2×2 whitening conv of 2·3·2·2 = 24 filters (with bias), three blocks of two
+# 3×3 convs at widths 64, 256, 256 with batch norm (scale and shift are parameters, the scale frozen), a bias-free
+# linear classifier. Counted by hand at 10 classes.
+AIRBENCH_PARAMS = (
+    (24 * 3 * 2 * 2 + 24)
+    + sum(w * c * 9 + 2 * w + w * w * 9 + 2 * w for c, w in ((24, 64), (64, 256), (256, 256)))
+    + 256 * 10
+)
+
+
+def test_parameter_count_by_hand():
+    assert AIRBENCH_PARAMS == 1_972_792
+    assert sum(p.numel() for p in AirBench(num_classes=10).parameters()) == AIRBENCH_PARAMS

@@ -85,7 +85,17 @@ PARAM_COUNTS = {
     ("vgg19_bn", 1000): 143_678_248,
     ("vgg16_cifar", 10): 14_728_266,  # kuangliu/pytorch-cifar VGG('VGG16')
     ("nin_cifar", 10): 966_986,  # Lin et al. 2013, the released CIFAR-10 model's ~0.97M
-}
+    ("vgg16_conv1_bn", 1000): 133_638_952 + 8_448,  # C plus BN on its 4,224 conv channels (as vgg16_bn = D + 8,448)
+    # Counted by hand from the layer sizes. ZFNet, Zeiler & Fergus 2013, Figure 3: conv 96@7×7, 256@5×5, 384@3×3,
+    # 384@3×3, 256@3×3 (with biases), fc 9216→4096→4096→1000.
+    ("zfnet", 1000): (96 * 3 * 49 + 96) + (256 * 96 * 25 + 256) + (384 * 256 * 9 + 384) + (384 * 384 * 9 + 384)
+    + (256 * 384 * 9 + 256) + (9216 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000),
+    # NiN, the authors' released ImageNet model: 11×11/4 96, 1×1 96, 96; 5×5 256, 1×1 256, 256; 3×3 384, 1×1 384,
+    # 384; 3×3 1024, 1×1 1024, 1×1 1000 (the class maps).
+    ("nin", 1000): (96 * 363 + 96) + 2 * (96 * 96 + 96) + (256 * 96 * 25 + 256) + 2 * (256 * 256 + 256)
+    + (384 * 256 * 9 + 384) + 2 * (384 * 384 + 384) + (1024 * 384 * 9 + 1024) + (1024 * 1024 + 1024)
+    + (1000 * 1024 + 1000),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "num_classes"), list(PARAM_COUNTS))

@@ -160,6 +160,27 @@ def test_parameter_count_matches_reference(name):
     assert _n_params(_meta_model(name, num_classes=_classes(name))) == PARAMS[name]
 
 
+PREACT = ["preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152"]
+
+
+@pytest.mark.parametrize("name", PREACT)
+def test_preact_counts_follow_from_resnets(name):
+    """He et al. 2016 publish no ImageNet counts: the pre-activation nets have ResNet's convolutions and classifier
+    (torchvision's count less its batch norms) and one BN before each residual-branch conv plus the final one."""
+    pre, plain = _meta_model(name), _meta_model(name.removeprefix("preact_"))
+
+    def norm_params(model: nn.Module) -> int:
+        return sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+
+    assert _n_params(pre) - norm_params(pre) == PARAMS[name.removeprefix("preact_")] - norm_params(plain)
+    convs_in = sum(m.in_channels for n, m in pre.named_modules() if _branch_conv(n, m))
+    assert norm_params(pre) == 2 * (convs_in + pre.num_features)
+
+
+def _branch_conv(name: str, module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and name.startswith("layer") and ".downsample." not in name
+
+
 @pytest.mark.parametrize(("name", "kw", "paper_gmacs"), MACS)
 def test_multiply_adds_match_paper(name, kw, paper_gmacs):
     gmacs = _macs(_meta_model(name, **kw), model_entry(name).input_size[-1]) / 1e9

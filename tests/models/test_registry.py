@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -41,6 +43,7 @@ def test_unknown_option_is_one_line_listing_the_families_options():
         create_model("resnet18", pool="stochastic")
     assert str(err.value) == expected
     assert model_options("lenet5") == {"pool": "avg"}
+    check_model_args("lenet5", pool="stochastic")  # an option it has
     with pytest.raises(UserError) as err:
         check_model_args("inception_v2", drop_rate=0.2, aux_logits=False)
     assert str(err.value) == "inception_v2 has no option aux_logits (its options: drop_rate)"
@@ -59,17 +62,25 @@ def test_option_fixed_by_the_name_and_bad_values():
 
 
 @pytest.mark.parametrize(
-    ("name", "size", "smallest"),
-    [("alexnet", 16, 35), ("inception_v3", 64, 75), ("lenet5", 16, 32), ("googlenet", (20, 300), 31)],
+    ("name", "size", "training", "smallest"),
+    [
+        ("alexnet", 16, True, 35),
+        ("inception_v3", 64, False, 75),  # the test-time network
+        ("inception_v3", 64, True, 299),  # training runs the auxiliary head on the 17×17 grid (5×5/3 pool, 5×5 conv)
+        ("lenet5", 16, True, 32),
+        ("googlenet", (20, 300), True, 31),
+    ],
 )
-def test_too_small_input_names_the_smallest_one(name, size, smallest):
+def test_too_small_input_names_the_smallest_one(name, size, training, smallest):
     shown = "×".join(map(str, size)) if isinstance(size, tuple) else str(size)
     with pytest.raises(UserError) as err:
-        check_model_args(name, image_size=size)
+        check_model_args(name, image_size=size, training=training)
     assert (
         str(err.value) == f"image size {shown} is too small for {name}: it needs at least {smallest}×{smallest} pixels"
     )
-    check_model_args(name, image_size=smallest)
+    check_model_args(name, image_size=smallest, training=training)
+    with pytest.raises(UserError):
+        check_model_args(name, image_size=smallest - 1, training=training)
 
 
 @pytest.mark.parametrize(("name", "smallest"), [("alexnet", 35), ("lenet5", 32)])
@@ -95,3 +106,29 @@ def test_counts_and_sizes_must_be_positive_integers():
     assert str(err.value) == "image size of resnet18 must be a positive integer or (height, width): 0"
     with pytest.raises(UserError, match="unknown model: resnt18"):
         check_model_args("resnt18")
+
+
+# ---- the tests follow the registry ----------------------------------------------------------------------------------
+def test_every_registered_model_is_covered_by_the_shape_parameter_and_golden_tests():
+    """A model added to (or removed from) the registry without its tests fails here, naming it."""
+    from tests.models import test_airbench, test_classic, test_modern, test_small
+
+    from imgcls.models.published import published_files
+
+    registered = set(list_models())
+    shapes = set(test_classic.CLASSIC) | set(test_modern.MODERN) | set(test_small.SMALL_MODELS) | {"airbench94"}
+    params = (
+        {name for name, _ in test_classic.PARAM_COUNTS}
+        | {"googlenet", "inception_v2"}  # test_googlenet_and_bn_inception_parameter_counts (the papers' ranges)
+        | set(test_modern.PARAMS)
+        | set(test_modern.PREACT)
+        | set(test_small.PARAMS)
+        | ({"airbench94"} if test_airbench.AIRBENCH_PARAMS else set())
+    )
+    golden = {p.stem for p in (Path(__file__).parent / "golden").glob("*.json")}
+    published = {model for model, _, _ in published_files()}
+    assert sorted(registered - shapes) == [], "registered models without shape/forward tests"
+    assert sorted(registered - params) == [], "registered models without a parameter count"
+    assert sorted(published - golden) == [], "models with published weights but no golden logits"
+    # And no test table names a model that is not registered (a removed model must not pass silently).
+    assert sorted((shapes | params | golden) - registered) == []

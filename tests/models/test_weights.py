@@ -8,27 +8,22 @@ compares our logits with the reference ones.
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import logging
 import math
 import re
-import threading
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
+from tests.models.helpers import TinyNet, outputs, trained_tiny
 
 import imgcls
 from imgcls.errors import UserError
-from imgcls.models import Classifier
 from imgcls.models import weights as W
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -91,8 +86,9 @@ def test_fill_matches_the_reference_script():
 
 
 # One architecture per reference library and layout quirk runs in `make test` (ResNet through create_model, Inception
-# v3 with its auxiliary head's keys, DPN-92 with timm's 1×1-conv classifier, and DenseNet below); the rest is slow.
-FAST = {"resnet18", "inception_v3", "dpn92"}
+# v3 with its auxiliary head's keys, DPN-92 with timm's 1×1-conv classifier, DenseNet below, one of each small family:
+# inverted residuals with SE, MBConv with stochastic depth, RegNet's group convs, ResNet-C/D); the rest is slow.
+FAST = {"resnet18", "inception_v3", "dpn92", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "resnet10t"}
 GOLDEN_NAMES = [
     pytest.param(p.stem, marks=() if p.stem in FAST else pytest.mark.slow) for p in sorted(GOLDEN.glob("*.json"))
 ]
@@ -100,11 +96,10 @@ GOLDEN_NAMES = [
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_parity_with_reference_library(name, tmp_path):
-    if name not in imgcls.list_models():
-        pytest.skip(f"{name} is not registered yet")
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
     path = tmp_path / f"{name}.safetensors"
     save_file(golden_state(golden), str(path))
+    assert name in imgcls.list_models(), f"golden file {name}.json for a model that is not registered"
     if name == "resnet18":  # the user's path, with the model's own initialisation first
         model = imgcls.create_model(name, weights=path)
     else:
@@ -123,8 +118,6 @@ def test_parity_with_reference_library(name, tmp_path):
 
 def test_densenet_published_old_style_keys_load(tmp_path):
     """torchvision's published DenseNet files spell ``denselayer1.norm.1.weight``; they load to the same logits."""
-    if "densenet121" not in imgcls.list_models():
-        pytest.skip("densenet121 is not registered yet")
     golden = json.loads((GOLDEN / "densenet121.json").read_text())
     old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))([12])\.(weight|bias|running_mean|running_var)$")
     state = {old.sub(r"\1.\2.\3", k): v for k, v in golden_state(golden).items()}
@@ -136,46 +129,6 @@ def test_densenet_published_old_style_keys_load(tmp_path):
         out = model(golden_input(golden))[0].double()
     ref = torch.tensor(golden["logits"], dtype=torch.float64)
     torch.testing.assert_close(out[: len(ref)], ref, rtol=1e-4, atol=1e-4 * golden["logits_std"])
-
-
-# ---- a small real model for the format and error tests -------------------------------------------------------------
-class TinyNet(Classifier):
-    def __init__(self, num_classes: int = 10, in_chans: int = 3):
-        super().__init__()
-        self.num_classes = num_classes
-        self.num_features = 8
-        self.conv1 = nn.Conv2d(in_chans, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, num_classes) if num_classes else nn.Identity()
-
-    def forward_features(self, x):
-        return self.pool(torch.relu(self.bn1(self.conv1(x)))).flatten(1)
-
-    def forward_head(self, x, pre_logits=False):
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(8, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self):
-        return self.fc
-
-
-def trained_tiny(num_classes: int = 10) -> TinyNet:
-    torch.manual_seed(0)
-    model = TinyNet(num_classes)
-    with torch.no_grad():
-        model.bn1.running_mean.uniform_(-0.5, 0.5)
-        model.bn1.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def outputs(model: nn.Module) -> torch.Tensor:
-    x = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
-    with torch.no_grad():
-        return model.eval()(x)
 
 
 @pytest.mark.parametrize(
@@ -286,140 +239,6 @@ def test_pickles_are_loaded_weights_only(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="not a readable"):
         W.load_weights(TinyNet(), "tiny", tmp_path / "evil.pt")
-
-
-def test_unknown_source_and_architecture():
-    with pytest.raises(UserError, match="publishes no weights for lenet5"):
-        W.published_file("lenet5", "torchvision")
-    with pytest.raises(UserError, match="unknown weights source"):
-        W.published_file("resnet50", "caffe")
-    assert W.published_file("resnet50", "torchvision:v1").path == "resnet50-0676ba61.pth"
-
-
-def test_published_table_hashes_are_well_formed():
-    for source, table in W.PUBLISHED.items():
-        for name, entry in table.items():
-            assert re.fullmatch(r"[0-9a-f]*", entry.sha256), (source, name)
-            if source == "torchvision":
-                assert entry.path.endswith(f"-{entry.sha256}.pth") and len(entry.sha256) >= 8
-            elif entry.sha256:
-                assert len(entry.sha256) == 64
-
-
-# ---- downloads against a real HTTP server on 127.0.0.1 -----------------------------------------------------------
-class _Handler(http.server.BaseHTTPRequestHandler):
-    # Set per test by the `server` fixture (a fresh subclass each time).
-    files: ClassVar[dict[str, bytes]]
-    truncate: ClassVar[set[str]]
-    requests: ClassVar[list[str]]
-
-    def do_GET(self):
-        self.requests.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        # An interrupted transfer: the connection closes after half of the announced bytes.
-        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    handler = type("Handler", (_Handler,), {"files": {}, "truncate": set(), "requests": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def published_tiny(monkeypatch, tmp_path):
-    """A torchvision-style published entry for the tiny model whose hash prefix is that of a real file."""
-    import io
-
-    buf = io.BytesIO()
-    src = trained_tiny()
-    torch.save(src.state_dict(), buf)
-    body = buf.getvalue()
-    prefix = hashlib.sha256(body).hexdigest()[:8]
-    entry = W.PublishedFile(f"tiny-{prefix}.pth", f"torchvision-tiny-{prefix}.pth", prefix)
-    monkeypatch.setitem(W.PUBLISHED["torchvision"], "tiny", entry)
-    monkeypatch.setenv(W.CACHE_ENV, str(tmp_path / "cache"))
-    return src, body, entry
-
-
-def test_download_good_file_is_cached_and_loaded(server, published_tiny, monkeypatch, tmp_path):
-    handler, url = server
-    src, body, entry = published_tiny
-    handler.files[f"/{entry.path}"] = body
-    monkeypatch.setenv(W.URL_ENV, url)
-    dst = TinyNet()
-    report = W.load_weights(dst, "tiny", "torchvision")
-    assert report.path == tmp_path / "cache" / entry.cache_name
-    assert report.path.read_bytes() == body
-    torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
-    W.load_weights(TinyNet(), "tiny", "torchvision")  # second time from the cache
-    assert handler.requests == [f"/{entry.path}"]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.cache_name]
-
-
-def test_download_corrupted_file_is_refused_and_not_cached(server, published_tiny, tmp_path):
-    handler, url = server
-    _, body, entry = published_tiny
-    corrupted = bytearray(body)
-    corrupted[len(corrupted) // 2] ^= 0xFF
-    handler.files[f"/{entry.path}"] = bytes(corrupted)
-    with pytest.raises(UserError) as err:
-        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
-    msg = str(err.value)
-    assert entry.cache_name in msg and entry.sha256 in msg
-    assert hashlib.sha256(bytes(corrupted)).hexdigest() in msg
-    assert list((tmp_path / "cache").iterdir()) == []
-
-
-def test_download_interrupted_transfer_leaves_nothing(server, published_tiny, tmp_path):
-    handler, url = server
-    _, body, entry = published_tiny
-    handler.files[f"/{entry.path}"] = body
-    handler.truncate.add(f"/{entry.path}")
-    with pytest.raises(UserError, match=r"interrupted|failed"):
-        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
-    assert list((tmp_path / "cache").iterdir()) == []
-    # The server recovers: the next attempt completes.
-    handler.truncate.clear()
-    W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
-    assert (tmp_path / "cache" / entry.cache_name).read_bytes() == body
-
-
-def test_download_missing_file_is_user_error(server, published_tiny, tmp_path):
-    _, url = server
-    with pytest.raises(UserError, match=r"download of .*tiny-.*\.pth failed"):
-        W.load_weights(TinyNet(), "tiny", "torchvision", base_url=url)
-    assert list((tmp_path / "cache").iterdir()) == []
-
-
-def test_unpinned_timm_file_records_its_hash(server, monkeypatch, tmp_path):
-    handler, url = server
-    src = trained_tiny()
-    path = tmp_path / "src.safetensors"
-    save_file(dict(src.state_dict()), str(path))
-    body = path.read_bytes()
-    entry = W.PublishedFile("tiny.x_in1k/resolve/main/model.safetensors", "timm-tiny.x_in1k.safetensors", "")
-    monkeypatch.setitem(W.PUBLISHED["timm"], "tiny", entry)
-    handler.files[f"/{entry.path}"] = body
-    got = W.fetch_published("tiny", "timm", base_url=url, cache=tmp_path / "c")
-    dst = TinyNet()
-    W.load_weights(dst, "tiny", got)
-    assert (tmp_path / "c" / (entry.cache_name + ".sha256")).read_text().strip() == hashlib.sha256(body).hexdigest()
-    torch.testing.assert_close(outputs(dst), outputs(src), rtol=0, atol=0)
 
 
 # ---- input channels come from the file ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from imgcls.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from imgcls.errors import UserError
 
 
@@ -22,9 +23,14 @@ class ModelEntry:
     fn: Callable[..., nn.Module]
     input_size: tuple[int, int, int] = (3, 224, 224)  # native (C, H, W); C is create_model's default in_chans
     paper: str = ""  # short citation, e.g. "He et al. 2015 (arXiv:1512.03385)"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     tags: tuple[str, ...] = field(default=())
+    # Share of the resized image the evaluation center crop keeps (timm's `crop_pct`): resize the shorter side to
+    # size / crop_pct, crop size. Set at registration, when not given: the eval crop of the model's first listed
+    # published file (224 of 232 for torchvision's newer recipes), else 0.875 (224 of 256), and 1.0 (no crop) at
+    # 32×32 or smaller, where the images are the input size already.
+    crop_pct: float = DEFAULT_CROP_PCT
 
     @property
     def default_num_classes(self) -> int:
@@ -47,10 +53,22 @@ def register_model(fn: Callable[..., nn.Module] | None = None, **info):
         name = f.__name__
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelEntry(name=name, fn=f, **info)
+        fields = dict(info)
+        if "crop_pct" not in fields:
+            fields["crop_pct"] = _default_crop_pct(name, fields.get("input_size", (3, 224, 224)))
+        _MODELS[name] = ModelEntry(name=name, fn=f, **fields)
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _default_crop_pct(name: str, input_size: tuple[int, int, int]) -> float:
+    from imgcls.models.published import default_crop_pct
+
+    if max(input_size[1:]) <= 32:
+        return 1.0
+    published = default_crop_pct(name)
+    return DEFAULT_CROP_PCT if published is None else published
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -134,6 +152,7 @@ def check_model_args(
     num_classes: int | None = None,
     in_chans: int | None = None,
     image_size: int | tuple[int, int] | None = None,
+    training: bool = True,
     **kwargs,
 ) -> None:
     """Check, before anything is written or allocated, that ``create_model(name, ...)`` builds and that the
@@ -149,6 +168,8 @@ def check_model_args(
         num_classes: classifier outputs (default: the model's native dataset's).
         in_chans: input channels (default: the registry's native channels).
         image_size: side, or ``(height, width)``, of the training and evaluation input (default: native).
+        training: check the training-mode forward pass too, which runs the auxiliary heads (GoogLeNet's and
+            Inception v3's need larger inputs than the test-time network); False: the eval-mode pass only.
         **kwargs: family options, as for ``create_model``.
     """
     entry = model_entry(name)
@@ -167,7 +188,7 @@ def check_model_args(
     from imgcls.models.profile import norms_skipped
 
     try:
-        with norms_skipped(model.eval()):
+        with norms_skipped(model.train(training)):
             if _takes(model, in_chans, size):
                 return
             smallest = _smallest_side(model, in_chans, min(size), max(*entry.input_size[1:], *size))
@@ -187,10 +208,12 @@ def _pair(size, name: str) -> tuple[int, int]:
 
 
 def _takes(model: nn.Module, in_chans: int, size: tuple[int, int]) -> bool:
-    """Whether `model` (on the meta device, eval mode) runs on a ``(1, in_chans, *size)`` input."""
+    """Whether `model` (on the meta device) runs on a batch of two ``(in_chans, *size)`` inputs."""
     try:
         with torch.no_grad():
-            model(torch.empty(1, in_chans, *size, device="meta"))
+            model(torch.empty(2, in_chans, *size, device="meta"))
+    except NotImplementedError:  # an operator without a meta kernel (stochastic pooling's sampling): cannot judge
+        return True
     except RuntimeError:  # a map shrank below a kernel ("Output size is too small", "Kernel size can't be...")
         return False
     return True

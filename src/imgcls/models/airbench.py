@@ -30,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 class FrozenScaleBatchNorm2d(nn.BatchNorm2d):
@@ -166,7 +164,7 @@ class AirBench(Classifier):
 
 
 @register_model(
-    input_size=(3, 32, 32), paper="Jordan 2024 (arXiv:2404.00498), airbench94", mean=CIFAR_MEAN, std=CIFAR_STD
+    input_size=(3, 32, 32), paper="Jordan 2024 (arXiv:2404.00498), airbench94", mean=CIFAR10_MEAN, std=CIFAR10_STD
 )
 def airbench94(**kw) -> AirBench:
     return AirBench(**kw)

@@ -27,14 +27,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import GlobalPool2d
 
 __all__ = ["DENSENETS", "DenseBlock", "DenseLayer", "DenseNet", "DenseNetSpec", "Transition"]
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 class DenseLayer(nn.Module):
@@ -244,6 +242,6 @@ def densenet201(**kw) -> DenseNet:
     return _densenet("densenet201", **kw)
 
 
-@register_model(input_size=(3, 32, 32), paper=f"{_HUANG}; CIFAR stem", mean=CIFAR_MEAN, std=CIFAR_STD)
+@register_model(input_size=(3, 32, 32), paper=f"{_HUANG}; CIFAR stem", mean=CIFAR10_MEAN, std=CIFAR10_STD)
 def densenet121_cifar(**kw) -> DenseNet:
     return _densenet("densenet121_cifar", **kw)

@@ -31,14 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import ConvBNAct, GlobalPool2d
 
 __all__ = ["DPN", "DPNS", "BnActConv2d", "DPNSpec", "DualPathBlock"]
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 DualState = tuple[Tensor, Tensor]  # (residual path, dense path)
 
@@ -261,6 +260,6 @@ def dpn92(**kw) -> DPN:
     return _dpn("dpn92", **kw)
 
 
-@register_model(input_size=(3, 32, 32), paper=f"{_CHEN}; CIFAR port", mean=CIFAR_MEAN, std=CIFAR_STD)
+@register_model(input_size=(3, 32, 32), paper=f"{_CHEN}; CIFAR port", mean=CIFAR10_MEAN, std=CIFAR10_STD)
 def dpn92_cifar(**kw) -> DPN:
     return _dpn("dpn92_cifar", **kw)

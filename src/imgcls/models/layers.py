@@ -1,5 +1,6 @@
 """Layers shared by the model families: local response normalisation, stochastic pooling, global pooling,
-conv + batch-norm + activation, and `make_pool` so a family can offer ``pool="max" | "avg" | "stochastic"``.
+conv + batch-norm + activation, squeeze-and-excitation, stochastic depth, and `make_pool` so a family can offer
+``pool="max" | "avg" | "stochastic"``.
 
 The API here is small on purpose; several families import it.
 """
@@ -15,10 +16,14 @@ from imgcls.errors import UserError
 __all__ = [
     "POOL_KINDS",
     "ConvBNAct",
+    "ConvNormAct",
     "GlobalPool2d",
     "LocalResponseNorm",
+    "SqueezeExcitation",
+    "StochasticDepth",
     "StochasticPool2d",
     "init_weights",
+    "make_divisible",
     "make_pool",
 ]
 
@@ -199,6 +204,109 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias), BatchNorm2d and an optional activation as ``0``, ``1``, ``2``.
+
+    The indices are the state-dict layout of torchvision's ``Conv2dNormActivation`` (``features.0.0.weight``,
+    ``features.0.1.running_var``), which MobileNet, EfficientNet and RegNet files use.
+
+    Args:
+        in_chans: input channels.
+        out_chans: output channels.
+        kernel_size: square kernel; padding keeps the size at stride 1 (``(k - 1) // 2``).
+        stride: convolution stride.
+        groups: convolution groups (``in_chans`` for a depthwise convolution).
+        act: the activation class, built in place (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardswish``, ``nn.SiLU``), or
+            None for a linear layer.
+        eps: BatchNorm epsilon.
+        momentum: BatchNorm momentum (PyTorch's convention: the weight of the new batch).
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] | None = nn.ReLU,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_chans, out_chans, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_chans, eps=eps, momentum=momentum),
+        ]
+        if act is not None:
+            layers.append(act(inplace=True))
+        super().__init__(*layers)
+        self.out_chans = out_chans
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2017, arXiv:1709.01507, Fig. 2): global average, a 1×1 reduction with an
+    activation, a 1×1 expansion and a gate that rescales each channel.
+
+    Submodules ``fc1`` and ``fc2`` (1×1 convolutions with bias) carry torchvision's key names.
+
+    Args:
+        chans: channels in and out.
+        squeeze_chans: width of the reduction.
+        act: activation after ``fc1`` (ReLU; SiLU in EfficientNet).
+        gate: ``nn.Sigmoid`` (the paper) or ``nn.Hardsigmoid`` (MobileNetV3, Section 5.2).
+    """
+
+    def __init__(
+        self,
+        chans: int,
+        squeeze_chans: int,
+        act: type[nn.Module] = nn.ReLU,
+        gate: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(chans, squeeze_chans, 1)
+        self.fc2 = nn.Conv2d(squeeze_chans, chans, 1)
+        self.act = act()
+        self.gate = gate()
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = x.mean((2, 3), keepdim=True)  # (N, C, H, W) -> (N, C, 1, 1)
+        return x * self.gate(self.fc2(self.act(self.fc1(scale))))
+
+
+class StochasticDepth(nn.Module):
+    """Drop a residual branch per sample with probability `p` in training (Huang et al. 2016, arXiv:1603.09382),
+    scaling the kept ones by ``1 / (1 - p)`` so that the identity at test time matches the expectation.
+
+    Args:
+        p: probability of dropping the branch of one sample.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """`value` rounded to the nearest multiple of `divisor` (halves up), never more than 10 % below it.
+
+    The channel rounding of the MobileNets (Sandler et al. 2018, whose released code rounds every width to a
+    multiple of 8) that torchvision and timm use too, so widths computed with it match their published files.
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 def make_pool(

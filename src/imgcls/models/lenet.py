@@ -25,12 +25,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from imgcls.constants import MNIST_MEAN, MNIST_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import GlobalPool2d, make_pool
-
-MNIST_MEAN = (0.1307,)
-MNIST_STD = (0.3081,)
 
 
 def scaled_tanh(x: Tensor) -> Tensor:

@@ -24,12 +24,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import GlobalPool2d, init_weights, make_pool
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
@@ -149,8 +147,8 @@ def nin(**kw) -> NiN:
 @register_model(
     input_size=(3, 32, 32),
     paper="Lin et al. 2013 (arXiv:1312.4400), Section 4.2, CIFAR-10 model",
-    mean=CIFAR_MEAN,
-    std=CIFAR_STD,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
 )
 def nin_cifar(**kw) -> NiN:
     return _nin("nin_cifar", **kw)

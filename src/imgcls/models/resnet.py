@@ -17,6 +17,14 @@ State-dict keys equal torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``l
 projection shortcut is a bare 1×1 conv (``downsample.0``) fed by the pre-activated input, and the final
 BN → ReLU of He et al. 2016 (Section 4, "an extra activation after the last addition") is ``norm``.
 
+ResNet-10-T (``resnet10t``, timm's name) is a small network for small data sets and slow machines: one basic
+block per stage, with two of the refinements of He et al. 2019, "Bag of Tricks for Image Classification with
+Convolutional Neural Networks" (arXiv:1812.01187), Section 4.1 and Fig. 2: ResNet-C's deep stem (three 3×3
+convolutions instead of the 7×7; here 24, 32 and 64 wide, timm's "tiered" widths, where the paper has 32, 32,
+64) and ResNet-D's shortcut (a 2×2 average pool with stride 2 before a stride-1 1×1 projection, so the projection
+sees every position). Its keys are timm's (``conv1.0/1/3/4/6``, ``layer2.0.downsample.1/2``); native input 176,
+the size timm trained its published file at.
+
 CIFAR-size models (32×32 input) are the networks behind kuangliu/pytorch-cifar's table, with the same layers
 and parameter counts: a 3×3 stride-1 stem and no max-pool (ResNeXt-29 keeps that port's 1×1 stem and its
 three stages, after Xie et al., Section 5.2), and for PreActResNet-18 no final BN → ReLU, as in that port.
@@ -29,14 +37,12 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import GlobalPool2d
 
 __all__ = ["RESNETS", "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "ResNet", "ResNetSpec"]
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def _conv3x3(in_chans: int, out_chans: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -223,6 +229,9 @@ class ResNetSpec:
         stem_stride: first conv's stride.
         stem_pool: 3×3 stride-2 max-pool after the stem (ImageNet only).
         final_norm: pre-activation models only: BN → ReLU before pooling (the paper's extra activation).
+        stem_widths: widths of the 3×3 convolutions (the first with stride 2) that replace the 7×7 stem conv
+            before a last 3×3 one to ``planes[0]`` (He et al. 2019, ResNet-C; empty: the plain stem).
+        avg_down: a 2×2 average pool before the shortcut's 1×1 projection instead of its stride (ResNet-D).
     """
 
     block: str
@@ -235,6 +244,8 @@ class ResNetSpec:
     stem_stride: int = 2
     stem_pool: bool = True
     final_norm: bool = True
+    stem_widths: tuple[int, ...] = ()
+    avg_down: bool = False
 
 
 class ResNet(Classifier):
@@ -269,9 +280,7 @@ class ResNet(Classifier):
         block = _BLOCKS[(spec.block, spec.preact)]
         stem_width = spec.planes[0]
 
-        self.conv1 = nn.Conv2d(
-            in_chans, stem_width, spec.stem_kernel, spec.stem_stride, padding=spec.stem_kernel // 2, bias=False
-        )
+        self.conv1 = _stem(spec, in_chans)
         # A pre-activation network normalises inside its first block, so its stem is the conv alone.
         self.bn1 = nn.Identity() if spec.preact else nn.BatchNorm2d(stem_width)
         self.relu = nn.Identity() if spec.preact else nn.ReLU(inplace=True)
@@ -286,6 +295,9 @@ class ResNet(Classifier):
                 downsample = None
                 if s != 1 or chans != planes * block.expansion:
                     proj = [_conv1x1(chans, planes * block.expansion, s)]
+                    if spec.avg_down:  # ResNet-D: the 1×1 sees every position, the pool does the striding
+                        pool = nn.AvgPool2d(2, s, ceil_mode=True, count_include_pad=False) if s > 1 else nn.Identity()
+                        proj = [pool, _conv1x1(chans, planes * block.expansion)]
                     if not spec.preact:
                         proj.append(nn.BatchNorm2d(planes * block.expansion))
                     downsample = nn.Sequential(*proj)
@@ -336,6 +348,20 @@ class ResNet(Classifier):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+def _stem(spec: ResNetSpec, in_chans: int) -> nn.Module:
+    """The first convolution(s): one k×k conv, or a deep stem of 3×3 convs (with BN and ReLU between them)."""
+    if not spec.stem_widths:
+        k = spec.stem_kernel
+        return nn.Conv2d(in_chans, spec.planes[0], k, spec.stem_stride, padding=k // 2, bias=False)
+    layers: list[nn.Module] = []
+    chans = in_chans
+    for i, width in enumerate(spec.stem_widths):
+        layers += [_conv3x3(chans, width, stride=2 if i == 0 else 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        chans = width
+    layers.append(_conv3x3(chans, spec.planes[0]))  # its BN and ReLU are the model's bn1 and relu
+    return nn.Sequential(*layers)
+
+
 _CIFAR_STEM = {"stem_kernel": 3, "stem_stride": 1, "stem_pool": False}
 
 # He et al. 2015, Table 1 (ResNet); He et al. 2016, Section 4 (pre-activation); Xie et al. 2016, Table 1 and
@@ -354,6 +380,9 @@ RESNETS = {
     "resnext50_32x4d": ResNetSpec(block="bottleneck", depths=(3, 4, 6, 3), groups=32, width_per_group=4),
     "resnext101_32x4d": ResNetSpec(block="bottleneck", depths=(3, 4, 23, 3), groups=32, width_per_group=4),
     "resnext101_32x8d": ResNetSpec(block="bottleneck", depths=(3, 4, 23, 3), groups=32, width_per_group=8),
+    # He et al. 2019 (arXiv:1812.01187), Section 4.1: ResNet-C's deep stem with timm's "tiered" widths 24, 32
+    # (ResNet-C: 32, 32) and ResNet-D's pooled shortcut, at one basic block per stage (timm's resnet10t).
+    "resnet10t": ResNetSpec(block="basic", depths=(1, 1, 1, 1), stem_widths=(24, 32), avg_down=True),
     "resnet18_cifar": ResNetSpec(block="basic", depths=(2, 2, 2, 2), **_CIFAR_STEM),
     "resnet50_cifar": ResNetSpec(block="bottleneck", depths=(3, 4, 6, 3), **_CIFAR_STEM),
     "resnet101_cifar": ResNetSpec(block="bottleneck", depths=(3, 4, 23, 3), **_CIFAR_STEM),
@@ -380,7 +409,14 @@ def _resnet(name: str, **kw) -> ResNet:
 _HE2015 = "He et al. 2015 (arXiv:1512.03385), Table 1"
 _HE2016 = "He et al. 2016 (arXiv:1603.05027), Fig. 4e"
 _XIE2016 = "Xie et al. 2016 (arXiv:1611.05431), Table 1"
-_CIFAR = {"input_size": (3, 32, 32), "mean": CIFAR_MEAN, "std": CIFAR_STD}
+_CIFAR = {"input_size": (3, 32, 32), "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+
+
+@register_model(
+    input_size=(3, 176, 176), paper="He et al. 2019 (arXiv:1812.01187), ResNet-C/D; timm's resnet10t (1, 1, 1, 1)"
+)
+def resnet10t(**kw) -> ResNet:
+    return _resnet("resnet10t", **kw)
 
 
 @register_model(input_size=(3, 224, 224), paper=_HE2015)

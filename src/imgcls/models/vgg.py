@@ -17,12 +17,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from imgcls.constants import CIFAR10_MEAN, CIFAR10_STD
 from imgcls.models._base import Classifier
 from imgcls.models._registry import register_model
 from imgcls.models.layers import FcHeadMixin, GlobalPool2d, LocalResponseNorm, fc_head, init_weights, make_pool
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 # Simonyan & Zisserman 2014, Table 1: an int is a 3×3 convolution with that many channels ("conv3-64"),
 # (channels, 1) the 1×1 convolution of column C ("conv1-256"), "M" a 2×2/2 max pool, "LRN" column A-LRN's norm.
@@ -190,8 +188,8 @@ def vgg19_bn(**kw) -> VGG:
 @register_model(
     input_size=(3, 32, 32),
     paper=_PAPER + "D at 32×32 with batch norm and one linear layer (kuangliu/pytorch-cifar VGG('VGG16'))",
-    mean=CIFAR_MEAN,
-    std=CIFAR_STD,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
 )
 def vgg16_cifar(**kw) -> VGGCifar:
     return VGGCifar(CFGS["D"], **kw)

@@ -5,8 +5,8 @@
 * a path to a state dict: ``.safetensors`` (ours, or timm's hub files) or a pickled ``.pt``/``.pth``/``.bin``
   (read with ``torch.load(weights_only=True)`` only, never arbitrary pickles). The format is detected from the
   file's first bytes and its keys, not from its extension; or
-* ``"torchvision"`` / ``"timm"`` (optionally ``"torchvision:v1"``) to fetch that library's published file for the
-  architecture into the user cache (``$IMGCLS_CACHE`` or ``~/.cache/imgcls/weights``), hash checked.
+* ``"torchvision"`` / ``"timm"`` (optionally ``"torchvision:v1"``) for that library's published file of the
+  architecture, found on disk or downloaded, hash checked (:mod:`imgcls.models.published`).
 
 Key mapping, applied only where the file needs it:
 
@@ -27,14 +27,9 @@ unexpected keys and the shape mismatches.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,84 +38,10 @@ import torch
 from torch import nn
 
 from imgcls.errors import UserError
+from imgcls.models.published import PUBLISHED, fetch_published
 from imgcls.run_folder import check_weights_file
 
 log = logging.getLogger("imgcls")
-
-TORCHVISION_URL = "https://download.pytorch.org/models/"
-TIMM_URL = "https://huggingface.co/timm/"
-CACHE_ENV = "IMGCLS_CACHE"
-URL_ENV = "IMGCLS_WEIGHTS_URL"  # replaces the base URL of every source (a mirror, or a local server in tests)
-
-
-@dataclass(frozen=True)
-class PublishedFile:
-    """One published weights file.
-
-    Attributes:
-        path: location relative to its source's base URL.
-        cache_name: file name in the local cache (unique across sources).
-        sha256: the full published SHA-256, or its first hex digits (torchvision's file names carry the first 8
-            or so; they are what torchvision itself checks), or ``""`` when nothing is published (see
-            :func:`fetch_published` for what is checked then).
-    """
-
-    path: str
-    cache_name: str
-    sha256: str
-
-
-def _tv(file: str) -> PublishedFile:
-    # torchvision names its files <arch>-<first hex digits of the SHA-256>.pth
-    prefix = re.search(r"-([0-9a-f]{6,})\.", file)
-    return PublishedFile(file, f"torchvision-{file}", prefix.group(1) if prefix else "")
-
-
-def _timm(hub_id: str, sha256: str) -> PublishedFile:
-    return PublishedFile(f"{hub_id}/resolve/main/model.safetensors", f"timm-{hub_id}.safetensors", sha256)
-
-
-# torchvision's DEFAULT weights per architecture ("v1": its IMAGENET1K_V1 where a newer recipe replaced them);
-# timm's default pretrained tag. SHA-256 of the timm files as published with the files on the Hugging Face hub.
-PUBLISHED: dict[str, dict[str, PublishedFile]] = {
-    "torchvision": {
-        "vgg11": _tv("vgg11-8a719046.pth"),
-        "vgg11_bn": _tv("vgg11_bn-6002323d.pth"),
-        "vgg13": _tv("vgg13-19584684.pth"),
-        "vgg13_bn": _tv("vgg13_bn-abd245e5.pth"),
-        "vgg16": _tv("vgg16-397923af.pth"),
-        "vgg16_bn": _tv("vgg16_bn-6c64b313.pth"),
-        "vgg19": _tv("vgg19-dcbb9e9d.pth"),
-        "vgg19_bn": _tv("vgg19_bn-c79401a0.pth"),
-        "resnet18": _tv("resnet18-f37072fd.pth"),
-        "resnet34": _tv("resnet34-b627a593.pth"),
-        "resnet50": _tv("resnet50-11ad3fa6.pth"),
-        "resnet50:v1": _tv("resnet50-0676ba61.pth"),
-        "resnet101": _tv("resnet101-cd907fc2.pth"),
-        "resnet101:v1": _tv("resnet101-63fe2227.pth"),
-        "resnet152": _tv("resnet152-f82ba261.pth"),
-        "resnet152:v1": _tv("resnet152-394f9c45.pth"),
-        "resnext50_32x4d": _tv("resnext50_32x4d-1a0047aa.pth"),
-        "resnext50_32x4d:v1": _tv("resnext50_32x4d-7cdf4587.pth"),
-        "resnext101_32x8d": _tv("resnext101_32x8d-110c445d.pth"),
-        "resnext101_32x8d:v1": _tv("resnext101_32x8d-8ba56ff5.pth"),
-        "densenet121": _tv("densenet121-a639ec97.pth"),
-        "densenet169": _tv("densenet169-b2777c0a.pth"),
-        "densenet201": _tv("densenet201-c1103571.pth"),
-        # Google's weights expect inputs scaled to [-1, 1] (mean = std = 0.5).
-        "inception_v3": _tv("inception_v3_google-0cc3c7bd.pth"),
-    },
-    "timm": {
-        "inception_v4": _timm(
-            "inception_v4.tf_in1k", "a756a086851c8d5a8de135ec15c76b90ea56cb5aef450e3299107e659e725bb1"
-        ),
-        "inception_resnet_v2": _timm(
-            "inception_resnet_v2.tf_in1k", "dbea26b13a5fc8351919fed6a94222c0577ce324b2765fd081a798f837ca9d72"
-        ),
-        "dpn92": _timm("dpn92.mx_in1k", ""),
-    },
-}
-_BASE_URLS = {"torchvision": TORCHVISION_URL, "timm": TIMM_URL}
 
 
 @dataclass
@@ -131,92 +52,6 @@ class LoadReport:
     file_format: str  # "safetensors" or "pickle"
     mappings: list[str] = field(default_factory=list)
     new_classifier: bool = False
-
-
-def cache_dir() -> Path:
-    """``$IMGCLS_CACHE`` or ``~/.cache/imgcls/weights``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "imgcls" / "weights")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def published_file(name: str, source: str) -> PublishedFile:
-    """The published file of architecture `name` from `source` (``"torchvision"``, ``"torchvision:v1"``, ``"timm"``)."""
-    library, _, tag = source.partition(":")
-    table = PUBLISHED.get(library)
-    if table is None:
-        raise UserError(f"unknown weights source: {source} (use a file path, 'torchvision' or 'timm')")
-    key = f"{name}:{tag}" if tag else name
-    if key not in table:
-        have = sorted({k.split(":")[0] for k in table})
-        raise UserError(f"{library} publishes no weights for {key} (it has: {', '.join(have)})")
-    return table[key]
-
-
-def fetch_published(
-    name: str, source: str, base_url: str | None = None, cache: str | os.PathLike | None = None, timeout: float = 60.0
-) -> Path:
-    """Download the published weights of `name` into the cache (once) and return the local path.
-
-    The transfer goes to a temporary file in the cache folder, which is renamed to its final name only after its
-    SHA-256 matches the published one, so an interrupted or corrupted download never sits in the cache. A cached
-    file is trusted (it was checked when it arrived). For timm's DPN-92 no SHA-256 is published with the file that
-    we could pin; there the hash is recorded next to the file on first download (``.sha256``) and the file must
-    still parse as a state dict whose keys fit the model.
-
-    Args:
-        name: architecture, e.g. ``"resnet50"``.
-        source: ``"torchvision"``, ``"torchvision:v1"`` or ``"timm"``.
-        base_url: replaces the source's base URL (else ``$IMGCLS_WEIGHTS_URL``, else the library's own).
-        cache: cache folder (else :func:`cache_dir`).
-        timeout: seconds without data before the transfer is abandoned.
-    """
-    entry = published_file(name, source)
-    folder = Path(cache) if cache is not None else cache_dir()
-    target = folder / entry.cache_name
-    if target.is_file():
-        return target
-    base = base_url or os.environ.get(URL_ENV) or _BASE_URLS[source.partition(":")[0]]
-    url = base.rstrip("/") + "/" + entry.path
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create weights cache {folder}: {exc.strerror} (set ${CACHE_ENV})") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=entry.cache_name + ".", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                expected_size = response.headers.get("Content-Length")
-                size = 0
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    size += len(block)
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise UserError(f"download of {url} failed: {reason}") from None
-        if expected_size is not None and size != int(expected_size):
-            raise UserError(f"download of {url} interrupted: got {size} of {expected_size} bytes")
-        digest = h.hexdigest()
-        if entry.sha256 and not digest.startswith(entry.sha256):
-            raise UserError(
-                f"{entry.cache_name}: SHA-256 {digest} does not match the published {entry.sha256}; file refused"
-            )
-        if not entry.sha256:
-            (folder / (entry.cache_name + ".sha256")).write_text(digest + "\n")
-        os.replace(tmp, target)
-        log.info("downloaded %s to %s", url, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
@@ -455,15 +290,10 @@ def load_weights(model: nn.Module, name: str, weights: str | os.PathLike, base_u
 
 
 __all__ = [
-    "PUBLISHED",
     "LoadReport",
-    "PublishedFile",
-    "cache_dir",
-    "fetch_published",
     "load_state_dict_into",
     "load_weights",
     "map_keys",
-    "published_file",
     "read_state_dict",
     "stored_in_chans",
 ]
