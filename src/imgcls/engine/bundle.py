@@ -97,6 +97,8 @@ def build_model(meta: ModelMeta, where: Path | str = RunFolder.META) -> nn.Modul
     try:
         return create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
     except UserError as exc:
+        if meta.model_kwargs and "option" in str(exc):  # create_model: an option this architecture does not have
+            raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
         raise UserError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:  # an option this architecture does not take, or a value it refuses
         raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
