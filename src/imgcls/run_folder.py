@@ -190,6 +190,7 @@ class RunFolder:
     REPORT_PAGE = "report.html"
     ONNX = "model.onnx"
     TENSORBOARD = "tensorboard"
+    LOCK = ".imgcls-train.lock"  # held by the one `train` writing the folder; removed when it ends
 
     # What makes a folder "a run": train refuses to write into one without --resume / --overwrite.
     MARKERS = (CONFIG, "checkpoints", WEIGHTS, META, METRICS)
@@ -264,6 +265,10 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.root / self.TENSORBOARD
+
+    @property
+    def lock(self) -> Path:
+        return self.root / self.LOCK
 
     # --- what the folder is ------------------------------------------------------------------------------------
 

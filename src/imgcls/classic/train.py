@@ -62,7 +62,7 @@ def train_classic(cfg):
     from imgcls._files import FileLock
     from imgcls.data import build_data
     from imgcls.data.transforms import AugmentConfig
-    from imgcls.engine.train import LOCK_FILE, check_run_dir
+    from imgcls.engine.train import check_run_dir
     from imgcls.models import create_model, model_entry
     from imgcls.run_folder import RunFolder
 
@@ -102,7 +102,7 @@ def train_classic(cfg):
 
     # Only now the folder: created (or cleared for --overwrite) under its lock, and undone if the fit fails.
     created = _make_folder(run.root)
-    lock = FileLock(run.root / LOCK_FILE, f"imgcls train --out {run.root}", timeout=0)
+    lock = FileLock(run.lock, f"imgcls train --out {run.root}", timeout=0)
     try:
         try:
             lock.acquire()

@@ -51,9 +51,7 @@ alone writes files; the loss/accuracy are reduced over ranks; stop, skip and sav
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -69,7 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls._files import FileLock, atomic_write_text
+from imgcls._files import FileLock
 from imgcls.engine import distributed as D
 from imgcls.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imgcls.engine.config import MAX_IMAGE_SIZE, RunConfig, config_record
@@ -88,10 +86,9 @@ from imgcls.engine.precision import (
 )
 from imgcls.engine.schedule import LRSchedule
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
-METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.json"
+CHECKPOINT = Path(RunFolder.CHECKPOINT)  # relative to the run folder
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -103,19 +100,6 @@ METRICS_COLUMNS = (
     "lr_mean",
     "lr_max",
     "seconds",
-)
-LOCK_FILE = ".imgcls-train.lock"  # held by the one `train` writing the folder; removed when it ends
-# What makes a folder "a run": refusing to write into it without --resume / --overwrite protects it.
-RUN_MARKERS = ("config.json", "checkpoints", "model.safetensors", "model.json", "metrics.csv")
-# What --overwrite removes (only our own files: anything else in the folder is left alone).
-RUN_ENTRIES = (
-    *RUN_MARKERS,
-    "data_issues.csv",
-    "eval.json",
-    "predictions.csv",
-    "samples.npz",
-    "report",
-    "tensorboard",
 )
 # train.select_metric -> (metrics.csv column, higher is better)
 SELECTION = {
@@ -226,13 +210,13 @@ def check_run_dir(out: str | None, *, resume: bool, overwrite: bool) -> Path:
         raise UserError("--resume and --overwrite contradict each other: choose one")
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run}: exists and is not a folder")
-    holds_run = run.is_dir() and any((run / m).exists() for m in RUN_MARKERS)
+    folder = RunFolder(run)
     if resume:
-        if not (run / CHECKPOINT).is_file():
-            raise UserError(f"--resume: no checkpoint at {run / CHECKPOINT}")
-    elif holds_run and not overwrite:
+        if not folder.checkpoint.is_file():
+            raise UserError(f"--resume: no checkpoint at {folder.checkpoint}")
+    elif folder.holds_run() and not overwrite:
         raise UserError(f"--out {run}: already holds a run (use --resume to continue it or --overwrite to replace it)")
-    elif run.is_dir() and not overwrite and any(p.name != LOCK_FILE for p in run.iterdir()):
+    elif run.is_dir() and not overwrite and any(p.name != RunFolder.LOCK for p in run.iterdir()):
         raise UserError(f"--out {run}: is a non-empty folder that holds no run (choose another or add --overwrite)")
     existing = run
     while not existing.exists():
@@ -240,15 +224,6 @@ def check_run_dir(out: str | None, *, resume: bool, overwrite: bool) -> Path:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {run}: cannot write there ({existing} is not a writable folder)")
     return run
-
-
-def _clear_run(run: Path) -> None:
-    for name in RUN_ENTRIES:
-        path = run / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
 
 
 def _make_run_dir(run: Path) -> Path | None:
@@ -263,19 +238,6 @@ def _make_run_dir(run: Path) -> Path | None:
     except OSError as exc:
         raise UserError(f"--out {run}: cannot write there ({exc.strerror or exc})") from None
     return top
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(METRICS_COLUMNS)
-    for row in history:
-        writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in METRICS_COLUMNS])
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 # --- what the user sees ----------------------------------------------------------------------------------------
@@ -538,6 +500,10 @@ class _Session:
     def task(self) -> str:
         return self.data.task
 
+    @property
+    def files(self) -> RunFolder:
+        return RunFolder(self.run)
+
     def shipped(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.net
 
@@ -558,7 +524,7 @@ class _Session:
 
     def restore(self, ckpt: dict[str, Any], state: TrainState) -> None:
         """Load a checkpoint into the components and ``state``, after checking it belongs to this run."""
-        where = self.run / CHECKPOINT
+        where = self.files.checkpoint
         if ckpt.get("world_size", 1) != self.info.world_size:
             raise UserError(
                 f"--resume: {where} was written by {ckpt.get('world_size')} processes, "
@@ -595,12 +561,12 @@ class _Session:
         if not _finite(self.net):
             return
         state.rng = rngs
-        save_checkpoint(self.run / CHECKPOINT, self.checkpoint_state(state))
+        save_checkpoint(self.files.checkpoint, self.checkpoint_state(state))
         self.checkpointed = True
 
 
 def _last_good(s: _Session) -> str:
-    return f"; the last good checkpoint is {s.run / CHECKPOINT}" if s.checkpointed else ""
+    return f"; the last good checkpoint is {s.files.checkpoint}" if s.checkpointed else ""
 
 
 def _short(classes) -> str:
@@ -661,7 +627,7 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
         backbone_frozen=trainable - {id(p) for p in net.parameters() if p.requires_grad},
         meta=_model_meta(cfg, data, in_chans, image_size),
         select=select,
-        tb=_TensorBoard(run / "tensorboard", info.is_main),
+        tb=_TensorBoard(RunFolder(run).tensorboard, info.is_main),
         created=created,
         lock=lock,
     )
@@ -691,7 +657,7 @@ def _open_run_dir_everywhere(cfg: RunConfig, run: Path, data, precision, info: D
 def _open_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
     """Rank 0: create (or clear, for --overwrite) the folder and write config.json and data_issues.csv."""
     created = _make_run_dir(run)
-    lock = FileLock(run / LOCK_FILE, f"imgcls train --out {run}", timeout=0)
+    lock = FileLock(RunFolder(run).lock, f"imgcls train --out {run}", timeout=0)
     try:
         try:
             lock.acquire()
@@ -704,7 +670,7 @@ def _open_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         elif not cfg.train.resume and lock.fd is not None:
-            _clear_run(run)
+            RunFolder(run).clear()
         lock.release()
         raise
     return (str(created) if created is not None else None), lock
@@ -712,7 +678,7 @@ def _open_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D
 
 def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D.DistInfo, size: int, chans: int):
     if cfg.train.overwrite:
-        _clear_run(run)
+        RunFolder(run).clear()
     if not cfg.train.resume:
         facts = {
             "classes": list(data.classes),
@@ -726,8 +692,8 @@ def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D
             "precision": precision.name,
             "world_size": info.world_size,
         }
-        atomic_write_text(run / CONFIG_FILE, json.dumps(config_record(cfg, run=facts), indent=2) + "\n")
-    data.write_issues(run / "data_issues.csv")
+        RunFolder(run).write_config(_json_safe(config_record(cfg, run=facts)))
+    data.write_issues(RunFolder(run).issues)
 
 
 def _build_components(s: _Session) -> TrainState:
@@ -746,7 +712,7 @@ def _build_components(s: _Session) -> TrainState:
         s.lookahead = Lookahead(s.net, tc.lookahead_k, tc.lookahead_alpha, total, tc.lookahead_ramp_power)
     state = TrainState()
     if tc.resume:
-        s.restore(load_checkpoint(s.run / CHECKPOINT, map_location=s.device), state)
+        s.restore(load_checkpoint(s.files.checkpoint, map_location=s.device), state)
         s.checkpointed = True
     s.model = maybe_compile(s.net, cfg.model.compile)
     if s.info.enabled:
@@ -786,7 +752,7 @@ def _abandon(s: _Session) -> None:
     if s.created is not None:
         shutil.rmtree(s.created, ignore_errors=True)
     elif s.run.is_dir():
-        _clear_run(s.run)
+        s.files.clear()
 
 
 def _seed_everything(seed: int) -> None:
@@ -817,7 +783,7 @@ def train(cfg: RunConfig) -> RunResult:
 
         return train_classic(cfg)
     device = resolve_device(cfg.train.device)
-    if D.elastic_restart() and cfg.train.out and (Path(cfg.train.out) / CHECKPOINT).is_file():
+    if D.elastic_restart() and cfg.train.out and RunFolder(cfg.train.out).checkpoint.is_file():
         # torchrun --max-restarts relaunches the same command after a rank died: continue from the checkpoint.
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True, overwrite=False))
     info = D.init_distributed(device)
@@ -835,7 +801,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     s, state = _set_up(cfg, info, device)
     _say(info, _start_line(s, state))
     if s.data.issues:
-        _say(info, f"imgcls: skipped {len(s.data.issues)} unreadable file(s), listed in {s.run / 'data_issues.csv'}")
+        _say(info, f"imgcls: skipped {len(s.data.issues)} unreadable file(s), listed in {s.files.issues}")
     s.compile_clock = CompileClock(cfg.model.compile)
     if state.rng is not None:
         set_rng_state(state.rng[info.rank])  # last: nothing after this may draw random numbers before the loop
@@ -942,7 +908,7 @@ def train_one_epoch(s: _Session, state: TrainState, stop: _StopSignals) -> None:
                 state.epoch_stats = stats
             if stop_now:
                 name = signal.Signals(stop.received).name if stop.received else "a stop signal on another rank"
-                _say(info, f"imgcls: {name}: checkpoint saved to {s.run / CHECKPOINT}; continue with --resume")
+                _say(info, f"imgcls: {name}: checkpoint saved to {s.files.checkpoint}; continue with --resume")
                 raise KeyboardInterrupt
     finally:
         progress.close()
@@ -1072,7 +1038,7 @@ def _end_of_epoch(s: _Session, state: TrainState, epoch_t0: float) -> None:
     if improved:
         state.best = {"epoch": epoch, "value": value}
     if info.is_main:
-        _write_metrics(s.run / METRICS_FILE, state.history)
+        s.files.write_metrics(METRICS_COLUMNS, state.history)
         s.tb.epoch(row)
         if tc.save == "last" or improved or (state.best is None and epoch == tc.epochs):
             save_bundle(s.run, s.shipped(), s.meta)
@@ -1172,7 +1138,7 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
         + (f", top-5 {_num(top5, '%')}" if top5 is not None else "")
         + (f", mAP {_num(summary['mAP'], '%')}" if summary.get("mAP") is not None else "")
         + f" (epoch {shipped_epoch}, {'best by ' + metric if tc.save == 'best' else 'the last'}) · weights "
-        f"{run / 'model.safetensors'}" + (f" · report {report_path}" if report_path else ""),
+        f"{s.files.weights}" + (f" · report {report_path}" if report_path else ""),
     )
     return RunResult(
         run_dir=run,
@@ -1195,10 +1161,12 @@ def _record_selection(
 ) -> None:
     """``config.json``'s ``run.selection``: what the report needs to say which weights ship and what they scored,
     and the run's time (``seconds``, the figure the console prints)."""
-    path = run / CONFIG_FILE
+    folder = RunFolder(run)
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = folder.read_config()
+    except UserError:
+        record = None
+    if record is None:
         return  # the record is the user's to repair; the run itself is complete
     best = state.best
     record.setdefault("run", {})["selection"] = {
@@ -1212,7 +1180,7 @@ def _record_selection(
         "shipped_epoch": shipped,
         "seconds": round(seconds, 3),
     }
-    atomic_write_text(path, json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
+    folder.write_config(_json_safe(record))
 
 
 def _json_safe(value: Any) -> Any:
