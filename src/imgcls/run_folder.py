@@ -22,6 +22,8 @@ What a run folder holds (``RUN/…``):
 ``report/``            ``report.html`` and its PNGs (``imgcls.report``)
 ``model.onnx``         optional, written by ``imgcls export --out RUN/model.onnx``; ``predict --backend onnx``
 ``tensorboard/``       event files, when tensorboard is installed
+``lr_find.json``       with ``train.lr_find`` (or ``imgcls lr-find --out``): the range test's curve and suggestion,
+                       and its plot ``lr_find.png`` (``imgcls.engine.lr_find``)
 =====================  ====================================================================================
 
 Readers raise :class:`~imgcls.errors.UserError` naming the file for a malformed one; optional files read as
@@ -190,12 +192,14 @@ class RunFolder:
     REPORT_PAGE = "report.html"
     ONNX = "model.onnx"
     TENSORBOARD = "tensorboard"
+    LR_FIND = "lr_find.json"  # the learning-rate range test's curve and suggestion (engine/lr_find.py)
+    LR_FIND_PLOT = "lr_find.png"
     LOCK = ".imgcls-train.lock"  # held by the one `train` writing the folder; removed when it ends
 
     # What makes a folder "a run": train refuses to write into one without --resume / --overwrite.
     MARKERS = (CONFIG, "checkpoints", WEIGHTS, META, METRICS)
     # What --overwrite removes (only our own entries: anything else in the folder is left alone).
-    ENTRIES = (*MARKERS, ISSUES, EVAL, PREDICTIONS, SAMPLES, REPORT_DIR, TENSORBOARD)
+    ENTRIES = (*MARKERS, ISSUES, EVAL, PREDICTIONS, SAMPLES, REPORT_DIR, TENSORBOARD, LR_FIND, LR_FIND_PLOT)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -265,6 +269,14 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.root / self.TENSORBOARD
+
+    @property
+    def lr_find(self) -> Path:
+        return self.root / self.LR_FIND
+
+    @property
+    def lr_find_plot(self) -> Path:
+        return self.root / self.LR_FIND_PLOT
 
     @property
     def lock(self) -> Path:

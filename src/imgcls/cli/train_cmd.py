@@ -32,8 +32,7 @@ FLAG_TARGETS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `train` and `eval` to the `imgcls` parser."""
-    from imgcls.config_reader import choices_of, recipe_names
-    from imgcls.engine.config import DEVICES, TrainConfig
+    from imgcls.engine.config import DEVICES
     from imgcls.engine.evaluate import TTA_MODES
 
     p = sub.add_parser(
@@ -42,6 +41,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a model. Settings: defaults < --recipe < flags. "
         "Under torchrun (`torchrun --nproc_per_node N -m imgcls train ...`) it trains data-parallel.",
     )
+    add_run_arguments(p, out_help="the run folder to write")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --out")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="measure a finished run again (optionally on other data, with TTA)")
+    e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
+    e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
+    e.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
+    e.add_argument("--device", metavar="DEVICE", default="cpu", help=f"{', '.join(DEVICES)} or cuda:N (default cpu)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=run_eval)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The flags that describe a run (`train`, and `lr-find`, which tests the run it describes)."""
+    from imgcls.config_reader import choices_of, recipe_names
+    from imgcls.engine.config import DEVICES, TrainConfig
+
     p.add_argument("--data", metavar="SPEC", help="a folder, a CSV file, or digits, cifar10, cifar100, mnist...")
     p.add_argument("--model", metavar="NAME", help="a registered model (see `imgcls models`)")
     p.add_argument("--recipe", metavar="NAME|FILE", help=f"{', '.join(recipe_names())}, or a YAML file")
@@ -53,9 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="DEVICE", help=f"{', '.join(DEVICES)} or cuda:N (default auto)")
     p.add_argument("--precision", choices=choices_of(TrainConfig, "precision"))
     p.add_argument("--task", choices=choices_of(TrainConfig, "task"))
-    p.add_argument("--out", metavar="RUN", help="the run folder to write")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --out")
+    p.add_argument("--out", metavar="RUN", help=out_help)
     p.add_argument(
         "--weights",
         metavar="FILE|torchvision|timm|none",
@@ -73,15 +89,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="any other setting, e.g. --set optim.name=adamw --set train.ema_decay=0.999 (repeatable; "
         "VALUE is YAML: null sets null, [1, 2] a list, {a: 1} a mapping)",
     )
-    p.set_defaults(func=run_train)
-
-    e = sub.add_parser("eval", help="measure a finished run again (optionally on other data, with TTA)")
-    e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
-    e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
-    e.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
-    e.add_argument("--device", metavar="DEVICE", default="cpu", help=f"{', '.join(DEVICES)} or cuda:N (default cpu)")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.set_defaults(func=run_eval)
 
 
 def _parse_set(items: list[str]) -> dict[str, dict]:
@@ -117,7 +124,7 @@ def build_config(args: argparse.Namespace):
     from imgcls.engine.config import config_from_dict, merge, read_run_config, resolve_config
 
     overrides = overrides_from_args(args)
-    if args.resume and args.out and RunFolder(args.out).config.is_file():
+    if getattr(args, "resume", None) and args.out and RunFolder(args.out).config.is_file():
         saved = read_run_config(args.out)
         base = {name: saved.get(name) or {} for name in SECTIONS}
         return config_from_dict(merge(base, overrides))
@@ -168,4 +175,4 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_config", "format_eval", "overrides_from_args", "register"]
+__all__ = ["add_run_arguments", "build_config", "format_eval", "overrides_from_args", "register"]

@@ -134,6 +134,15 @@ class TrainConfig:
     val_every: int = setting(1, ge=0)  # validate every N epochs and after the last (0: after the last only)
     save: str = setting("best", choices=("best", "last"))  # best (by select_metric) | last
     select_metric: str = setting("auto", choices=SELECT_METRICS)  # what "best" means (see SELECT_METRICS)
+    # Stop after this many validated epochs in a row without a better select_metric, and ship the best (0: off).
+    early_stopping: int = setting(0, ge=0)
+    early_stopping_min_delta: float = setting(0.0, ge=0)  # the gain that counts as better (percent, or loss units)
+    # Fine-tuning in two stages: the classifier trains alone (backbone frozen, its BatchNorm statistics too) for
+    # this many epochs, then the whole network (0: off).
+    unfreeze_after: int = setting(0, ge=0)
+    lr_find: bool = False  # an LR range test (engine/lr_find.py) first; the run then trains at its suggestion
+    lr_find_range: tuple[float, float] = setting((1e-5, 10.0), gt=0)  # the rates swept (optim.lr's scale)
+    lr_find_steps: int = setting(100, ge=10)  # optimiser steps of the sweep
     max_bad_steps: int = setting(5, ge=1)  # stop after this many non-finite losses in a row
     checkpoint_every_steps: int = setting(0, ge=0)  # 0: only at epoch ends (and on SIGTERM / Ctrl-C)
     checkpoint_every_seconds: float = setting(600.0, ge=0)  # also checkpoint mid-epoch this often (0: never)
@@ -146,6 +155,8 @@ class TrainConfig:
         check_settings(self)
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: choose one")
+        if not self.lr_find_range[0] < self.lr_find_range[1]:
+            raise UserError(f"train.lr_find_range: needs [start, end] with start < end, got {list(self.lr_find_range)}")
         if not (self.device in DEVICES[1:] or self.device == "auto" or self.device.startswith("cuda:")):
             raise UserError(f"train.device: must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
 

@@ -364,6 +364,22 @@ def _check_settings(cfg: RunConfig) -> None:
     out, spec = cfg.train.out, Path(cfg.data_spec)
     if out and spec.is_dir() and Path(out).resolve().is_relative_to(spec.resolve()):
         raise UserError(f"--out {out}: is inside --data {cfg.data_spec} (the run's files would become data)")
+    tc = cfg.train
+    if tc.early_stopping and tc.save != "best":
+        raise UserError(
+            f"train.early_stopping {tc.early_stopping}: ships the best epoch, so it needs train.save best "
+            f"(not {tc.save})"
+        )
+    if tc.early_stopping and tc.val_every == 0:
+        raise UserError(
+            "train.early_stopping: needs validation during the run (train.val_every 0 validates after the last "
+            "epoch only)"
+        )
+    if tc.unfreeze_after > tc.epochs:
+        raise UserError(
+            f"train.unfreeze_after {tc.unfreeze_after}: the run has only {tc.epochs} epoch(s), so the backbone would "
+            "never train (train longer, or use --freeze-backbone to train the classifier alone)"
+        )
 
 
 def _check_model(name: str, in_chans: int, image_size: int, kwargs: dict[str, Any]) -> None:
@@ -461,6 +477,34 @@ def _selection(select_metric: str, task: str, num_classes: int) -> tuple[str, st
     return metric, column, higher
 
 
+def batch_size_warning(num_images: int, batch_size: int, accum_steps: int = 1) -> str | None:
+    """The warning for an epoch of fewer than 10 optimiser steps, or one whose dropped last batch leaves out more
+    than 10 % of the training images, with the largest power-of-two batch size that avoids both; None when fine.
+
+    ``num_images`` and ``batch_size`` are per process; a training epoch drops its last incomplete batch.
+    """
+
+    def steps_and_dropped(batch: int) -> tuple[int, int]:
+        batches = num_images // batch if num_images >= batch else 1
+        return math.ceil(batches / accum_steps), max(0, num_images - batches * batch)
+
+    def fine(batch: int) -> bool:
+        steps, dropped = steps_and_dropped(batch)
+        return steps >= 10 and dropped <= 0.1 * num_images
+
+    if num_images <= 0 or fine(batch_size):
+        return None
+    steps, dropped = steps_and_dropped(batch_size)
+    suggestion = max((b for b in (2**k for k in range(batch_size.bit_length())) if fine(b)), default=1)
+    s_steps, s_dropped = steps_and_dropped(suggestion)
+    return (
+        f"imgcls: warning: --batch-size {batch_size} on {num_images} training images gives {steps} step"
+        f"{'s' if steps != 1 else ''} per epoch and leaves {dropped} image{'s' if dropped != 1 else ''} "
+        f"({100 * dropped / num_images:.0f} %) out of every epoch; --batch-size {suggestion} gives {s_steps} "
+        f"steps and leaves {s_dropped} out"
+    )
+
+
 # --- the session: what set-up builds and every later part uses ----------------------------------------------------
 
 
@@ -486,6 +530,7 @@ class _Session:
     aux_weights: tuple[float, ...]
     channels_last: bool
     backbone_frozen: set[int]  # ids of the parameters optim.freeze_backbone froze
+    first_stage: set[int]  # ids of the parameters train.unfreeze_after holds frozen for its first epochs
     meta: Any  # bundle.ModelMeta of the shipped weights
     select: tuple[str, str, bool]  # `_selection`
     tb: _TensorBoard
@@ -625,6 +670,7 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
         aux_weights=tuple(getattr(net, "aux_weights", ()) or ()),
         channels_last=use_channels_last(net, mc.channels_last),
         backbone_frozen=trainable - {id(p) for p in net.parameters() if p.requires_grad},
+        first_stage=_backbone_ids(net, trainable) if tc.unfreeze_after and not cfg.optim.freeze_backbone else set(),
         meta=_model_meta(cfg, data, in_chans, image_size),
         select=select,
         tb=_TensorBoard(RunFolder(run).tensorboard, info.is_main),
@@ -704,6 +750,8 @@ def _build_components(s: _Session) -> TrainState:
     s.net = s.net.to(device=s.device, memory_format=memory_format)
     if not tc.resume and callable(getattr(s.net, "init_whitening", None)):
         _init_whitening(s.net, s.data.train, tc.init_whitening_images)
+    if tc.lr_find and not tc.resume:
+        _lr_find(s)
     steps_per_epoch = math.ceil(len(s.data.train) / cfg.optim.accum_steps)
     s.schedule = LRSchedule(s.optimizer, cfg.schedule, steps_per_epoch, tc.epochs)
     s.ema = ModelEma(s.net, tc.ema_decay) if tc.ema_decay else None
@@ -765,6 +813,247 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _backbone_ids(net: nn.Module, trainable: set[int]) -> set[int]:
+    """ids of the trainable parameters outside the classifier (``get_classifier()``)."""
+    from imgcls.engine.optim import _head_parameter_ids
+
+    head = _head_parameter_ids(net)
+    if not trainable - head:
+        raise UserError("train.unfreeze_after: this model has no separate classifier to train first")
+    return trainable - head
+
+
+# --- early stopping -----------------------------------------------------------------------------------------------
+
+
+def epochs_without_gain(history: list[dict[str, Any]], column: str, higher: bool, min_delta: float = 0.0) -> int:
+    """Validated epochs since the metric in ``column`` last beat its best so far by more than ``min_delta``
+    (epochs without validation are not counted)."""
+    best, since = None, 0
+    for row in history:
+        value = row.get(column)
+        if value is None:
+            continue
+        if best is None or (value > best + min_delta if higher else value < best - min_delta):
+            best, since = value, 0
+        else:
+            since += 1
+    return since
+
+
+def _stops_early(s: _Session, state: TrainState) -> bool:
+    """``train.early_stopping``: the selection metric has not improved for that many validated epochs. Derived from
+    the history alone, so a resumed run decides as the uninterrupted one; every rank holds the same history."""
+    tc = s.cfg.train
+    if not tc.early_stopping:
+        return False
+    _, column, higher = s.select
+    return epochs_without_gain(state.history, column, higher, tc.early_stopping_min_delta) >= tc.early_stopping
+
+
+# --- the learning-rate range test (train.lr_find) -----------------------------------------------------------------
+
+
+def _sweep_step(
+    net,
+    optimizer,
+    scaler,
+    precision: Precision,
+    loss_fn,
+    aux_weights,
+    device: str,
+    channels_last: bool,
+    accum_steps: int,
+    frozen: list[nn.Parameter],
+):
+    """``fn(batches) -> loss`` for the range test: ``accum_steps`` micro-batches, then one optimiser step (none when
+    the loss is not finite). The loss returned is the mean over the micro-batches."""
+
+    def step(batches) -> float:
+        total = 0.0
+        for _ in range(accum_steps):
+            x, y = next(batches)
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with precision.autocast():
+                output = net(x)
+            loss, _ = compute_loss(loss_fn, output, y.to(device, non_blocking=True), aux_weights)
+            if not torch.isfinite(loss.detach()):
+                optimizer.zero_grad(set_to_none=True)
+                return math.inf
+            scaler.scale(loss / accum_steps).backward()
+            total += float(loss.detach()) / accum_steps
+        for p in frozen:
+            p.grad = None
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+
+    return step
+
+
+def _sweep(
+    net,
+    optimizer,
+    scaler,
+    precision,
+    loss_fn,
+    aux_weights,
+    cfg: RunConfig,
+    data,
+    device,
+    channels_last,
+    frozen_params,
+    frozen_modules,
+):
+    """One range test with the run's parts (model in training mode, frozen modules in eval mode)."""
+    from imgcls.engine.lr_find import range_test
+
+    tc = cfg.train
+    net.train()
+    for module in frozen_modules:
+        module.eval()
+    step = _sweep_step(
+        net,
+        optimizer,
+        scaler,
+        precision,
+        loss_fn,
+        aux_weights,
+        device,
+        channels_last,
+        cfg.optim.accum_steps,
+        frozen_params,
+    )
+    return range_test(
+        net,
+        optimizer,
+        data.train,
+        step,
+        headline_lr=cfg.optim.lr,
+        start=tc.lr_find_range[0],
+        end=tc.lr_find_range[1],
+        steps=tc.lr_find_steps,
+        extra_state=[scaler] if scaler.is_enabled() else [],
+    )
+
+
+def _lr_find(s: _Session) -> None:
+    """``train.lr_find``: sweep, then train at the suggestion (rank 0's reading on every rank); the curve goes to
+    ``lr_find.json`` / ``lr_find.png`` and ``config.json`` records the rate used and the reading."""
+    from imgcls.engine.lr_find import write_finding
+
+    t0 = time.perf_counter()
+    wants_grad = [p.requires_grad for p in s.net.parameters()]
+    frozen_params, frozen_modules = _frozen(s, 0)
+    finding = _sweep(
+        s.net,
+        s.optimizer,
+        s.scaler,
+        s.precision,
+        s.loss_fn,
+        s.aux_weights,
+        s.cfg,
+        s.data,
+        s.device,
+        s.channels_last,
+        frozen_params,
+        frozen_modules,
+    )
+    finding = D.broadcast_object(finding)
+    # The optimiser the run would have built with --lr SUGGESTION (same groups, same rates to the last bit).
+    for p, wanted in zip(s.net.parameters(), wants_grad):
+        p.requires_grad_(wanted)
+    s.cfg = dataclasses.replace(s.cfg, optim=dataclasses.replace(s.cfg.optim, lr=finding.suggestion))
+    s.optimizer = build_optimizer(s.net, s.cfg.optim)
+    if s.info.is_main:
+        files = s.files
+        write_finding(finding, files.lr_find, files.lr_find_plot)
+        record = files.read_config() or {}
+        record.setdefault("optim", {})["lr"] = finding.suggestion
+        record.setdefault("run", {})["lr_find"] = finding.summary()
+        files.write_config(_json_safe(record))
+    _say(s.info, lr_find_line(finding, time.perf_counter() - t0, files=s.files))
+
+
+def lr_find_line(finding, seconds: float, files: RunFolder | None = None) -> str:
+    """What the console says after a range test."""
+    steepest = f", steepest fall at {finding.steepest_lr:.3g}" if finding.steepest_lr is not None else ""
+    end = f"stopped at {finding.lrs[-1]:.3g} (loss diverging)" if finding.stopped_early else f"up to {finding.end:g}"
+    where = f" · curve {files.lr_find_plot}" if files is not None else ""
+    return (
+        f"imgcls: lr-find: {len(finding.lrs)} steps from {finding.start:g}, {end}, in {_duration(seconds)}: lowest "
+        f"loss at {finding.min_loss_lr:.3g}{steepest}; suggested lr {finding.suggestion:.3g}{where}"
+    )
+
+
+def run_range_test_alone(cfg: RunConfig):
+    """``imgcls lr-find`` (`imgcls.engine.lr_find.find_lr`): the range test of ``cfg`` in this process, with no run
+    folder; ``lr_find.json`` and ``lr_find.png`` go to ``train.out`` when it is set (the folder is created)."""
+    from imgcls.engine.lr_find import write_finding
+    from imgcls.models import create_model, model_entry
+
+    tc, mc = cfg.train, cfg.model
+    device = resolve_device(tc.device)
+    info = D.DistInfo()
+    _check_settings(cfg)
+    entry = model_entry(mc.name)
+    in_chans = mc.in_chans or entry.input_size[0]
+    image_size = mc.image_size or entry.input_size[-1]
+    _check_model(mc.name, in_chans, image_size, dict(mc.kwargs or {}))
+    out = RunFolder(tc.out) if tc.out else None
+    if out is not None and out.root.exists() and not out.root.is_dir():
+        raise UserError(f"--out {out.root}: exists and is not a folder")
+    precision = resolve_precision(tc.precision, device)
+    data = _build_data(cfg, info, device, image_size, in_chans)
+    _seed_everything(tc.seed)
+    net = create_model(mc.name, num_classes=data.num_classes, in_chans=in_chans, weights=mc.weights, **mc.kwargs)
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    optimizer = build_optimizer(net, cfg.optim)
+    first_stage = _backbone_ids(net, trainable) if tc.unfreeze_after and not cfg.optim.freeze_backbone else set()
+    for p in net.parameters():
+        if id(p) in first_stage:
+            p.requires_grad_(False)
+    staged = {
+        id(p)
+        for name, p in net.named_parameters()
+        if any(name.startswith(k) and n == 0 for k, n in tc.freeze_after.items())
+    }
+    for p in net.parameters():
+        if id(p) in staged:
+            p.requires_grad_(False)
+    frozen_modules = _frozen_modules(net, trainable - {id(p) for p in net.parameters() if p.requires_grad})
+    channels_last = use_channels_last(net, mc.channels_last)
+    net = net.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if callable(getattr(net, "init_whitening", None)):
+        _init_whitening(net, data.train, tc.init_whitening_images)
+    t0 = time.perf_counter()
+    finding = _sweep(
+        net,
+        optimizer,
+        precision.grad_scaler(),
+        precision,
+        build_loss(tc.loss, task=data.task, label_smoothing=tc.label_smoothing),
+        tuple(getattr(net, "aux_weights", ()) or ()),
+        cfg,
+        data,
+        device,
+        channels_last,
+        [],
+        frozen_modules,
+    )
+    if out is not None:
+        try:
+            out.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {out.root}: cannot write there ({exc.strerror or exc})") from None
+        write_finding(finding, out.lr_find, out.lr_find_plot)
+    print(lr_find_line(finding, time.perf_counter() - t0, files=out), flush=True)
+    return finding
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
 
 
@@ -800,6 +1089,15 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
     t_start = time.perf_counter()
     s, state = _set_up(cfg, info, device)
     _say(info, _start_line(s, state))
+    warning = batch_size_warning(s.data.train.num_samples, cfg.data.batch_size, cfg.optim.accum_steps)
+    if warning and info.is_main:
+        print(warning, file=sys.stderr, flush=True)
+    if cfg.train.unfreeze_after and cfg.optim.freeze_backbone:
+        _say(
+            info,
+            f"imgcls: --freeze-backbone: the backbone stays frozen for the whole run (train.unfreeze_after "
+            f"{cfg.train.unfreeze_after} does not apply)",
+        )
     if s.data.issues:
         _say(info, f"imgcls: skipped {len(s.data.issues)} unreadable file(s), listed in {s.files.issues}")
     s.compile_clock = CompileClock(cfg.model.compile)
@@ -807,10 +1105,12 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
         set_rng_state(state.rng[info.rank])  # last: nothing after this may draw random numbers before the loop
     try:
         with _StopSignals() as stop:
-            while state.epoch < cfg.train.epochs:
+            while state.epoch < cfg.train.epochs and not _stops_early(s, state):
                 epoch_t0 = time.perf_counter()
                 train_one_epoch(s, state, stop)
                 _end_of_epoch(s, state, epoch_t0)
+        if state.epoch < cfg.train.epochs:
+            _say(info, _early_stop_line(s, state))
         return _finish(s, state, t_start)
     except BaseException:
         _abandon(s)
@@ -819,6 +1119,17 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: str) -> RunResult:
         s.tb.close()
         if s.lock is not None:
             s.lock.release()
+
+
+def _early_stop_line(s: _Session, state: TrainState) -> str:
+    metric, _, _ = s.select
+    best = state.best or {}
+    patience = s.cfg.train.early_stopping
+    return (
+        f"imgcls: early stopping after epoch {state.epoch}: no better {metric} in {patience} validated "
+        f"epoch{'s' if patience != 1 else ''} (best {best.get('value', float('nan')):.4g} at epoch "
+        f"{best.get('epoch')}, whose weights ship)"
+    )
 
 
 def _start_line(s: _Session, state: TrainState) -> str:
@@ -839,28 +1150,39 @@ def _start_line(s: _Session, state: TrainState) -> str:
 def _frozen(s: _Session, epoch: int) -> tuple[list[nn.Parameter], list[nn.Module]]:
     """The parameters frozen at (0-based) ``epoch`` and the modules that therefore stay in eval mode.
 
-    A parameter is frozen by ``optim.freeze_backbone`` or when its ``train.freeze_after`` epochs are over; in
-    one process it then stops requiring a gradient. A module is frozen when it has parameters, one of them is
-    frozen and none of them trains (parameters the model itself never trains count as not training); its
-    submodules, parameterless ones included (an affine-free BatchNorm, a dropout), are frozen with it.
+    A parameter is frozen by ``optim.freeze_backbone``, when its ``train.freeze_after`` epochs are over, or, for
+    the backbone, during the first ``train.unfreeze_after`` epochs; in one process it then stops requiring a
+    gradient (and requires one again when ``unfreeze_after`` releases it). A module is frozen when it has
+    parameters, one of them is frozen and none of them trains (parameters the model itself never trains count as
+    not training); its submodules, parameterless ones included (an affine-free BatchNorm, a dropout), are frozen
+    with it.
     """
     staged = {
         id(p)
         for name, p in s.net.named_parameters()
         if any(name.startswith(prefix) and epoch >= n for prefix, n in s.cfg.train.freeze_after.items())
     }
+    staged |= s.first_stage if epoch < s.cfg.train.unfreeze_after else set()
     frozen_ids = staged | s.backbone_frozen
     params = [p for p in s.net.parameters() if id(p) in staged]
     if not s.info.enabled:
+        for p in s.net.parameters():
+            if id(p) in s.first_stage:  # train.unfreeze_after: trains again once its first stage is over
+                p.requires_grad_(id(p) not in staged)
         for p in params:
             p.requires_grad_(False)
+    return params, _frozen_modules(s.net, frozen_ids)
+
+
+def _frozen_modules(net: nn.Module, frozen_ids: set[int]) -> list[nn.Module]:
+    """The modules holding a frozen parameter and no training one (`_frozen`)."""
     modules = []
-    for module in s.net.modules():
+    for module in net.modules():
         own = list(module.parameters())
         trains = any(p.requires_grad and id(p) not in frozen_ids for p in own)
         if any(id(p) in frozen_ids for p in own) and not trains:
             modules.append(module)
-    return params, modules
+    return modules
 
 
 def train_one_epoch(s: _Session, state: TrainState, stop: _StopSignals) -> None:
@@ -1124,7 +1446,7 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
     elapsed = time.perf_counter() - t_start  # recorded, shown by the report and printed below: one figure
     if info.is_main:
         rule = "best" if tc.save == "best" else "last"
-        _record_selection(run, metric, column, state, shipped_epoch, rule, elapsed)
+        _record_selection(run, metric, column, state, shipped_epoch, rule, elapsed, tc.epochs)
         if tc.report:
             from imgcls.report import build_report
 
@@ -1157,10 +1479,11 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
 
 
 def _record_selection(
-    run: Path, metric: str, column: str, state: TrainState, shipped: int, rule: str, seconds: float
+    run: Path, metric: str, column: str, state: TrainState, shipped: int, rule: str, seconds: float, planned: int
 ) -> None:
     """``config.json``'s ``run.selection``: what the report needs to say which weights ship and what they scored,
-    and the run's time (``seconds``, the figure the console prints)."""
+    the run's time (``seconds``, the figure the console prints) and whether early stopping ended it before the
+    ``planned`` epochs."""
     folder = RunFolder(run)
     try:
         record = folder.read_config()
@@ -1179,6 +1502,8 @@ def _record_selection(
         "last": state.history[-1] if state.history else None,
         "shipped_epoch": shipped,
         "seconds": round(seconds, 3),
+        "stopped_early": len(state.history) < planned,  # train.early_stopping ended the run before `planned`
+        "planned_epochs": planned,
     }
     folder.write_config(_json_safe(record))
 
