@@ -382,6 +382,22 @@ def _check_settings(cfg: RunConfig) -> None:
         )
 
 
+def absolute_spec(spec: str) -> str:
+    """The ``--data`` SPEC as ``config.json`` keeps it: a built-in name as it is, anything else as an absolute path
+    (so ``eval``, ``--resume`` and the report find the data from any working directory).
+
+    The rule for a name that is both: a built-in name always means the built-in set (``digits`` is the bundled
+    digits even where a folder ``./digits`` exists, as the data layer reads it); write ``./digits`` (or any path
+    with a separator) for the folder. Symbolic links are kept as given (``os.path.abspath``, not ``realpath``).
+    """
+    from imgcls.data.sources import BUILTINS
+
+    text = str(spec)
+    if text in BUILTINS:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def _check_model(name: str, in_chans: int, image_size: int, kwargs: dict[str, Any]) -> None:
     """Build the model on the meta device (no memory, no weights) and pass it one batch at ``image_size``.
 
@@ -1072,6 +1088,8 @@ def train(cfg: RunConfig) -> RunResult:
 
         return train_classic(cfg)
     device = resolve_device(cfg.train.device)
+    if cfg.data_spec:
+        cfg = dataclasses.replace(cfg, data_spec=absolute_spec(cfg.data_spec))
     if D.elastic_restart() and cfg.train.out and RunFolder(cfg.train.out).checkpoint.is_file():
         # torchrun --max-restarts relaunches the same command after a rank died: continue from the checkpoint.
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True, overwrite=False))
