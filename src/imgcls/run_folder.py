@@ -449,6 +449,30 @@ def check_weights_file(path: str | os.PathLike) -> None:
         verify_weights(path, str(expected), run.meta)
 
 
+def refuse_output(
+    out: str | os.PathLike, option: str, inputs: Iterable[str | os.PathLike] = (), runs: Iterable[RunFolder] = ()
+) -> Path:
+    """Check a file the user asked a command to write before anything is read or written.
+
+    Refused (one-line UserError): an output that is one of ``inputs`` (the same real path: a symbolic link, a
+    ``..`` or a glob that matched it do not hide it), and a file a run folder keeps — of one of ``runs``, or of
+    the run folder the output would land in (``model.onnx`` is allowed: ``export`` writes it there).
+
+    Returns:
+        ``out`` as a Path.
+    """
+    out = Path(out)
+    target = _real(out)
+    for item in inputs:
+        if _real(item) == target:
+            raise UserError(f"{option} {out}: is also an input ({item}); writing it would destroy it")
+    runs = tuple(runs)
+    for run in (*runs, RunFolder(out.parent)):
+        if (run in runs or run.holds_run()) and run.is_own_file(out):
+            raise UserError(f"{option} {out}: is one of the run's own files in {run.root}; choose another file")
+    return out
+
+
 def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
@@ -472,5 +496,6 @@ __all__ = [
     "ModelMeta",
     "RunFolder",
     "check_weights_file",
+    "refuse_output",
     "verify_weights",
 ]

@@ -134,3 +134,48 @@ def test_serve_subprocess_answers(setup):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_predict_model_and_run_weights_reads_channels_from_model_json(tmp_path, capsys):
+    """Issue 11 item 9: a 1-channel LeNet-5 run predicted through --model/--weights answers as --run does."""
+    run = helpers.write_run(tmp_path / "run", name="lenet5", num_classes=3, in_chans=1)
+    photo = helpers.write_images(tmp_path / "photos", 1)[0]  # an RGB file, converted to the net's one channel
+    assert main(["predict", "--json", "--run", str(run), str(photo)]) == 0
+    by_run = json.loads(capsys.readouterr().out)
+    weights = str(run / "model.safetensors")
+    assert main(["predict", "--json", "--model", "lenet5", "--weights", weights, str(photo)]) == 0
+    assert json.loads(capsys.readouterr().out) == by_run
+
+
+def test_multilabel_predict_gives_the_thresholded_label_set(tmp_path, capsys):
+    run = helpers.write_run(tmp_path / "run", num_classes=4, task="multilabel")
+    photos = helpers.write_images(tmp_path / "photos", 3)
+    meta = json.loads((run / "model.json").read_text())
+    meta["thresholds"] = [0.0, 1.0, 0.5, 0.5]  # class_0 always, class_1 never
+    (run / "model.json").write_text(json.dumps(meta))
+    assert main(["predict", "--json", "--topk", "4", "--run", str(run), *map(str, photos)]) == 0
+    for answer in json.loads(capsys.readouterr().out):
+        probs = {p["label"]: p["probability"] for p in answer["predictions"]}
+        cut = dict(zip([f"class_{i}" for i in range(4)], meta["thresholds"]))
+        expected = [label for label in sorted(probs, key=lambda k: -probs[k]) if probs[label] >= cut[label]]
+        assert answer["labels"] == expected and "class_0" in answer["labels"] and "class_1" not in answer["labels"]
+    assert main(["predict", "--run", str(run), "--topk", "2", str(photos[0])]) == 0
+    line = capsys.readouterr().out.strip()
+    chosen, scores = line.split(": ", 1)[1].split(" · ")
+    assert chosen.startswith("labels ") and "class_0" in chosen and "class_1" not in chosen
+    assert scores.startswith("scores ") and scores.count("class_") == 2
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_never_serving(setup):
+    import socket
+
+    run, _, _ = setup
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "imgcls", "serve", "--run", str(run), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "serving" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgcls: error: --host 127.0.0.1 --port") and "in use" in lines[0]

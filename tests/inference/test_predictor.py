@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from imgcls.errors import UserError
 from imgcls.inference import Predictor, expand_inputs
 from imgcls.inference.export import export_onnx
 from imgcls.inference.predictor import Preprocess, TorchRunner, probabilities
+from imgcls.models import create_model
 
 
 def _reference_probs(run, paths) -> torch.Tensor:
@@ -165,10 +168,11 @@ def test_onnx_backend_agrees_and_ignores_a_stale_export(kit, tmp_path, images):
 
 def test_from_weights_reads_the_classifier_size(kit, tmp_path, images):
     run = kit.write_run(tmp_path / "run", num_classes=7)
-    weights = run / "model.safetensors"
+    weights = tmp_path / "plain.safetensors"  # the weights alone, away from their model.json
+    shutil.copy(run / "model.safetensors", weights)
     predictor = Predictor.from_weights(kit.TINY, weights, precision="fp32")
     assert predictor.classes == [str(i) for i in range(7)]
-    assert predictor.input_size[1:] == (32, 32)
+    assert predictor.input_size == (3, 32, 32)  # the file's first convolution takes 3 channels
     # A torch pickle of the same state dict, wrapped as a training checkpoint, gives the same answers.
     model, _ = load_bundle(run)
     torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pt")
@@ -181,6 +185,30 @@ def test_from_weights_reads_the_classifier_size(kit, tmp_path, images):
         Predictor.from_weights(kit.TINY, weights, classes=["a", "b", "c"])
     with pytest.raises(UserError, match="not found"):
         Predictor.from_weights(kit.TINY, tmp_path / "nope.safetensors")
+
+
+def test_weights_of_a_run_folder_are_that_run(kit, tmp_path, images):
+    """`predict --model NAME --weights RUN/model.safetensors` answers as `predict --run RUN` (issue 11 item 9)."""
+    run = kit.write_run(tmp_path / "run", num_classes=4, in_chans=1, resize=36)
+    by_weights = Predictor.from_weights(kit.TINY, run / "model.safetensors", precision="fp32")
+    by_run = Predictor.from_run(run, precision="fp32")
+    assert by_weights.classes == by_run.classes == [f"class_{i}" for i in range(4)]
+    assert by_weights.preprocess == by_run.preprocess and by_weights.input_size == (1, 32, 32)
+    assert [r.to_dict() for r in by_weights.predict(images[:3])] == [r.to_dict() for r in by_run.predict(images[:3])]
+    with pytest.raises(UserError, match=r"says model\.safetensors holds lenet5"):
+        Predictor.from_weights("resnet18_cifar", run / "model.safetensors")
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_from_weights_reads_the_input_channels_from_the_file(kit, tmp_path, images, in_chans):
+    model = create_model("lenet5", num_classes=10, in_chans=in_chans)
+    weights = tmp_path / f"lenet_{in_chans}.pt"
+    torch.save(model.state_dict(), weights)
+    predictor = Predictor.from_weights("lenet5", weights, precision="fp32")
+    assert predictor.input_size == (in_chans, 32, 32)
+    assert len(predictor.preprocess.mean) == in_chans
+    answers = predictor.predict(images[:2])  # RGB files, converted to the network's channels
+    assert all(r.ok and len(r.predictions) == 5 for r in answers)
 
 
 def test_tampered_weights_are_refused(run_folder):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 
 import httpx
@@ -163,3 +164,32 @@ def test_a_burst_is_answered_in_batches(served, kit):
     batches = after["batches"] - before["batches"]
     assert images_served == 200
     assert batches < 200 and after["largest_batch"] > 1  # requests were stacked into shared forward passes
+
+
+def test_head_answers_like_get_without_a_body(served, client):
+    for route in ("/", "/health", "/model", "/static/app.js"):
+        head, get = client.head(route), client.get(route)
+        assert head.status_code == 200 == get.status_code, route
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_multilabel_service_answers_the_thresholded_label_set(tmp_path, kit):
+    from tests.serve.conftest import LIMITS, Server
+    from tests.support import free_port
+
+    from imgcls.inference import Predictor
+    from imgcls.serve import create_app
+
+    run = kit.write_run(tmp_path / "ml", num_classes=3, task="multilabel")
+    meta = json.loads((run / "model.json").read_text())
+    meta["thresholds"] = [0.0, 1.0, 0.5]
+    (run / "model.json").write_text(json.dumps(meta))
+    predictor = Predictor.from_run(run)
+    image = kit.write_images(tmp_path / "images", 1)[0]
+    with Server(create_app(predictor, LIMITS), free_port()) as server:
+        answer = httpx.post(server.url + "/predict?topk=5", content=image.read_bytes(), timeout=30).json()
+        info = httpx.get(server.url + "/model", timeout=30).json()
+    expected = predictor.predict([image], topk=5)[0]
+    assert answer["labels"] == list(expected.labels) and "class_0" in answer["labels"]
+    assert "class_1" not in answer["labels"] and len(answer["predictions"]) == 3  # 3 classes: never "top-5"
+    assert info["thresholds"] == [0.0, 1.0, 0.5] and info["task"] == "multilabel"

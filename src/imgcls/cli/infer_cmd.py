@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder, refuse_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,17 +71,20 @@ def predict(args: argparse.Namespace) -> int:
         raise UserError("give --run RUN, or --model NAME --weights FILE")
     if args.weights and not args.model and not args.weights.endswith(".onnx"):
         raise UserError(f"--weights {args.weights}: needs --model NAME (only an exported .onnx file stands alone)")
+    paths = expand_inputs(args.paths)
+    if args.csv:  # before anything is loaded or written: an output that is an input would be truncated
+        protected = [RunFolder(args.run)] if args.run else []
+        refuse_output(args.csv, "--csv", inputs=[*paths, *([args.weights] if args.weights else [])], runs=protected)
     options = dict(backend=args.backend, batch_size=args.batch_size)
     if args.run:
         predictor = Predictor.from_run(args.run, precision=args.precision, **options)
     else:
         predictor = Predictor.from_weights(args.model, args.weights, precision=args.precision, **options)
-    paths = expand_inputs(args.paths)
     results = predictor.iter_predict(paths, topk=args.topk)
     if args.json:
         failed = _write_json(results, sys.stdout)
     elif args.csv:
-        failed = _write_csv(results, args.csv, args.topk)
+        failed = _write_csv(results, args.csv, args.topk, multilabel=predictor.task == "multilabel")
     else:
         failed = _write_text(results, sys.stdout)
     if failed:
@@ -87,15 +92,26 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _visible(text: str) -> str:
+    """``text`` with control characters written as escapes (a newline as ``\\n``): one answer, one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _write_text(results, stream) -> int:
     failed = 0
     for r in results:
         if r.ok:
-            top = ", ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions)
-            print(f"{r.path}: {top}", file=stream, flush=True)
+            top = ", ".join(f"{_visible(p.label)} {p.probability:.3f}" for p in r.predictions)
+            if r.labels is not None:
+                chosen = ", ".join(_visible(label) for label in r.labels) or "(none)"
+                top = f"labels {chosen} · scores {top}"
+            print(f"{_visible(r.path)}: {top}", file=stream, flush=True)
         else:
             failed += 1
-            print(f"{r.path}: error: {r.error}", file=stream, flush=True)
+            print(f"{_visible(r.path)}: error: {_visible(r.error)}", file=stream, flush=True)
     return failed
 
 
@@ -105,14 +121,14 @@ def _write_json(results, stream) -> int:
     stream.write("[")
     for r in results:
         failed += not r.ok
-        stream.write(("\n  " if first else ",\n  ") + json.dumps(r.to_dict()))
+        stream.write(("\n  " if first else ",\n  ") + json.dumps(r.to_dict(), allow_nan=False))
         stream.flush()
         first = False
     stream.write("\n]\n" if not first else "]\n")
     return failed
 
 
-def _write_csv(results, path: str, topk: int) -> int:
+def _write_csv(results, path: str, topk: int, multilabel: bool = False) -> int:
     try:
         f = open(path, "w", newline="")  # noqa: SIM115 (closed below, after the generator is consumed)
     except OSError as exc:
@@ -120,12 +136,12 @@ def _write_csv(results, path: str, topk: int) -> int:
     failed, count = 0, 0
     with f:
         writer = csv.writer(f)
-        header = ["path", "error"]
+        header = ["path", "error", *(["labels"] if multilabel else [])]
         for k in range(1, topk + 1):
             header += [f"label_{k}", f"index_{k}", f"probability_{k}"]
         writer.writerow(header)
         for r in results:
-            row = [r.path, r.error or ""]
+            row = [r.path, r.error or "", *([";".join(r.labels or ())] if multilabel else [])]
             for p in r.predictions:
                 row += [p.label, p.index, f"{p.probability:.6f}"]
             writer.writerow(row)

@@ -108,7 +108,8 @@ def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu"
     """Rebuild the model of a run folder in eval mode, after checking the weights' SHA-256.
 
     The record must describe the weights: tensors of other shapes (another class count, another architecture
-    with the same SHA-256 recorded by hand) and an input size the network cannot take are refused here.
+    with the same SHA-256 recorded by hand), NaN or infinite values (a diverged run's) and an input size the
+    network cannot take are refused here, so nothing downstream ever answers NaN.
     """
     run = _folder(folder)
     meta = run.read_meta()
@@ -128,6 +129,12 @@ def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu"
         raise UserError(
             f"{run.weights}: {key} has shape {got} but {meta.name} with {meta.num_classes} classes and "
             f"{meta.in_chans} channel(s) ({run.meta}) needs {want}"
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(
+            f"{run.weights}: {len(broken)} tensor(s) hold NaN or infinite values ({', '.join(broken[:3])}): "
+            "the run that wrote them diverged; retrain it (lower --lr)"
         )
     model.load_state_dict(state)
     model.eval()

@@ -12,6 +12,7 @@ weights they were exported from. TorchScript files carry the same as ``model.jso
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,8 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imgcls._files import temp_path
 from imgcls.engine.bundle import ModelMeta
 from imgcls.errors import UserError
+from imgcls.run_folder import RunFolder, refuse_output
 
 FORMATS = ("onnx", "torchscript")
 # Opset 17 is read by every ONNX Runtime since 1.11 and covers all the zoo's layers.
@@ -64,6 +67,8 @@ def export_run(
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format: {fmt} (choose from {', '.join(FORMATS)})")
+    check_tolerance(tolerance)
+    refuse_output(out, "--out", runs=[RunFolder(run)])
     model, meta = load_bundle(run)
     if getattr(model, "is_classic", False):
         from imgcls.classic import not_applicable
@@ -84,8 +89,9 @@ def export_onnx(
     import onnx
 
     out = _writable(out)
+    tolerance = check_tolerance(tolerance)
     model = _fp32_eval(model)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = temp_path(out)
     example = _inputs(meta, 2)[0]
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of torch.export + onnxscript; it remains the one
@@ -127,8 +133,9 @@ def export_torchscript(
         ExportMismatch: the loaded module's logits differ from PyTorch's by more than ``tolerance``.
     """
     out = _writable(out)
+    tolerance = check_tolerance(tolerance)
     model = _fp32_eval(model)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = temp_path(out)
     example = _inputs(meta, 2)[0]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript is in maintenance mode and says so on every call
@@ -162,7 +169,7 @@ def _compare(model, run, meta: ModelMeta, tmp: Path, out: Path, fmt: str, tolera
         worst = max(worst, float((got - expected).abs().max()))
         scale = max(scale, float(expected.abs().max()))
     report = ExportReport(str(out), fmt, worst, scale, tolerance, CHECK_BATCHES)
-    if worst > tolerance * scale:
+    if not worst <= tolerance * scale:  # a NaN difference fails too
         raise ExportMismatch(
             f"{out}: {fmt} differs from PyTorch by {worst:.3g} (> {tolerance:g} x {scale:.3g}); file not written"
         )
@@ -198,6 +205,13 @@ def _metadata(meta: ModelMeta) -> dict:
     info["resize"] = meta.resize or meta.input_size[1]
     info["imgcls_version"] = __version__
     return info
+
+
+def check_tolerance(tolerance: float) -> float:
+    """A parity tolerance is a finite number >= 0: NaN would compare false and silently pass every export."""
+    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
+        raise UserError(f"--tolerance {tolerance}: must be a finite number >= 0 (default {DEFAULT_TOLERANCE:g})")
+    return float(tolerance)
 
 
 def _writable(out: str | os.PathLike) -> Path:

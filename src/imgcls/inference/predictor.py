@@ -37,10 +37,6 @@ from imgcls.engine.precision import cpu_has_bf16
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
-# timm's and torchvision's evaluation convention for ImageNet-size models: center crop 87.5% of the shorter side
-# (224 of 256). Models at CIFAR size are evaluated without a crop.
-CROP_FRACTION = 0.875
-
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -87,22 +83,28 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Result:
-    """The answer for one input: its top-k predictions, or the one-line reason it could not be read."""
+    """The answer for one input: its top-k predictions (and, for multi-label, the label set), or the one-line
+    reason it could not be answered."""
 
     path: str
     predictions: tuple[Prediction, ...] = ()
     error: str | None = None
+    labels: tuple[str, ...] | None = None  # multi-label: every class at or above its threshold, most probable first
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
-        """The JSON object of DESIGN.md: ``{"path", "predictions": [...]}`` or ``{"path", "error"}``."""
+        """The JSON object of DESIGN.md: ``{"path", "predictions": [...]}`` (plus ``"labels"`` for multi-label)
+        or ``{"path", "error"}``."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
         preds = [{"label": p.label, "index": p.index, "probability": p.probability} for p in self.predictions]
-        return {"path": self.path, "predictions": preds}
+        out = {"path": self.path, "predictions": preds}
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+        return out
 
 
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
@@ -225,6 +227,8 @@ class Predictor:
         batch_size: images per forward pass.
         num_workers: decoding threads (default: the number of CPU cores, at most 8).
         sha256: SHA-256 of the weights the runner holds, when known.
+        thresholds: multi-label only — per-class probability thresholds of the label set (the run's, tuned on
+            validation; default 0.5 each).
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class Predictor:
         batch_size: int = 32,
         num_workers: int | None = None,
         sha256: str = "",
+        thresholds: Sequence[float] | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -248,6 +253,11 @@ class Predictor:
         self.batch_size = batch_size
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.sha256 = sha256
+        self.thresholds: list[float] | None = None
+        if task == "multilabel":
+            self.thresholds = [float(t) for t in thresholds] if thresholds is not None else [0.5] * len(self.classes)
+            if len(self.thresholds) != len(self.classes):
+                raise UserError(f"{len(self.thresholds)} thresholds for {len(self.classes)} classes")
 
     # ------------------------------------------------------------------ construction
 
@@ -282,7 +292,13 @@ class Predictor:
             mean=tuple(meta.mean),
             std=tuple(meta.std),
         )
-        common = dict(name=meta.name, task=meta.task, batch_size=batch_size, num_workers=num_workers)
+        common = dict(
+            name=meta.name,
+            task=meta.task,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            thresholds=meta.class_thresholds(),
+        )
         if backend == "onnx":
             onnx_file = run.onnx
             if onnx_file.is_file() and read_onnx_metadata(onnx_file).get("sha256") == meta.sha256:
@@ -316,10 +332,12 @@ class Predictor:
     ) -> Predictor:
         """A registered architecture with a weights file (ours, torchvision's or timm's format).
 
-        The number of classes and of input channels (unless `in_chans` is given) are read from the file's classifier
-        and first convolution; labels default to ``"0"``, ``"1"``, ...
-        Preprocessing is the architecture's native one from the registry: its input size (or ``input_size``),
-        its mean and std, and a center crop of 87.5% for ImageNet-size inputs.
+        A run folder's ``model.safetensors`` with its ``model.json`` beside it is that run: classes, input size,
+        channels and preprocessing come from the record (``name`` must agree with it), exactly as
+        :meth:`from_run`. Any other file: the number of classes is read from the file's classifier and the input
+        channels from its first convolution (``in_chans`` overrides; the registry's native channels when the
+        file does not say); labels default to ``"0"``, ``"1"``, ...; preprocessing is the architecture's native
+        one from the registry: its input size (or ``input_size``), mean and std, and evaluation crop.
 
         With ``backend="onnx"``, ``file`` is an exported ``.onnx`` file and ``name`` may be empty.
         """
@@ -331,14 +349,25 @@ class Predictor:
 
         if is_classic(name):
             raise UserError(f"{name}: a classical pipeline's settings live in its run's model.json: use --run RUN")
-        if not Path(file).is_file():
+        file = Path(file)
+        if not file.is_file():
             raise UserError(f"weights file not found: {file} (check --weights)")
         entry = model_entry(name)
+        run = RunFolder(file.parent)
+        if file.name == RunFolder.WEIGHTS and run.meta.is_file() and classes is None and input_size is None:
+            recorded = run.read_meta()
+            if recorded.name != name:
+                raise UserError(f"--model {name}: {run.meta} says {file.name} holds {recorded.name} weights")
+            if in_chans not in (None, recorded.in_chans):
+                raise UserError(f"in_chans {in_chans}: {run.meta} says the weights take {recorded.in_chans}")
+            return cls.from_run(
+                run.root, backend=backend, precision=precision, batch_size=batch_size, num_workers=num_workers
+            )
         if in_chans is None:  # the channels the file was trained with, else the architecture's native ones
             from imgcls.models.weights import stored_in_chans
 
             in_chans = stored_in_chans(name, file) or entry.input_size[0]
-        num_classes = _classifier_rows(name, file, in_chans)
+        num_classes = _stored_classes(name, file)
         if classes is not None and num_classes is not None and len(classes) != num_classes:
             raise UserError(f"{file}: has {num_classes} classes but {len(classes)} class names were given")
         num_classes = num_classes or (len(classes) if classes is not None else 1000)
@@ -346,7 +375,7 @@ class Predictor:
         size = input_size or entry.input_size[1]
         preprocess = Preprocess(
             input_size=(in_chans, size, size),
-            resize=round(size / CROP_FRACTION) if size >= 128 else size,
+            resize=eval_resize(entry, size),
             mean=_per_channel(entry.mean, in_chans),
             std=_per_channel(entry.std, in_chans),
         )
@@ -377,6 +406,7 @@ class Predictor:
             batch_size=batch_size,
             num_workers=num_workers,
             sha256=meta.get("sha256", ""),
+            thresholds=meta.get("thresholds"),
         )
 
     # ------------------------------------------------------------------ properties
@@ -432,6 +462,21 @@ class Predictor:
             for v, i in zip(values.tolist(), indices.tolist(), strict=True)
         )
 
+    def label_set(self, probs: torch.Tensor) -> tuple[str, ...] | None:
+        """Multi-label: the classes whose probability is at least their threshold, most probable first (maybe
+        none); ``None`` for one label per image."""
+        if self.thresholds is None:
+            return None
+        cut = torch.as_tensor(self.thresholds, dtype=probs.dtype)
+        chosen = torch.nonzero(probs >= cut).flatten().tolist()
+        return tuple(self.classes[i] for i in sorted(chosen, key=lambda i: -float(probs[i])))
+
+    def answer(self, label: str, probs: torch.Tensor, topk: int) -> Result:
+        """The Result for one image's probability vector; a non-finite output is an error, never a NaN answer."""
+        if not bool(torch.isfinite(probs).all()):
+            return Result(label, error="the model's output is not a finite number (NaN or infinity)")
+        return Result(label, self.top(probs, topk), labels=self.label_set(probs))
+
     def predict(self, inputs: Iterable[PathOrImage], topk: int = 5) -> list[Result]:
         """Top-k answers for image files, encoded bytes or PIL images, one :class:`Result` per input, in order.
 
@@ -472,7 +517,7 @@ class Predictor:
         for i, (item, d) in enumerate(zip(chunk, decoded, strict=True)):
             label = _describe(item, offset + i)
             if i in row:
-                yield Result(label, self.top(probs[row[i]], topk))
+                yield self.answer(label, probs[row[i]], topk)
             else:
                 yield Result(label, error=d)
 
@@ -502,37 +547,40 @@ def _check_backend(backend: str) -> None:
         raise UserError(f"unknown backend: {backend} (choose from {', '.join(BACKENDS)})")
 
 
+def eval_resize(entry, size: int) -> int:
+    """Shorter side before the evaluation center crop of ``size`` pixels: ``size / crop_pct`` with the registry
+    entry's ``crop_pct`` (timm's convention; 1.0, no crop, for CIFAR-size models)."""
+    return max(size, round(size / entry.crop_pct))
+
+
 def _per_channel(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
-    """RGB statistics for an RGB model; their mean repeated for a model with another channel count."""
+    """The registry's statistics for ``in_chans`` channels: as they are when they match; their luma for a grey
+    model with RGB statistics (as the data layer converts them); one value repeated for RGB with grey ones."""
+    from imgcls.constants import to_gray_stats
+
     if len(values) == in_chans:
         return tuple(values)
-    return (sum(values) / len(values),) * in_chans
+    if in_chans == 1:
+        return tuple(to_gray_stats(list(values)))
+    return (float(values[0]),) * in_chans
 
 
-def _classifier_rows(name: str, file: str | os.PathLike, in_chans: int) -> int | None:
+def _stored_classes(name: str, file: str | os.PathLike) -> int | None:
     """Output size of the classifier stored in a weights file, or None when its key is not the expected one."""
     from imgcls.models import create_model
+    from imgcls.models.weights import read_state_dict
 
     # The meta device builds the architecture without memory or initialisation, just to learn the key name.
     with torch.device("meta"):
-        probe = create_model(name, num_classes=1000, in_chans=in_chans)
-    head = probe.get_classifier()
-    weight = getattr(head, "weight", None)
-    key = next((k for k, p in probe.named_parameters() if p is weight), None)
+        probe = create_model(name, num_classes=1000)
+    head = getattr(probe.get_classifier(), "weight", None)
+    key = next((k for k, p in probe.named_parameters() if p is head), None)
     if key is None:
         return None
-    shape = _stored_shape(file, key)
-    return int(shape[0]) if shape else None
-
-
-def _stored_shape(file: str | os.PathLike, key: str) -> list[int] | None:
-    """Shape of one tensor of a weights file (as the model zoo reads it: safetensors or a torch pickle)."""
-    from imgcls.models.weights import read_state_dict
-
     state, _ = read_state_dict(file)
-    for candidate in (key, "module." + key):  # DataParallel/DDP checkpoints prefix every key
+    for candidate in (key, f"module.{key}"):  # DataParallel/DDP checkpoints prefix every key
         if candidate in state:
-            return list(state[candidate].shape)
+            return int(state[candidate].shape[0])
     return None
 
 

@@ -2,15 +2,22 @@
 
 Endpoints
     ``POST /predict``   an image as a multipart upload (any one file field) or as the raw request body;
-                        ``?topk=K`` (default 5). Answers ``{"predictions": [{"label", "index", "probability"}]}``.
+                        ``?topk=K`` (default 5). Answers ``{"predictions": [{"label", "index", "probability"}]}``
+                        and, for a multi-label model, ``"labels"``: every class at or above its threshold (the
+                        run's, tuned on validation, or 0.5).
     ``GET /health``     ``{"status": "ok", ...}`` with the number of forward passes and images served.
-    ``GET /model``      name, classes, input size, task, weights' SHA-256, backend.
-    ``GET /``           a page to choose or drop an image and see its top-5 as bars (``static/``).
+    ``GET /model``      name, classes, input size, task, thresholds, weights' SHA-256, backend.
+    ``GET /``           a page to choose or drop an image and see its top predictions as bars (``static/``).
+
+Every ``GET`` route answers ``HEAD`` too (headers only).
 
 Hostile input gets a clear 4xx answer, checked in this order, cheapest first:
 
-1. Request size (413): a pure ASGI middleware counts the body while it arrives and stops reading at the cap,
-   before any multipart parsing (python-multipart has had denial-of-service bugs, e.g. CVE-2024-24762).
+1. Request size (413): a pure ASGI middleware counts the body while it arrives and stops keeping it at the cap,
+   before any multipart parsing (python-multipart has had denial-of-service bugs, e.g. CVE-2024-24762). The 413
+   is sent at once; the rest of the body is then read and thrown away, up to ``linger_bytes`` and
+   ``linger_seconds`` (nginx's lingering close), so that closing the connection does not reset it under the
+   client's feet.
 2. Empty body (400); a multipart request without exactly one file (400).
 3. Image type sniffed from the first bytes, never from Content-Type (415 for anything else).
 4. Pixel count from the header, before decoding (413): a 50 KB PNG can declare 2 gigapixels.
@@ -25,7 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +47,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from imgcls.errors import UserError
 from imgcls.inference.predictor import Predictor
 
 # Content types of the static files; nothing outside this table is served.
@@ -54,6 +65,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+# Lingering close: the longest pause between two body chunks while draining a refused upload (nginx: 5 s).
+LINGER_READ_TIMEOUT_S = 1.0
 # First bytes of the formats the reader decodes (their published signatures).
 SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -76,6 +89,10 @@ class ServeLimits:
         max_batch: most images stacked into one forward pass.
         batch_wait_ms: how long the first request of a batch waits for others to join it.
         max_topk: the largest ``topk`` a request may ask for (capped by the number of classes).
+        linger_bytes, linger_seconds: after refusing an oversized body, how much of its rest is read and thrown
+            away before the connection closes (nginx's lingering close), so that the client reads the 413 instead
+            of a TCP reset; ``linger_bytes=None`` is four times ``max_bytes`` (at least 1 MiB). Beyond either
+            bound the connection is closed anyway.
     """
 
     max_bytes: int = 10 << 20
@@ -83,6 +100,24 @@ class ServeLimits:
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     max_topk: int = 100
+    linger_bytes: int | None = None
+    linger_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--max-bytes", self.max_bytes), ("--max-pixels", self.max_pixels),
+                            ("--max-batch", self.max_batch), ("max_topk", self.max_topk)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{flag} {value}: must be a whole number of at least 1")
+        for flag, value in (("--batch-wait-ms", self.batch_wait_ms), ("linger_seconds", self.linger_seconds)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 60_000:
+                raise UserError(f"{flag} {value}: must be a number of milliseconds/seconds in [0, 60000]")
+        if self.linger_bytes is not None and (not isinstance(self.linger_bytes, int) or self.linger_bytes < 0):
+            raise UserError(f"linger_bytes {self.linger_bytes}: must be a whole number of at least 0")
+
+    @property
+    def drain_bytes(self) -> int:
+        """The most bytes of a refused body read and thrown away (``linger_bytes``)."""
+        return self.linger_bytes if self.linger_bytes is not None else max(4 * self.max_bytes, 1 << 20)
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -99,9 +134,11 @@ class BodySizeLimit:
     arrives and reading stops at the first byte over the cap. The app then receives the body in one piece.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, linger_bytes: int = 1 << 20, linger_seconds: float = 5.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.linger_bytes = linger_bytes
+        self.linger_seconds = linger_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -113,7 +150,7 @@ class BodySizeLimit:
                 await _send_json(scope, send, 400, "malformed Content-Length header")
                 return
             if int(declared) > self.max_bytes:
-                await _send_json(scope, send, 413, self._too_large(int(declared)))
+                await self._refuse(send, receive, self._too_large(int(declared)))
                 return
         chunks, total = [], 0
         while True:
@@ -123,7 +160,8 @@ class BodySizeLimit:
             body = message.get("body", b"")
             total += len(body)
             if total > self.max_bytes:
-                await _send_json(scope, send, 413, self._too_large(total, at_least=True))
+                more = message.get("more_body", False)
+                await self._refuse(send, receive if more else None, self._too_large(total, at_least=more))
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -141,6 +179,37 @@ class BodySizeLimit:
 
     def _too_large(self, size: int, at_least: bool = False) -> str:
         return f"request body {'over' if at_least else 'of'} {size} bytes exceeds the {self.max_bytes}-byte limit"
+
+    async def _refuse(self, send, receive, detail: str) -> None:
+        """Answer 413 at once, then read and discard the rest of the body (within the linger bounds) before the
+        response ends and the server closes the connection.
+
+        Closing a socket whose receive buffer still holds unread bytes makes the kernel answer with a TCP reset,
+        which a client still sending sees instead of the 413 (under a few hundred concurrent uploads, most of
+        them). The 413 is written first (complete, with its length), so a client that reads while it sends
+        stops early; the ASGI response ends only after the drain, because the server stops delivering the body
+        once a response is complete.
+        """
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]  # fmt: skip
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": receive is not None})
+        if receive is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + self.linger_seconds, self.linger_bytes
+        try:
+            while left > 0 and (remaining := deadline - loop.time()) > 0:
+                message = await asyncio.wait_for(receive(), timeout=min(remaining, LINGER_READ_TIMEOUT_S))
+                if message["type"] == "http.disconnect":
+                    break
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except TimeoutError:
+            pass  # a client that stopped sending: nothing more to wait for
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_json(scope, send, status: int, detail: str) -> None:
@@ -252,7 +321,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
     app.state.batcher = batcher
     app.state.limits = limits
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
         return {
             "status": "ok",
@@ -261,7 +330,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
             "largest_batch": batcher.largest_batch,
         }
 
-    @app.get("/model")
+    @app.api_route("/model", methods=["GET", "HEAD"])
     async def model_info() -> dict:
         return {
             "name": predictor.name,
@@ -270,6 +339,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
             "input_size": list(predictor.input_size),
             "task": predictor.task,
             "sha256": predictor.sha256,
+            "thresholds": predictor.thresholds,
             "backend": predictor.backend,
             "precision": predictor.precision,
         }
@@ -279,8 +349,10 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
         data = await _image_bytes(request, limits)
         x = await run_in_threadpool(_decode, predictor, data, limits)
         probs = await batcher.submit(x)
-        top = predictor.top(probs, topk)
-        return {"predictions": [{"label": p.label, "index": p.index, "probability": p.probability} for p in top]}
+        answer = predictor.answer("upload", probs, topk)
+        if not answer.ok:
+            raise HTTPException(422, answer.error)
+        return {k: v for k, v in answer.to_dict().items() if k != "path"}
 
     def static_route(body: bytes, ctype: str):
         async def serve_static() -> Response:
@@ -289,9 +361,14 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
         return serve_static
 
     for route, (body, ctype) in static.items():
-        app.add_api_route(route, static_route(body, ctype), methods=["GET"], include_in_schema=False)
+        app.add_api_route(route, static_route(body, ctype), methods=["GET", "HEAD"], include_in_schema=False)
 
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=limits.max_bytes,
+        linger_bytes=limits.drain_bytes,
+        linger_seconds=limits.linger_seconds,
+    )
     return app
 
 
@@ -341,17 +418,47 @@ def serve(
     limits: ServeLimits | None = None,
     backend: str = "torch",
 ) -> None:
-    """Load a run folder (weights' SHA-256 checked against model.json) and serve it until interrupted."""
+    """Load a run folder (weights' SHA-256 checked against model.json) and serve it until interrupted.
+
+    The address is bound before anything is announced: a busy port or an unknown host is a one-line error, and
+    "serving on ..." is printed only once the socket listens (with the port the system chose for ``port=0``).
+    """
     import uvicorn
 
     limits = limits or ServeLimits()
-    predictor = Predictor.from_run(run, backend=backend, batch_size=limits.max_batch)
-    print(
-        f"imgcls: serving {predictor.name} ({len(predictor.classes)} classes, {predictor.backend} "
-        f"{predictor.precision}, weights {predictor.sha256[:12]}… verified) on http://{host}:{port}/",
-        flush=True,
-    )
-    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="warning")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: must be a port number from 0 to 65535 (0: any free port)")
+    sock = _listen(host, port)
+    try:
+        predictor = Predictor.from_run(run, backend=backend, batch_size=limits.max_batch)
+        config = uvicorn.Config(create_app(predictor, limits), log_level="warning")
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"imgcls: serving {predictor.name} ({len(predictor.classes)} classes, {predictor.backend} "
+            f"{predictor.precision}, weights {predictor.sha256[:12]}… verified) on "
+            f"http://{shown}:{sock.getsockname()[1]}/",
+            flush=True,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or a UserError saying why there cannot be one."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--host {host}: not an address to listen on ({getattr(exc, 'strerror', exc)})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT only; a busy one still fails
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    return sock
 
 
 __all__ = ["BodySizeLimit", "MicroBatcher", "ServeLimits", "create_app", "serve", "sniff_image_type"]

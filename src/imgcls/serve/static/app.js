@@ -1,4 +1,5 @@
-// The page of `imgcls serve`: choose or drop an image, show it, post it to /predict, draw the top-5 as bars.
+// The page of `imgcls serve`: choose or drop an image, show it, post it to /predict, draw the top predictions as
+// bars (as many as the model has, up to five); a multi-label model's label set is named above them.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -67,7 +68,14 @@ async function classify(file) {
       setStatus(`${file.name}: ${body.detail || res.statusText}`, true);
       return;
     }
-    setStatus(`Top-${body.predictions.length} for ${file.name}`);
+    const n = body.predictions.length;
+    const top = n === 1 ? "Top prediction" : `Top-${n} predictions`;
+    if (Array.isArray(body.labels)) {
+      const chosen = body.labels.length ? body.labels.join(", ") : "none above their thresholds";
+      setStatus(`${file.name}: labels ${chosen} · ${top.toLowerCase()} below`);
+    } else {
+      setStatus(`${top} for ${file.name}`);
+    }
     drawBars(body.predictions);
   } catch (err) {
     setStatus(`${file.name}: request failed (${err})`, true);
