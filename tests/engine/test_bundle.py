@@ -75,9 +75,9 @@ def _edit(folder, **changes):
         ({"num_classes": 4, "classes": ["a", "b", "c", "d"]}, r"fc\.weight has shape \(3, 84\).*needs \(4, 84\)"),
         ({"name": "resnet18_cifar"}, "does not fit resnet18_cifar"),
         ({"name": "lenet_5"}, "unknown model: lenet_5"),
-        ({"input_size": [1, 4, 4], "resize": 4}, r"input_size \[1, 4, 4\] does not fit lenet5"),
-        ({"model_kwargs": {"colour": 1}}, "model_kwargs do not fit lenet5"),
-        ({"model_kwargs": {"pool": "nope"}}, "model.json: pool must be one of"),
+        ({"input_size": [1, 4, 4], "resize": 4}, "model.json: image size 4 is too small for lenet5"),
+        ({"model_kwargs": {"colour": 1}}, "model.json: lenet5 has no option colour"),
+        ({"model_kwargs": {"pool": "nope"}}, "model.json: .*pool must be one of"),
     ],
 )
 def test_a_record_that_does_not_describe_the_weights_is_one_line(tmp_path, changes, expected):

@@ -124,7 +124,7 @@ def test_predict_json_never_prints_nan(tmp_path, photos, capsys):
         ({"num_classes": 5, "classes": ["a", "b", "c", "d", "e"]}, "shape"),
         ({"name": "alexnet"}, "does not fit alexnet"),
         ({"name": "no_such_model"}, "unknown model"),
-        ({"input_size": [3, 2, 2], "resize": 2}, "input_size"),
+        ({"input_size": [3, 2, 2], "resize": 2}, "image size 2 is too small"),
         ({"num_classes": 1, "classes": ["only"]}, "at least 2"),
         ({"classes": ["a", "b"]}, "classes has 2 names"),
     ],

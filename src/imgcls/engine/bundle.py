@@ -91,17 +91,19 @@ def load_weights(
 
 
 def build_model(meta: ModelMeta, where: Path | str = RunFolder.META) -> nn.Module:
-    """The architecture ``meta`` describes, freshly initialised; an unknown name or option names ``where``."""
-    from imgcls.models import create_model
+    """The architecture ``meta`` describes, freshly initialised. An unknown name or option, or an input size the
+    network cannot take (checked on the meta device first: nothing is allocated), is a UserError naming ``where``.
+    """
+    from imgcls.models import check_model_args, create_model
 
+    args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
     try:
-        return create_model(meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+        check_model_args(meta.name, image_size=meta.input_size[1], **args)
+        return create_model(meta.name, **args)
     except UserError as exc:
         if meta.model_kwargs and "option" in str(exc):  # create_model: an option this architecture does not have
             raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
         raise UserError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:  # an option this architecture does not take, or a value it refuses
-        raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
 
 
 def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
@@ -138,30 +140,12 @@ def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu"
         )
     model.load_state_dict(state)
     model.eval()
-    check_input_size(model, meta, run.meta)
     return model, meta
-
-
-def check_input_size(model: nn.Module, meta: ModelMeta, where: Path | str = RunFolder.META) -> None:
-    """Run one blank image of ``meta.input_size`` through ``model``: an input the network cannot take (too small
-    for its pooling, another size than a fixed classifier expects) is a UserError naming ``where``."""
-    param = next(model.parameters(), None)
-    x = torch.zeros(1, *meta.input_size, device=param.device if param is not None else "cpu")
-    try:
-        with torch.inference_mode():
-            out = model(x)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{where}: input_size {meta.input_size} does not fit {meta.name} ({first})") from None
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if out.ndim != 2 or out.shape[1] != meta.num_classes:
-        raise UserError(f"{where}: {meta.name} gives {tuple(out.shape[1:])} outputs, not {meta.num_classes} classes")
 
 
 __all__ = [
     "ModelMeta",
     "build_model",
-    "check_input_size",
     "load_bundle",
     "load_weights",
     "read_meta",
