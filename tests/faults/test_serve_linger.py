@@ -64,7 +64,9 @@ async def _burst(port: int, declare: bool) -> list[str]:
     return await asyncio.gather(*(_upload(port, body, declare) for _ in range(CONNECTIONS)))
 
 
-@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "declare", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["content-length", "chunked"]
+)
 def test_oversized_uploads_get_413_under_200_connections(server, declare, figure):
     t0 = time.perf_counter()
     answers = asyncio.run(_burst(server.port, declare))

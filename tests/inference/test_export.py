@@ -25,7 +25,7 @@ def test_onnx_parity_dynamic_batch_and_metadata(kit, tmp_path, name, size):
     run = kit.write_run(tmp_path / "run", name=name, num_classes=10, size=size)
     report = export_run(run, "onnx", tmp_path / "model.onnx")
     assert report.max_abs_diff <= 1e-3 * report.logit_scale and report.batch_sizes == (1, 3)
-    assert not (tmp_path / "model.onnx.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "run"]  # no temporary left
 
     model, meta = load_bundle(run)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -101,3 +101,21 @@ def test_onnx_file_passes_the_checker(run_folder, tmp_path):
     onnx.checker.check_model(model)
     assert model.producer_name == "imgcls"
     assert [o.name for o in model.graph.output] == ["logits"]
+
+
+def test_onnx_metadata_carries_the_multilabel_thresholds(kit, tmp_path):
+    """An exported multi-label model answers the same label sets as the run: task and thresholds travel along."""
+    from imgcls.inference import Predictor
+
+    run = kit.write_run(tmp_path / "run", num_classes=3, task="multilabel")
+    record = json.loads((run / "model.json").read_text())
+    record["thresholds"] = [0.0, 1.0, 0.5]
+    (run / "model.json").write_text(json.dumps(record))
+    export_run(run, "onnx", tmp_path / "m.onnx")
+    info = read_onnx_metadata(tmp_path / "m.onnx")
+    assert info["task"] == "multilabel" and info["thresholds"] == [0.0, 1.0, 0.5] and info["num_classes"] == 3
+    images = kit.write_images(tmp_path / "images", 3)
+    by_onnx = Predictor.from_onnx(tmp_path / "m.onnx").predict(images)
+    by_run = Predictor.from_run(run, precision="fp32").predict(images)
+    assert [r.labels for r in by_onnx] == [r.labels for r in by_run]
+    assert all("class_0" in r.labels and "class_1" not in r.labels for r in by_onnx)

@@ -65,8 +65,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-# Lingering close: the longest pause between two body chunks while draining a refused upload (nginx: 5 s).
-LINGER_READ_TIMEOUT_S = 1.0
+# Lingering close: the longest pause between two body chunks while draining a refused upload (nginx's
+# lingering_timeout, 5 s); the whole drain is bounded by ServeLimits.linger_seconds (nginx's lingering_time, 30 s).
+LINGER_READ_TIMEOUT_S = 5.0
 # First bytes of the formats the reader decodes (their published signatures).
 SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -101,7 +102,7 @@ class ServeLimits:
     batch_wait_ms: float = 5.0
     max_topk: int = 100
     linger_bytes: int | None = None
-    linger_seconds: float = 5.0
+    linger_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for flag, value in (("--max-bytes", self.max_bytes), ("--max-pixels", self.max_pixels),
@@ -134,7 +135,7 @@ class BodySizeLimit:
     arrives and reading stops at the first byte over the cap. The app then receives the body in one piece.
     """
 
-    def __init__(self, app, max_bytes: int, linger_bytes: int = 1 << 20, linger_seconds: float = 5.0):
+    def __init__(self, app, max_bytes: int, linger_bytes: int = 1 << 20, linger_seconds: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
         self.linger_bytes = linger_bytes
