@@ -76,7 +76,7 @@ def _edit(folder, **changes):
         ({"name": "resnet18_cifar"}, "does not fit resnet18_cifar"),
         ({"name": "lenet_5"}, "unknown model: lenet_5"),
         ({"input_size": [1, 4, 4], "resize": 4}, "model.json: image size 4 is too small for lenet5"),
-        ({"model_kwargs": {"colour": 1}}, "model.json: lenet5 has no option colour"),
+        ({"model_kwargs": {"colour": 1}}, "model.json: model_kwargs do not fit lenet5 .*no option colour"),
         ({"model_kwargs": {"pool": "nope"}}, "model.json: .*pool must be one of"),
     ],
 )

@@ -94,11 +94,13 @@ def build_model(meta: ModelMeta, where: Path | str = RunFolder.META) -> nn.Modul
     """The architecture ``meta`` describes, freshly initialised. An unknown name or option, or an input size the
     network cannot take (checked on the meta device first: nothing is allocated), is a UserError naming ``where``.
     """
+    from imgcls.classic import is_classic
     from imgcls.models import check_model_args, create_model
 
     args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
     try:
-        check_model_args(meta.name, image_size=meta.input_size[1], **args)
+        if not is_classic(meta.name):  # a network: options and input size, shapes only; pipelines check their own
+            check_model_args(meta.name, image_size=meta.input_size[1], **args)
         return create_model(meta.name, **args)
     except UserError as exc:
         if meta.model_kwargs and "option" in str(exc):  # create_model: an option this architecture does not have
