@@ -1,0 +1,539 @@
+"""The engines that can run a network for the Predictor, and the measured choice between them.
+
+Each engine takes the uint8 ``(N, C, H, W)`` batch the decoder makes and returns float32 logits:
+
+===============  ===========  ==========================================================================
+name             precision    what runs
+===============  ===========  ==========================================================================
+``eager``        fp32         the PyTorch module, weights and activations channels-last
+``graph``        fp32         a frozen TorchScript graph of it (batch norms folded, weights pre-packed)
+``eager-bf16``   bf16         the module under bf16 autocast, channels-last
+``graph-bf16``   bf16         a frozen TorchScript graph of its bfloat16 copy, channels-last
+``onnx``         fp32         ONNX Runtime on the fp32 export
+``onnx-int8``    int8         ONNX Runtime on its QDQ quantization, u8 activations (``imgcls.inference.int8``)
+``torch-int8``   int8         PyTorch FX x86 quantization, frozen to TorchScript
+===============  ===========  ==========================================================================
+
+Which is fastest depends on the CPU, the model, the batch size and the threads (issue 16 measured the frozen
+bf16 graph both slower and faster than eager bf16 on the same host), so nothing is assumed: :func:`select`
+builds the candidates the requested precision allows, times them alternately on a dummy batch
+(:func:`measure`, medians), and keeps the fastest (:func:`choose`). The choice is remembered per model,
+precision, batch, threads, CPU and library versions in a small JSON file in :func:`cache_dir`, next to the
+ONNX files and int8 models built on the way, so later loads build only the chosen engine. ``engine=NAME``
+forces one and skips the measurement.
+
+The bf16 engines are candidates only where the CPU computes bfloat16 natively (``precision="auto"``), or when
+bf16 is asked for; int8 engines only when int8 is asked for, since they change answers (calibration and the
+accuracy check are in ``imgcls.inference.int8``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from imgcls.errors import UserError
+from imgcls.inference import int8 as q
+
+ENGINES = ("eager", "graph", "eager-bf16", "graph-bf16", "onnx", "onnx-int8", "torch-int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+ENGINE_PRECISION = {
+    "eager": "fp32",
+    "graph": "fp32",
+    "eager-bf16": "bf16",
+    "graph-bf16": "bf16",
+    "onnx": "fp32",
+    "onnx-int8": "int8",
+    "torch-int8": "int8",
+}
+# The dummy batch the candidates are timed on: up to this many images (the Predictor's batch size when smaller).
+MEASURE_BATCH = 8
+MEASURE_ROUNDS = 3
+
+log = logging.getLogger("imgcls.inference")
+
+
+def native_bf16() -> bool:
+    """True on CPUs whose matrix units compute in bfloat16 (AVX512-BF16 or AMX), where bf16 is a speed-up."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def candidates(precision: str, bf16_native: bool | None = None) -> tuple[str, ...]:
+    """The engines measured for ``precision``: fp32 ones always (except for bf16 and int8 asked for), bf16 ones
+    where native (``auto``) or asked for, int8 ones only when asked for."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision: {precision} (choose from {', '.join(PRECISIONS)})")
+    fp32 = ("eager", "graph", "onnx")
+    if precision == "fp32":
+        return fp32
+    if precision == "bf16":
+        return ("eager-bf16", "graph-bf16")
+    if precision == "int8":
+        return ("onnx-int8", "torch-int8")
+    native = native_bf16() if bf16_native is None else bf16_native
+    return ("eager-bf16", "graph-bf16", *fp32) if native else fp32
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine: {engine} (choose from {', '.join(ENGINES)})")
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files, int8 models and measured choices are kept: ``$IMGCLS_INFERENCE_CACHE``, else
+    ``$XDG_CACHE_HOME/imgcls/inference`` (``~/.cache/imgcls/inference``)."""
+    if os.environ.get("IMGCLS_INFERENCE_CACHE"):
+        return Path(os.environ["IMGCLS_INFERENCE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgcls" / "inference"
+
+
+def cpu_description() -> str:
+    """The CPU as the benchmarks print it: model name, torch's vector capability, core count."""
+    name = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name or 'unknown CPU'} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
+
+
+# --- engines -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """One way of running the network: uint8 batch in (as the decoder makes it), float32 logits out.
+
+    Attributes:
+        name: one of :data:`ENGINES`.
+        forward: normalised float ``(N, C, H, W)`` -> logits.
+        normalise: uint8 -> normalised float (the run's mean/std).
+        channels_last: the input is handed over channels-last.
+        check: for int8 engines, how they compared with fp32 on the validation images.
+    """
+
+    name: str
+    forward: Callable[[Tensor], Tensor]
+    normalise: Callable[[Tensor], Tensor]
+    channels_last: bool = False
+    check: q.Int8Check | None = None
+
+    @property
+    def precision(self) -> str:
+        return ENGINE_PRECISION[self.name]
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.name.startswith("onnx") else "torch"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            x = self.normalise(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.forward(x).float()
+
+
+class EngineSource:
+    """Builds the engines of one model: the fp32 module and what it takes to export and quantize it.
+
+    Args:
+        model: the network (its fp32 weights).
+        input_size: ``(C, H, W)``.
+        normalise: uint8 -> normalised float.
+        key: identifies the weights (their SHA-256) for the cache; ``""`` disables the cache.
+        run: the run folder, whose validation images calibrate int8 (int8 is unavailable without one).
+        max_int8_drop: largest top-1 drop accepted from an int8 engine, percentage points.
+        onnx_file: an existing fp32 ONNX export of these weights, used instead of exporting again.
+        meta: the run's ``ModelMeta`` (written into exported ONNX files).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: Sequence[int],
+        normalise: Callable[[Tensor], Tensor],
+        key: str = "",
+        run: str | os.PathLike | None = None,
+        max_int8_drop: float = q.DEFAULT_MAX_DROP,
+        onnx_file: str | os.PathLike | None = None,
+        meta=None,
+    ):
+        self.model = model.float().eval()
+        self.input_size = tuple(int(s) for s in input_size)
+        self.normalise = normalise
+        self.key = key
+        self.run = Path(run) if run is not None else None
+        self.max_int8_drop = max_int8_drop
+        self.onnx_file = Path(onnx_file) if onnx_file is not None else None
+        self.meta = meta
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._validation: list | None = None
+
+    # where built files go: the cache for known weights, a temporary folder otherwise
+    def folder(self) -> Path:
+        if self.key:
+            import onnxruntime
+
+            # Files built by other library versions or quantizer settings are not reused.
+            versions = f"{torch.__version__}|{onnxruntime.__version__}|{q.QUANTIZER_VERSION}|{self.input_size}"
+            folder = cache_dir() / f"{self.key[:24]}-{hashlib.sha256(versions.encode()).hexdigest()[:8]}"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return folder
+            except OSError:
+                pass
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="imgcls-engines-")
+        return Path(self._tmp.name)
+
+    def build(self, name: str) -> Engine:
+        """Build engine ``name``.
+
+        Raises:
+            UserError: int8 without a run, or an int8 model whose accuracy drop exceeds the threshold.
+            RuntimeError: the engine cannot be built for this model (tracing or export failed).
+        """
+        check_engine(name)
+        make = {
+            "eager": self._eager,
+            "graph": self._graph,
+            "eager-bf16": self._eager_bf16,
+            "graph-bf16": self._graph_bf16,
+            "onnx": self._onnx,
+            "onnx-int8": self._onnx_int8,
+            "torch-int8": self._torch_int8,
+        }[name]
+        return make()
+
+    def _eager(self) -> Engine:
+        model = deepcopy(self.model).to(memory_format=torch.channels_last)
+        return Engine("eager", model, self.normalise, channels_last=True)
+
+    def _eager_bf16(self) -> Engine:
+        model = deepcopy(self.model).to(memory_format=torch.channels_last)
+
+        def forward(x: Tensor) -> Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x)
+
+        return Engine("eager-bf16", forward, self.normalise, channels_last=True)
+
+    def _frozen(self, dtype: torch.dtype) -> torch.jit.ScriptModule:
+        twin = deepcopy(self.model).to(dtype=dtype, memory_format=torch.channels_last).eval()
+        example = torch.zeros(1, *self.input_size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.jit is in maintenance mode and says so; torch.compile would take minutes to build this graph.
+            warnings.simplefilter("ignore")
+            try:
+                return torch.jit.freeze(torch.jit.trace(twin, example, check_trace=False))
+            except Exception as exc:  # tracing fails in as many ways as Python code can
+                raise RuntimeError(f"not traceable ({type(exc).__name__}: {q._one_line(exc)})") from exc
+
+    def _graph(self) -> Engine:
+        return Engine("graph", self._frozen(torch.float32), self.normalise, channels_last=True)
+
+    def _graph_bf16(self) -> Engine:
+        graph = self._frozen(torch.bfloat16)
+        return Engine("graph-bf16", lambda x: graph(x.to(torch.bfloat16)), self.normalise, channels_last=True)
+
+    def fp32_onnx(self) -> Path:
+        """The fp32 ONNX export of the weights (exported once, checked against PyTorch by the exporter)."""
+        if self.onnx_file is not None and self.onnx_file.is_file():
+            return self.onnx_file
+        path = self.folder() / "model.onnx"
+        if not path.is_file():
+            from imgcls.inference.export import export_onnx
+
+            export_onnx(self.model, self._meta(), path)
+        self.onnx_file = path
+        return path
+
+    def _meta(self):
+        if self.meta is not None:
+            return self.meta
+        from imgcls.engine.bundle import ModelMeta
+
+        num_classes = int(self.model(torch.zeros(1, *self.input_size)).shape[1])
+        return ModelMeta(
+            name=type(self.model).__name__,
+            num_classes=num_classes,
+            classes=[str(i) for i in range(num_classes)],
+            input_size=list(self.input_size),
+            mean=[0.0] * self.input_size[0],
+            std=[1.0] * self.input_size[0],
+            in_chans=self.input_size[0],
+        )
+
+    def _onnx(self) -> Engine:
+        session = q.onnx_session(self.fp32_onnx())
+        return Engine("onnx", q.onnx_function(session), self.normalise)
+
+    def validation(self) -> list:
+        if self.run is None:
+            raise UserError("int8 needs a run folder (--run): it calibrates on the run's validation images")
+        if self._validation is None:
+            self._validation = q.validation_batches(self.run)
+        return self._validation
+
+    def _int8(self, name: str, path: Path, build: Callable[[list], None], load: Callable[[], Callable]) -> Engine:
+        """Build (or load from the cache) an int8 model, check its accuracy drop, and wrap it."""
+        report = path.with_suffix(".check.json")
+        check = None
+        if path.is_file() and report.is_file():
+            try:
+                check = q.Int8Check(**{k: v for k, v in json.loads(report.read_text()).items() if k != "drop"})
+            except (ValueError, TypeError):
+                check = None
+        if check is None:
+            batches = self.validation()
+            calibration = q.calibration_slice(batches)
+            build(calibration)
+            forward = load()
+            check = q.compare(self.model, forward, batches, name, sum(len(x) for x in calibration))
+            report.write_text(json.dumps(check.to_dict(), indent=1) + "\n")
+        else:
+            forward = load()
+        log.info("%s", check.summary())
+        q.check_drop(check, self.max_int8_drop, str(self.run or "the model"))
+        return Engine(name, forward, self.normalise, check=check)
+
+    def _onnx_int8(self) -> Engine:
+        path = self.folder() / "model.int8.onnx"
+        return self._int8(
+            "onnx-int8",
+            path,
+            lambda calibration: q.quantize_onnx(self.fp32_onnx(), calibration, path),
+            lambda: q.onnx_function(q.onnx_session(path)),
+        )
+
+    def _torch_int8(self) -> Engine:
+        path = self.folder() / "model.int8.pt"
+
+        def build(calibration: list) -> None:
+            module = q.quantize_torch(self.model, calibration)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript is in maintenance mode and says so on every call
+                torch.jit.save(module, str(path))
+
+        def load() -> Callable:
+            torch.backends.quantized.engine = "x86"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.jit.load(str(path), map_location="cpu")
+
+        return self._int8("torch-int8", path, build, load)
+
+
+# --- measuring and choosing ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Median seconds per call of each engine on one dummy batch, measured alternately.
+
+    Attributes:
+        seconds: ``{engine: median seconds}``.
+        batch: images in the dummy batch.
+        rounds: alternating rounds the medians are over.
+    """
+
+    seconds: dict[str, float]
+    batch: int
+    rounds: int = MEASURE_ROUNDS
+
+    def fastest(self) -> str:
+        if not self.seconds:
+            raise ValueError("no engine was measured")
+        return min(self.seconds, key=lambda name: (self.seconds[name], name))
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in sorted(self.seconds.items(), key=lambda t: t[1]))
+
+
+def measure(
+    engines: Mapping[str, Callable[[Tensor], Tensor]], batch: Tensor, rounds: int = MEASURE_ROUNDS, warmup: int = 1
+) -> Timings:
+    """Time each engine on ``batch``: ``warmup`` untimed calls each (oneDNN and ORT build kernels on the first),
+    then ``rounds`` rounds in which every engine runs once, in turn (A, B, C, A, B, C, ...); medians.
+
+    Alternating puts the load of other processes on a shared machine on every engine alike.
+    """
+    for fn in engines.values():
+        for _ in range(warmup):
+            fn(batch)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            fn(batch)
+            times[name].append(time.perf_counter() - t0)
+    return Timings({name: statistics.median(t) for name, t in times.items()}, int(batch.shape[0]), rounds)
+
+
+def choose(timings: Timings) -> str:
+    """The engine to run: the one with the smallest measured time (ties broken by name, so the choice is stable)."""
+    return timings.fastest()
+
+
+@dataclass
+class Selection:
+    """What :func:`select` did: the engine it returns, how it came to it, and what it measured or skipped."""
+
+    engine: Engine
+    how: str  # "forced", "measured", "remembered" or "only candidate"
+    timings: Timings | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        text = f"engine {self.engine.name} ({self.how}"
+        if self.timings is not None:
+            text += f" at batch {self.timings.batch}: {self.timings.describe()}"
+        text += ")"
+        if self.skipped:
+            text += "; not available: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items())
+        if self.engine.check is not None:
+            text += "; " + self.engine.check.summary()
+        return text
+
+
+def _choice_key(source: EngineSource, names: Sequence[str], batch: int) -> str | None:
+    if not source.key:
+        return None
+    import onnxruntime
+
+    parts = [
+        source.key,
+        "x".join(map(str, source.input_size)),
+        ",".join(names),
+        str(batch),
+        str(torch.get_num_threads()),
+        cpu_description(),
+        torch.__version__,
+        onnxruntime.__version__,
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _remembered(key: str | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        choices = json.loads((cache_dir() / "choices.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = choices.get(key) if isinstance(choices, dict) else None
+    return name if name in ENGINES else None
+
+
+def _remember(key: str | None, name: str) -> None:
+    if key is None:
+        return
+    path = cache_dir() / "choices.json"
+    try:
+        choices = json.loads(path.read_text()) if path.is_file() else {}
+        choices = choices if isinstance(choices, dict) else {}
+        choices[key] = name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(choices, indent=1) + "\n")
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass  # the choice is measured again next time
+
+
+def select(
+    source: EngineSource,
+    precision: str = "auto",
+    engine: str | None = None,
+    batch_size: int = 32,
+    remember: bool = True,
+) -> Selection:
+    """Build the engine to run ``source``'s model: ``engine`` when given, else the fastest candidate of
+    ``precision`` as measured here (or as remembered from an earlier measurement with the same key).
+
+    A candidate that cannot be built for this model (a model that does not trace, an export that fails) is left
+    out and named in the selection; an int8 candidate whose accuracy drop exceeds the threshold too, unless it
+    was the only one (then the refusal is raised).
+
+    Raises:
+        UserError: unknown engine or precision; a forced engine that cannot run; no candidate could be built.
+    """
+    if engine is not None:
+        check_engine(engine)
+        try:
+            return Selection(source.build(engine), "forced")
+        except RuntimeError as exc:
+            raise UserError(f"--engine {engine}: cannot run this model ({q._one_line(exc)})") from None
+    names = candidates(precision)
+    batch = max(1, min(batch_size, MEASURE_BATCH))
+    key = _choice_key(source, names, batch) if remember else None
+    remembered = _remembered(key)
+    if remembered is not None:
+        try:
+            return Selection(source.build(remembered), "remembered")
+        except (RuntimeError, UserError) as exc:
+            log.info("remembered engine %s not built (%s); measuring again", remembered, exc)
+    built: dict[str, Engine] = {}
+    skipped: dict[str, str] = {}
+    refusals: list[UserError] = []
+    for name in names:
+        try:
+            built[name] = source.build(name)
+        except q.AccuracyDropTooLarge as exc:
+            refusals.append(exc)
+            skipped[name] = "accuracy drop over the threshold"
+        except RuntimeError as exc:
+            skipped[name] = q._one_line(exc)
+    if not built:
+        if refusals:
+            raise refusals[0]
+        raise UserError(f"no engine could run this model: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    if len(built) == 1:
+        (only,) = built.values()
+        return Selection(only, "only candidate", skipped=skipped)
+    dummy = torch.randint(
+        0, 256, (batch, *source.input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    timings = measure(built, dummy)
+    chosen = choose(timings)
+    _remember(key, chosen)
+    return Selection(built[chosen], "measured", timings, skipped)
+
+
+__all__ = [
+    "ENGINES",
+    "ENGINE_PRECISION",
+    "PRECISIONS",
+    "Engine",
+    "EngineSource",
+    "Selection",
+    "Timings",
+    "cache_dir",
+    "candidates",
+    "check_engine",
+    "choose",
+    "cpu_description",
+    "measure",
+    "native_bf16",
+    "select",
+]

@@ -1,0 +1,132 @@
+"""Engines and the measured choice: every candidate computes what fp32 eager computes on real decoded images,
+and the choice is always the fastest measured one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tests.inference import helpers
+
+from imgcls.engine.bundle import load_bundle
+from imgcls.errors import UserError
+from imgcls.inference import engines as E
+from imgcls.inference.predictor import Preprocess
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLS_INFERENCE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A run folder (LeNet-5-size model, spread-out logits) and a uint8 batch of real decoded photo files."""
+    root = tmp_path_factory.mktemp("engines")
+    run = helpers.write_run(root / "run", num_classes=5)
+    model, meta = load_bundle(run)
+    pre = Preprocess(tuple(meta.input_size), meta.resize or meta.input_size[1], tuple(meta.mean), tuple(meta.std))
+    from imgcls.data.reader import load_for_eval
+
+    paths = helpers.write_images(root / "images", 6)
+    c, h, _ = pre.input_size
+    batch = torch.stack([load_for_eval(p, size=h, resize=pre.resize, in_chans=c) for p in paths])
+    return run, model, meta, pre, batch
+
+
+def _source(setup, **kw) -> E.EngineSource:
+    _, model, meta, pre, _ = setup
+    return E.EngineSource(model, meta.input_size, pre.normalise, key=meta.sha256, meta=meta, **kw)
+
+
+@pytest.mark.parametrize(
+    ("name", "tolerance"),
+    [("eager", 1e-5), ("graph", 1e-4), ("onnx", 1e-4), ("eager-bf16", 3e-2), ("graph-bf16", 3e-2)],
+)
+def test_every_candidate_matches_fp32_eager(setup, cache, name, tolerance):
+    _, model, _, pre, batch = setup
+    with torch.no_grad():
+        expected = model.eval()(pre.normalise(batch))
+    engine = _source(setup).build(name)
+    got = engine(batch)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    scale = float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= tolerance * max(1.0, scale), name
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert engine.precision == E.ENGINE_PRECISION[name]
+
+
+def test_eager_fp32_runs_channels_last(setup, cache):
+    engine = _source(setup).build("eager")
+    conv = next(p for p in engine.forward.parameters() if p.ndim == 4)
+    assert engine.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_choice_is_the_fastest_measured(setup, cache):
+    _, _, _, _, batch = setup
+    source = _source(setup)
+    built = {name: source.build(name) for name in ("eager", "graph", "onnx")}
+    timings = E.measure(built, batch, rounds=3)
+    assert set(timings.seconds) == set(built) and timings.batch == len(batch)
+    assert all(s > 0 for s in timings.seconds.values())
+    chosen = E.choose(timings)
+    assert all(timings.seconds[chosen] <= s for s in timings.seconds.values())
+    # The same measured result with its figures rotated among the engines: the choice follows the figures.
+    names = list(timings.seconds)
+    values = [timings.seconds[n] for n in names]
+    for shift in range(1, len(names)):
+        rotated = dataclasses.replace(timings, seconds=dict(zip(names, values[shift:] + values[:shift])))
+        fastest = min(rotated.seconds.values())
+        assert rotated.seconds[E.choose(rotated)] == fastest
+    # Ties go to the first name in order, so the choice is stable.
+    tied = dataclasses.replace(timings, seconds=dict.fromkeys(names, 1.0))
+    assert E.choose(tied) == sorted(names)[0]
+
+
+def test_select_measures_then_remembers(setup, cache):
+    first = E.select(_source(setup), precision="fp32", batch_size=4)
+    assert first.how == "measured" and set(first.timings.seconds) == {"eager", "graph", "onnx"}
+    assert first.engine.name == E.choose(first.timings)
+    assert first.engine.name in first.describe() and "ms" in first.describe()
+    again = E.select(_source(setup), precision="fp32", batch_size=4)
+    assert again.how == "remembered" and again.engine.name == first.engine.name
+    # Another batch size is another measurement.
+    assert E.select(_source(setup), precision="fp32", batch_size=2).how == "measured"
+
+
+def test_forced_engine_skips_the_measurement(setup, cache):
+    chosen = E.select(_source(setup), precision="fp32", engine="graph")
+    assert chosen.how == "forced" and chosen.engine.name == "graph" and chosen.timings is None
+    with pytest.raises(UserError, match="unknown engine: fast"):
+        E.select(_source(setup), engine="fast")
+
+
+def test_candidates_by_precision():
+    assert E.candidates("fp32") == ("eager", "graph", "onnx")
+    assert E.candidates("auto", bf16_native=False) == ("eager", "graph", "onnx")
+    assert set(E.candidates("auto", bf16_native=True)) == {"eager-bf16", "graph-bf16", "eager", "graph", "onnx"}
+    assert E.candidates("int8") == ("onnx-int8", "torch-int8")
+    with pytest.raises(UserError, match="unknown precision"):
+        E.candidates("fp8")
+
+
+def test_untraceable_model_falls_back(cache):
+    class Branchy(torch.nn.Module):
+        """Data-dependent control flow: TorchScript tracing refuses nothing, but FX tracing does."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return y if bool(y.sum() > 0) else -y
+
+    source = E.EngineSource(Branchy(), (3, 8, 8), lambda x: x.float() / 255)
+    assert E.select(source, precision="fp32", engine="eager").engine.name == "eager"
+    with pytest.raises(RuntimeError, match="FX quantization failed"):
+        from imgcls.inference.int8 import quantize_torch
+
+        quantize_torch(Branchy(), [torch.randn(2, 3, 8, 8)])

@@ -1,0 +1,127 @@
+"""int8: a real trained LeNet-5 (bundled digits, 3 epochs), quantized by both quantizers and calibrated on its
+own validation split; the answers agree with fp32, a drop over the threshold is refused, the exported file runs
+in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from imgcls.engine.bundle import load_bundle
+from imgcls.errors import UserError
+from imgcls.inference import int8 as q
+from imgcls.inference.engines import EngineSource
+from imgcls.inference.predictor import Preprocess
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`imgcls train` on the digits: LeNet-5 at ~95 % top-1 on its 179 held-out images."""
+    from imgcls.cli import main
+
+    run = tmp_path_factory.mktemp("int8") / "run"
+    args = ["train", "--recipe", "digits", "--epochs", "3", "--out", str(run), "--seed", "0", "--precision", "fp32"]
+    code = main(args)
+    assert code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLS_INFERENCE_CACHE", str(folder))
+        yield folder
+
+
+def _source(run, max_drop=q.DEFAULT_MAX_DROP) -> EngineSource:
+    model, meta = load_bundle(run)
+    pre = Preprocess(tuple(meta.input_size), meta.resize or meta.input_size[1], tuple(meta.mean), tuple(meta.std))
+    return EngineSource(model, meta.input_size, pre.normalise, key=meta.sha256, run=run, max_int8_drop=max_drop)
+
+
+def test_validation_batches_are_the_runs_split(trained_run):
+    batches = q.validation_batches(trained_run)
+    # The digits recipe holds out 10 % of 1,797 images per class: 179; normalised, one grey channel at 32 px.
+    assert sum(len(x) for x, _ in batches) == 179
+    x, y = batches[0]
+    assert x.shape[1:] == (1, 32, 32) and x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1.0 and y.dtype == torch.int64
+    assert sum(len(x) for x in q.calibration_slice(batches, 100)) == 100
+
+
+@pytest.mark.parametrize("engine", q.INT8_ENGINES)
+def test_quantized_model_agrees_with_fp32(trained_run, cache, engine):
+    source = _source(trained_run)
+    built = source.build(engine)
+    check = built.check
+    assert check.engine == engine and check.images == 179 and check.calibration_images == 179
+    assert check.fp32_top1 > 90.0  # a real trained model, not random weights
+    assert check.agreement >= 99.0, check.summary()
+    assert abs(check.drop) <= 1.0
+    # The engine itself (uint8 in) answers as the check said: recompute agreement through it on the split.
+    model, meta = load_bundle(trained_run)
+    same = total = 0
+    for x, _ in q.validation_batches(trained_run):
+        # Undo the normalisation to get the uint8 images the decoder would hand over.
+        mean, std = torch.tensor(meta.mean).view(1, -1, 1, 1), torch.tensor(meta.std).view(1, -1, 1, 1)
+        u8 = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        with torch.no_grad():
+            ref = model(source.normalise(u8)).argmax(1)
+        same += int((built(u8).argmax(1) == ref).sum())
+        total += len(x)
+    assert same / total >= 0.99
+    # The second build comes from the cache with the same figures.
+    again = _source(trained_run).build(engine)
+    assert again.check == check
+
+
+def test_drop_over_the_threshold_is_refused(trained_run, cache):
+    # A threshold below the measured drop (here: int8 must beat fp32 by 5 points) fires the refusal.
+    with pytest.raises(q.AccuracyDropTooLarge) as info:
+        _source(trained_run, max_drop=-5.0).build("onnx-int8")
+    message = str(info.value)
+    assert isinstance(info.value, UserError) and "\n" not in message
+    assert "--max-int8-drop -5" in message and "validation images" in message
+
+
+def test_check_drop_compares_in_points():
+    check = q.Int8Check("onnx-int8", 1000, 93.0, 91.5, 97.0, 512)
+    assert check.drop == pytest.approx(1.5)
+    q.check_drop(check, 1.5, "run")
+    with pytest.raises(q.AccuracyDropTooLarge):
+        q.check_drop(check, 1.4, "run")
+
+
+def test_int8_needs_a_run(trained_run):
+    model, meta = load_bundle(trained_run)
+    pre = Preprocess(tuple(meta.input_size), meta.input_size[1], tuple(meta.mean), tuple(meta.std))
+    source = EngineSource(model, meta.input_size, pre.normalise)
+    with pytest.raises(UserError, match="needs a run folder"):
+        source.build("onnx-int8")
+
+
+def test_exported_onnx_int8_runs_in_onnxruntime(trained_run, cache, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "model.int8.onnx"
+    check = q.export_onnx_int8(trained_run, out)
+    graph = onnx.load(str(out))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = {p.key: json.loads(p.value) for p in graph.metadata_props}
+    assert meta["precision"] == "int8" and meta["int8"]["agreement"] == check.agreement
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["input_size"] == [1, 32, 32]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model, _ = load_bundle(trained_run)
+    x, _ = q.validation_batches(trained_run)[0]
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert logits.shape == ref.shape
+    assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    assert np.abs(logits - ref).max() < 0.25 * np.abs(ref).max()
