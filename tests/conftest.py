@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 # OpenMP threads that spin while waiting turn small ops into a crawl when the cores are shared (measured: a LeNet
 # training epoch 20x slower with two spinning threads on a loaded 2-core machine). Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The Predictor keeps exported files and its measured engine choices in a cache: one per test session, never the
+# user's (subprocess CLI runs inherit it).
+os.environ.setdefault("IMGCLS_INFERENCE_CACHE", tempfile.mkdtemp(prefix="imgcls-test-inference-"))
 
 import pytest
 import torch

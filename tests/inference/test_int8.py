@@ -125,3 +125,51 @@ def test_exported_onnx_int8_runs_in_onnxruntime(trained_run, cache, tmp_path):
     assert logits.shape == ref.shape
     assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.98
     assert np.abs(logits - ref).max() < 0.25 * np.abs(ref).max()
+
+
+def _digit_files(folder, count: int = 24):
+    """Real held-out-style inputs: scikit-learn's digits as 8x8 grey PNG files (the run upsamples them)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    paths = []
+    for i in range(count):
+        path = folder / f"digit_{i:02d}_{digits.target[-1 - i]}.png"
+        Image.fromarray((digits.images[-1 - i] * 255 / 16).round().astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_cli_precision_int8_end_to_end(trained_run, cache, tmp_path, capsys):
+    from imgcls.cli import main
+
+    paths = [str(p) for p in _digit_files(tmp_path / "digits")]
+    assert main(["predict", "--run", str(trained_run), "--precision", "fp32", "--json", "--topk", "1", *paths]) == 0
+    fp32 = [r["predictions"][0]["index"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["predict", "--run", str(trained_run), "--precision", "int8", "--json", "--topk", "1", *paths]) == 0
+    captured = capsys.readouterr()
+    int8 = [r["predictions"][0]["index"] for r in json.loads(captured.out)]
+    assert "int8" in captured.err and "same top-1 answer" in captured.err  # it says which engine and its check
+    assert sum(a == b for a, b in zip(fp32, int8)) >= len(paths) - 1
+    # The refusal: one line, exit 2, nothing printed on stdout.
+    code = main(["predict", "--run", str(trained_run), "--precision", "int8", "--max-int8-drop", "-5", paths[0]])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("imgcls: error: ") and captured.err.count("\n") == 1
+    assert "--max-int8-drop -5" in captured.err
+
+
+def test_cli_export_onnx_int8_then_predict_from_it(trained_run, cache, tmp_path, capsys):
+    from imgcls.cli import main
+    from imgcls.inference import Predictor
+
+    out = tmp_path / "digits.int8.onnx"
+    assert main(["export", "--run", str(trained_run), "--format", "onnx-int8", "--out", str(out)]) == 0
+    assert "onnx-int8" in capsys.readouterr().out and out.is_file()
+    paths = _digit_files(tmp_path / "digits")
+    from_file = Predictor.from_onnx(out).predict(paths, topk=1)
+    fp32 = Predictor.from_run(trained_run, precision="fp32").predict(paths, topk=1)
+    same = sum(a.predictions[0].index == b.predictions[0].index for a, b in zip(from_file, fp32))
+    assert same >= len(paths) - 1

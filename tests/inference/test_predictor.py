@@ -117,8 +117,8 @@ def test_bf16_keeps_the_answers(kit, tmp_path):
     fp32 = Predictor.from_run(run, precision="fp32", batch_size=8)
     bf16 = Predictor.from_run(run, precision="bf16", batch_size=8)
     assert bf16.precision == "bf16"
-    assert bf16.runner.graph is not None, "bf16 runs as a frozen TorchScript graph"
-    assert next(bf16.runner.model.parameters()).dtype == torch.float32, "the graph is built from a copy"
+    assert bf16.runner.name in ("eager-bf16", "graph-bf16"), "bf16 runs on the faster bf16 engine measured here"
+    assert set(bf16.selection.timings.seconds) == {"eager-bf16", "graph-bf16"}
     a, b = _probs(fp32.predict(paths), 5), _probs(bf16.predict(paths), 5)
     assert (a - b).abs().max() < 0.05  # bf16 keeps ~3 significant digits through the network
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.9

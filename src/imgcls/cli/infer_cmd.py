@@ -26,12 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="labels per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference engine (default torch)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="torch backend: auto = bf16 where the CPU has native bfloat16, else fp32",
-    )
+    _engine_arguments(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON array, one object per input")
     out.add_argument("--csv", metavar="FILE", help="write one CSV row per input to FILE (for large folders)")
@@ -45,9 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "differ from PyTorch by more than the tolerance.",
     )
     p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "onnx-int8"), dest="fmt")
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest logit difference, relative (default 1e-3)")
+    p.add_argument(
+        "--max-int8-drop",
+        type=float,
+        default=1.0,
+        help="onnx-int8: refuse when top-1 on the run's validation images drops more (points; default 1)",
+    )
     p.set_defaults(func=export)
 
     p = sub.add_parser("serve", help="HTTP service and web page for a run")
@@ -55,11 +56,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference engine (default torch)")
+    _engine_arguments(p)
     p.add_argument("--max-bytes", type=int, default=10 << 20, help="largest request body in bytes (default 10 MiB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width × height (default 40 M)")
     p.add_argument("--max-batch", type=int, default=32, help="most requests per forward pass (default 32)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more (default 5)")
     p.set_defaults(func=serve)
+
+
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    from imgcls.inference.engines import ENGINES
+
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="torch backend: auto = bf16 where the CPU has native bfloat16, else fp32; int8 = quantized, "
+        "calibrated and checked on the run's validation images",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="force one engine instead of the fastest measured here (torch backend)",
+    )
+    p.add_argument(
+        "--max-int8-drop",
+        type=float,
+        default=1.0,
+        help="--precision int8: refuse when top-1 on the run's validation images drops more (points; default 1)",
+    )
+
+
+def _say_engine(predictor) -> None:
+    if getattr(predictor, "selection", None) is not None:
+        print(f"imgcls: {predictor.selection.describe()}", file=sys.stderr)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -75,11 +105,11 @@ def predict(args: argparse.Namespace) -> int:
     if args.csv:  # before anything is loaded or written: an output that is an input would be truncated
         protected = [RunFolder(args.run)] if args.run else []
         refuse_output(args.csv, "--csv", inputs=[*paths, *([args.weights] if args.weights else [])], runs=protected)
-    options = dict(backend=args.backend, batch_size=args.batch_size)
+    options = dict(backend=args.backend, batch_size=args.batch_size, precision=args.precision, engine=args.engine)
     if args.run:
-        predictor = Predictor.from_run(args.run, precision=args.precision, **options)
+        predictor = Predictor.from_run(args.run, max_int8_drop=args.max_int8_drop, **options)
     else:
-        predictor = Predictor.from_weights(args.model, args.weights, precision=args.precision, **options)
+        predictor = Predictor.from_weights(args.model, args.weights, **options)
     results = predictor.iter_predict(paths, topk=args.topk)
     if args.json:
         failed = _write_json(results, sys.stdout)
@@ -87,6 +117,7 @@ def predict(args: argparse.Namespace) -> int:
         failed = _write_csv(results, args.csv, args.topk, multilabel=predictor.task == "multilabel")
     else:
         failed = _write_text(results, sys.stdout)
+    _say_engine(predictor)
     if failed:
         print(f"imgcls: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -154,6 +185,12 @@ def _write_csv(results, path: str, topk: int, multilabel: bool = False) -> int:
 def export(args: argparse.Namespace) -> int:
     from imgcls.inference import ExportMismatch, export_run
 
+    if args.fmt == "onnx-int8":
+        from imgcls.inference.int8 import export_onnx_int8
+
+        check = export_onnx_int8(args.run, args.out, max_drop=args.max_int8_drop)
+        print(f"wrote {args.out} (onnx-int8); {check.summary()}")
+        return 0
     try:
         report = export_run(args.run, args.fmt, args.out, tolerance=args.tolerance)
     except ExportMismatch as exc:
@@ -172,5 +209,6 @@ def serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
     )
-    serve(args.run, host=args.host, port=args.port, limits=limits, backend=args.backend)
+    engine = dict(precision=args.precision, engine=args.engine, max_int8_drop=args.max_int8_drop)
+    serve(args.run, host=args.host, port=args.port, limits=limits, backend=args.backend, **engine)
     return 0

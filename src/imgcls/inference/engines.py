@@ -313,7 +313,7 @@ class EngineSource:
             report.write_text(json.dumps(check.to_dict(), indent=1) + "\n")
         else:
             forward = load()
-        log.info("%s", check.summary())
+        log.debug("%s", check.summary())
         q.check_drop(check, self.max_int8_drop, str(self.run or "the model"))
         return Engine(name, forward, self.normalise, check=check)
 
@@ -492,7 +492,7 @@ def select(
         try:
             return Selection(source.build(remembered), "remembered")
         except (RuntimeError, UserError) as exc:
-            log.info("remembered engine %s not built (%s); measuring again", remembered, exc)
+            log.debug("remembered engine %s not built (%s); measuring again", remembered, exc)
     built: dict[str, Engine] = {}
     skipped: dict[str, str] = {}
     refusals: list[UserError] = []

@@ -7,10 +7,11 @@ works on the previous batch; Pillow releases the GIL while it decodes, so the tw
 
 Two backends run the network:
 
-- ``"torch"`` (the default): on CPUs with native bfloat16 (AVX512-BF16 or AMX) a frozen TorchScript graph of the
-  model in bfloat16 with channels-last activations (`TorchRunner`); elsewhere eager fp32.
-  ``benchmarks/bench_inference.py`` measures it against ONNX Runtime fp32 and eager fp32 on ResNet-50, with the
-  top-1 agreement against fp32; the default follows that measurement (``BENCHMARKS.md``).
+- ``"torch"`` (the default): the fastest engine of the requested precision as measured on this machine at load
+  (``imgcls.inference.engines``: eager fp32 channels-last, a frozen TorchScript graph, ONNX Runtime fp32; bf16
+  ones where the CPU has bf16 units; int8 ones with ``precision="int8"``), remembered for the next load;
+  ``engine=`` forces one. ``Predictor.selection`` says what was measured and chosen. (`TorchRunner` is the
+  fixed torch runner of before, kept for callers that build one themselves.)
 - ``"onnx"``: ONNX Runtime (fp32) on a file written by :func:`imgcls.inference.export.export_onnx`; the file's
   metadata carries the classes and preprocessing, so it needs nothing else.
 """
@@ -38,7 +39,7 @@ from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
 BACKENDS = ("torch", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 PathOrImage = str | os.PathLike | bytes | Image.Image
 
@@ -258,6 +259,7 @@ class Predictor:
             self.thresholds = [float(t) for t in thresholds] if thresholds is not None else [0.5] * len(self.classes)
             if len(self.thresholds) != len(self.classes):
                 raise UserError(f"{len(self.thresholds)} thresholds for {len(self.classes)} classes")
+        self.selection = None  # how the engine was chosen (imgcls.inference.engines.Selection), when measured
 
     # ------------------------------------------------------------------ construction
 
@@ -269,8 +271,14 @@ class Predictor:
         precision: str = "auto",
         batch_size: int = 32,
         num_workers: int | None = None,
+        engine: str | None = None,
+        max_int8_drop: float | None = None,
     ) -> Predictor:
         """Load a run folder's ``model.safetensors`` (SHA-256 checked) and ``model.json``.
+
+        With the default ``backend="torch"`` the network runs on the fastest engine of ``precision`` measured here
+        (``imgcls.inference.engines``; ``"int8"`` quantizes, calibrated and checked on the run's validation
+        images, refused past ``max_int8_drop`` points); ``engine`` forces one.
 
         With ``backend="onnx"`` it uses ``RUN/model.onnx`` when that file was exported from these very weights
         (its metadata holds their SHA-256), and otherwise exports the weights to a temporary file first.
@@ -315,7 +323,12 @@ class Predictor:
                 runner = OnnxRunner(exported, preprocess)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         model, meta = load_bundle(run)
-        return cls(TorchRunner(model, preprocess, precision), preprocess, meta.classes, sha256=meta.sha256, **common)
+        selection = _select_engine(
+            model, preprocess, meta.sha256, run, meta, precision, engine, batch_size, max_int8_drop
+        )
+        predictor = cls(selection.engine, preprocess, meta.classes, sha256=meta.sha256, **common)
+        predictor.selection = selection
+        return predictor
 
     @classmethod
     def from_weights(
@@ -329,6 +342,7 @@ class Predictor:
         precision: str = "auto",
         batch_size: int = 32,
         num_workers: int | None = None,
+        engine: str | None = None,
     ) -> Predictor:
         """A registered architecture with a weights file (ours, torchvision's or timm's format).
 
@@ -380,8 +394,12 @@ class Predictor:
             std=_per_channel(entry.std, in_chans),
         )
         labels = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        runner = TorchRunner(model, preprocess, precision)
-        return cls(runner, preprocess, labels, name=name, batch_size=batch_size, num_workers=num_workers)
+        from imgcls.engine.bundle import sha256_of
+
+        selection = _select_engine(model, preprocess, sha256_of(file), None, None, precision, engine, batch_size)
+        predictor = cls(selection.engine, preprocess, labels, name=name, batch_size=batch_size, num_workers=num_workers)
+        predictor.selection = selection
+        return predictor
 
     @classmethod
     def from_onnx(cls, file: str | os.PathLike, batch_size: int = 32, num_workers: int | None = None) -> Predictor:
@@ -540,6 +558,25 @@ def read_onnx_metadata(file: str | os.PathLike) -> dict:
         except ValueError:
             meta[prop.key] = prop.value
     return meta
+
+
+def _select_engine(model, preprocess, key, run, meta, precision, engine, batch_size, max_int8_drop=None):
+    """The measured (or forced) engine for a torch-backend Predictor (``imgcls.inference.engines.select``)."""
+    from imgcls.inference import engines
+    from imgcls.inference.int8 import DEFAULT_MAX_DROP
+
+    source = engines.EngineSource(
+        model,
+        preprocess.input_size,
+        preprocess.normalise,
+        key=key,
+        run=run,
+        meta=meta,
+        max_int8_drop=DEFAULT_MAX_DROP if max_int8_drop is None else max_int8_drop,
+    )
+    selection = engines.select(source, precision, engine, batch_size)
+    log.debug("%s", selection.describe())  # the CLI says it once the answers are out
+    return selection
 
 
 def _check_backend(backend: str) -> None:

@@ -418,11 +418,15 @@ def serve(
     port: int = 8000,
     limits: ServeLimits | None = None,
     backend: str = "torch",
+    precision: str = "auto",
+    engine: str | None = None,
+    max_int8_drop: float | None = None,
 ) -> None:
     """Load a run folder (weights' SHA-256 checked against model.json) and serve it until interrupted.
 
     The address is bound before anything is announced: a busy port or an unknown host is a one-line error, and
     "serving on ..." is printed only once the socket listens (with the port the system chose for ``port=0``).
+    ``precision``, ``engine`` and ``max_int8_drop`` choose the engine as for ``imgcls predict``.
     """
     import uvicorn
 
@@ -431,13 +435,21 @@ def serve(
         raise UserError(f"--port {port}: must be a port number from 0 to 65535 (0: any free port)")
     sock = _listen(host, port)
     try:
-        predictor = Predictor.from_run(run, backend=backend, batch_size=limits.max_batch)
+        predictor = Predictor.from_run(
+            run,
+            backend=backend,
+            batch_size=limits.max_batch,
+            precision=precision,
+            engine=engine,
+            max_int8_drop=max_int8_drop,
+        )
+        chosen = f"; {predictor.selection.describe()}" if predictor.selection is not None else ""
         config = uvicorn.Config(create_app(predictor, limits), log_level="warning")
         shown = f"[{host}]" if ":" in host else host
         print(
             f"imgcls: serving {predictor.name} ({len(predictor.classes)} classes, {predictor.backend} "
             f"{predictor.precision}, weights {predictor.sha256[:12]}… verified) on "
-            f"http://{shown}:{sock.getsockname()[1]}/",
+            f"http://{shown}:{sock.getsockname()[1]}/{chosen}",
             flush=True,
         )
         uvicorn.Server(config).run(sockets=[sock])
