@@ -552,7 +552,7 @@ def data_part(tmp: Path) -> list[str]:
     ]
     rates = {}
     for name, rs in results.items():
-        first = median([3 * r["batch_size"] / sum(r["batch_seconds"][:3]) for r in rs])
+        first = median([len(r["batch_seconds"][:3]) * r["batch_size"] / sum(r["batch_seconds"][:3]) for r in rs])
         steady = median(
             [r["batch_size"] * len(r["batch_seconds"][3:]) / max(1e-9, sum(r["batch_seconds"][3:])) for r in rs]
         )
