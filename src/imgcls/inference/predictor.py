@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imgcls._files import sha256_file
 from imgcls.engine.metrics import probabilities
 from imgcls.engine.precision import cpu_has_bf16
 from imgcls.errors import UserError
@@ -394,9 +395,7 @@ class Predictor:
             std=_per_channel(entry.std, in_chans),
         )
         labels = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        from imgcls.engine.bundle import sha256_of
-
-        selection = _select_engine(model, preprocess, sha256_of(file), None, None, precision, engine, batch_size)
+        selection = _select_engine(model, preprocess, sha256_file(file), None, None, precision, engine, batch_size)
         predictor = cls(selection.engine, preprocess, labels, name=name, batch_size=batch_size, num_workers=num_workers)
         predictor.selection = selection
         return predictor
