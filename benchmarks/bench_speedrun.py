@@ -1,19 +1,23 @@
-"""The CPU speedrun: `imgcls train --recipe speedrun` on CIFAR-10, wall time and test top-1 over several seeds.
+"""The CPU speedrun: `imgcls train --recipe speedrun` on the exact CIFAR-10, wall time and test top-1 over seeds.
 
 Each seed runs the whole command in a fresh process, exactly as a user types it, and the wall time counts
-everything: start-up, building the decode cache where there is none, training, the validation after the last
-epoch (the recipe validates only then) and the final flip-translate TTA evaluation with its report. The first seed
-runs against an empty cache folder (the cold figure: JPEG decoding of all 60,000 images included, as issue 6
-asks); the others reuse that cache (warm).
+everything: start-up, building the decode cache where there is none, setting the whitening layer, training, the
+validation after the last epoch and the final flip-translate TTA evaluation with its report. The first seed runs
+against an empty cache folder (cold: all 60,000 PNG files decoded in the run); the others reuse it (warm).
 
-Achieved FLOP/s: forward MACs of airbench94 at 32×32 (``imgcls.profile``) × 2 FLOPs × 3 (forward and backward,
-the usual accounting; see ``bench_speed``) × training images processed, over the summed epoch seconds of
-``metrics.csv`` (training plus the one validation pass, so a slight underestimate), as a fraction of the
-machine's bf16 peak measured by ``bench_speed.measure_peaks`` (a large bf16 matmul and conv).
+The bound: the recipe's arithmetic over the machine's measured peak for the precision the run used (``config.json``
+records it). Training FLOPs = forward MACs at 32×32 (``imgcls.profile``) × 2 × 3 (forward and backward) × images
+trained; evaluation FLOPs = MACs × 2 × (10,000 validation images + 6 TTA views × 10,000). The peak is the best of
+a large matmul and large 3×3 convolutions in both layouts (``peak_flops``). "× bound" = wall time / (FLOPs / peak):
+1.0 would be every core computing at its peak for the whole command.
 
-Data: ``$IMGCLS_CIFAR10_FOLDER`` (``train/`` and ``test/`` class folders), else the archive
-``$IMGCLS_CIFAR10_JPG`` or ``../shared/datasets/cifar10-jpg.tar.gz`` unpacked to a temporary folder.
-Seeds: ``IMGCLS_BENCH_SPEEDRUN_SEEDS`` (default 3). Command: ``.venv/bin/python -m benchmarks.run speedrun``.
+Environment: ``IMGCLS_CIFAR10_FOLDER`` (``train/`` and ``test/`` class folders), else the archive
+``IMGCLS_CIFAR10_PNG`` or ``../shared/datasets/cifar10-png.tar.gz`` unpacked to a temporary folder;
+``IMGCLS_BENCH_SPEEDRUN_SEEDS`` (default 5); ``IMGCLS_BENCH_SPEEDRUN_RECIPES`` (default ``speedrun``; a comma list
+such as ``speedrun,speedrun_airbench94`` runs each recipe over the same seeds, the ablation of the optimiser);
+``IMGCLS_BENCH_SPEEDRUN_CURVE=1`` adds one run of the first recipe validated after every epoch (no TTA), for the
+epoch at which the running evaluation crosses 94 %.
+Command: ``.venv/bin/python -m benchmarks.run speedrun``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -30,9 +35,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_TAR = Path(os.environ.get("IMGCLS_CIFAR10_JPG", REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
-COMMAND = "IMGCLS_BENCH_SPEEDRUN_SEEDS=3 .venv/bin/python -m benchmarks.run speedrun"
-TRAIN = "imgcls train --recipe speedrun --data CIFAR10_FOLDER --out RUN --seed SEED"
+CIFAR_TAR = Path(os.environ.get("IMGCLS_CIFAR10_PNG", REPO.parent / "shared" / "datasets" / "cifar10-png.tar.gz"))
+COMMAND = "IMGCLS_BENCH_SPEEDRUN_SEEDS=5 .venv/bin/python -m benchmarks.run speedrun"
+TRAIN = "imgcls train --recipe RECIPE --data CIFAR10_PNG_FOLDER --out RUN --seed SEED"
+TEST_IMAGES = 10_000
+TTA_VIEWS = 6  # flip × (no shift, two 1-pixel shifts)
 
 
 def _cifar_folder(tmp: Path) -> Path:
@@ -40,7 +47,7 @@ def _cifar_folder(tmp: Path) -> Path:
     if given:
         return Path(given)
     if not CIFAR_TAR.is_file():
-        raise SystemExit(f"bench speedrun: no CIFAR-10 archive at {CIFAR_TAR} (set IMGCLS_CIFAR10_JPG)")
+        raise SystemExit(f"bench speedrun: no CIFAR-10 archive at {CIFAR_TAR} (set IMGCLS_CIFAR10_PNG)")
     with tarfile.open(CIFAR_TAR) as tar:
         tar.extractall(tmp / "cifar10", filter="data")
     root = tmp / "cifar10"
@@ -55,96 +62,147 @@ def _load_average() -> str:
         return "?"
 
 
-def _one_run(data: Path, out: Path, seed: int, cache: Path) -> dict:
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def peak_flops(precision: str, repeats: int = 5) -> float:
+    """Best FLOP/s of a 4096² matmul and a 256-channel 3×3 convolution (NCHW and channels_last) in ``precision``."""
+    import torch
+    from torch import nn
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+    def best(fn, flops: float) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return flops / min(times)
+
+    rates = []
+    with torch.inference_mode():
+        m = torch.randn(4096, 4096).to(dtype)
+        rates.append(best(lambda m=m: torch.mm(m, m), 2.0 * 4096**3))
+        del m
+        conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(dtype)
+        x = torch.randn(64, 256, 28, 28).to(dtype)
+        flops = 2.0 * 64 * 28 * 28 * 256 * 256 * 9
+        for layout in (torch.contiguous_format, torch.channels_last):
+            c, xi = conv.to(memory_format=layout), x.contiguous(memory_format=layout)
+            rates.append(best(lambda c=c, xi=xi: c(xi), flops))
+    return max(rates)
+
+
+def recipe_flops(macs: float, images_trained: int) -> float:
+    """Arithmetic of one speedrun command (module docstring): training + one validation + TTA evaluation."""
+    return 6.0 * macs * images_trained + 2.0 * macs * TEST_IMAGES * (1 + TTA_VIEWS)
+
+
+def _one_run(data: Path, out: Path, recipe: str, seed: int, cache: Path, extra: list[str] | None = None) -> dict:
     env = dict(os.environ, IMGCLS_DATA=str(cache))
-    cmd = [sys.executable, "-m", "imgcls", "train", "--recipe", "speedrun", "--data", str(data)]
-    cmd += ["--out", str(out), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "imgcls", "train", "--recipe", recipe, "--data", str(data)]
+    cmd += ["--out", str(out), "--seed", str(seed), *(extra or [])]
     load_before = _load_average()
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     evaluated = json.loads((out / "eval.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     return {
+        "recipe": recipe,
         "seed": seed,
         "wall": wall,
         "top1": float(evaluated["top1"]),
-        "epoch_seconds": sum(float(r["seconds"]) for r in rows),
-        "epochs": len(rows),
+        "curve": [float(r["val_top1"]) if r.get("val_top1") else None for r in rows],
         "last_val_top1": float(rows[-1]["val_top1"]),
+        "epochs": len(rows),
+        "batch_size": int(config["data"]["batch_size"]),
+        "precision": str(config.get("run", {}).get("precision", "fp32")),
         "load": f"{load_before} → {_load_average()}",
     }
 
 
-def _peak_bf16() -> tuple[float, str]:
-    sys.path.insert(0, str(REPO))
-    try:
-        from benchmarks.bench_speed import measure_peaks
-
-        return float(measure_peaks()["bf16"]), "bench_speed.measure_peaks (best of a 4096² matmul and a 256-ch conv)"
-    except ImportError:
-        import torch
-
-        a = torch.randn(4096, 4096).bfloat16()
-        torch.mm(a, a)
-        t0 = time.perf_counter()
-        torch.mm(a, a)
-        return 2 * 4096**3 / (time.perf_counter() - t0), "a 4096² bf16 matmul"
+def _stats(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"mean {fmt.format(statistics.mean(values))}, min {fmt.format(min(values))}, max {fmt.format(max(values))}"
 
 
 def run() -> str:
     import torch
 
+    from imgcls.engine.precision import resolve_precision
     from imgcls.models import create_model, profile
 
-    seeds = int(os.environ.get("IMGCLS_BENCH_SPEEDRUN_SEEDS", "3"))
+    seeds = int(os.environ.get("IMGCLS_BENCH_SPEEDRUN_SEEDS", "5"))
+    recipes = [r.strip() for r in os.environ.get("IMGCLS_BENCH_SPEEDRUN_RECIPES", "speedrun").split(",") if r.strip()]
+    curve = os.environ.get("IMGCLS_BENCH_SPEEDRUN_CURVE") == "1"
     macs = profile(create_model("airbench94", num_classes=10), (3, 32, 32)).macs
+    precision = resolve_precision("auto", "cpu").name
+    peak = peak_flops(precision)
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-speedrun-") as tmp_name:
         tmp = Path(tmp_name)
         data = _cifar_folder(tmp)
-        cache = tmp / "cache"  # empty: the first seed builds the decode cache
-        results = [_one_run(data, tmp / f"run{seed}", seed, cache) for seed in range(seeds)]
-        train_images = len(list((data / "train").rglob("*.jpg")))
-    peak, peak_source = _peak_bf16()
+        cache = tmp / "cache"  # empty: the first run builds the decode cache
+        train_images = sum(1 for _ in (data / "train").rglob("*.png")) or sum(1 for _ in (data / "train").rglob("*.*"))
+        for recipe in recipes:
+            results[recipe] = [_one_run(data, tmp / f"{recipe}-{s}", recipe, s, cache) for s in range(seeds)]
+        curve_run = None
+        if curve:
+            curve_run = _one_run(data, tmp / "curve", recipes[0], 0, cache, ["--set", "train.val_every=1"])
 
-    def med_range(values: list[float], fmt: str) -> str:
-        return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
-
-    top1 = [r["top1"] for r in results]
-    walls = [r["wall"] for r in results]
-    warm = walls[1:] or walls
-    images = (train_images // 1024) * 1024 * results[0]["epochs"]
-    rates = [6 * macs * images / r["epoch_seconds"] for r in results]
     lines = [
-        "## The CPU speedrun (CIFAR-10, issue 6)",
+        "## The CPU speedrun (exact CIFAR-10, issue 13)",
         "",
-        f"`{TRAIN}` in a fresh process per seed; seeds 0–{seeds - 1}, {torch.get_num_threads()} threads, "
-        f"{results[0]['epochs']} epochs, final evaluation with flip-translate TTA on the 10,000 test images. "
-        "Wall time is the whole command (start-up, decode cache, training, one validation pass after the last "
-        "epoch, final TTA evaluation and report). The first seed builds the uint8 decode cache from the JPEG files "
-        "(cold), the others reuse it (warm). The run itself keeps both cores busy (load ~2); a load well above 2 "
-        "means other work shared the machine.",
+        f"`{TRAIN}` in a fresh process per run on {_cpu_name()} ({os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), precision {precision}; "
+        f"measured {precision} peak {peak / 1e9:.0f} GFLOP/s (best of a 4096² matmul and 256-channel 3×3 convs). "
+        "Test top-1 on the 10,000 test images with flip-translate TTA (without TTA: the validation after the last "
+        "epoch). Wall time is the whole command; the first run builds the decode cache (cold), the others reuse it.",
         "",
-        "| seed | wall s | cache | test top-1 % | epoch s (summed) | load 1/5/15 min, before → after |",
-        "|---|---|---|---|---|---|",
+        "| recipe | seed | wall s | cache | top-1 % (TTA) | top-1 % (no TTA) | PFLOP | × bound | load before → after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, r in enumerate(results):
+    first = True
+    for recipe, runs in results.items():
+        for r in runs:
+            images = (train_images // r["batch_size"]) * r["batch_size"] * r["epochs"]
+            flops = recipe_flops(macs, images)
+            lines.append(
+                f"| {recipe} | {r['seed']} | {r['wall']:.0f} | {'cold' if first else 'warm'} | {r['top1']:.2f} | "
+                f"{r['last_val_top1']:.2f} | {flops / 1e15:.3f} | {r['wall'] / (flops / peak):.2f} | {r['load']} |"
+            )
+            first = False
+    lines.append("")
+    for recipe, runs in results.items():
+        top1 = [r["top1"] for r in runs]
+        warm = [r["wall"] for r in runs if r is not results[recipes[0]][0]] or [runs[0]["wall"]]
+        images = (train_images // runs[0]["batch_size"]) * runs[0]["batch_size"] * runs[0]["epochs"]
+        bound = recipe_flops(macs, images) / peak
+        lines += [
+            f"- `{recipe}`: test top-1 with TTA {_stats(top1)} % over {len(runs)} seeds "
+            f"(≥ 94.0 %: {sum(t >= 94.0 for t in top1)}/{len(runs)}); without TTA "
+            f"{_stats([r['last_val_top1'] for r in runs])} %; warm wall {_stats(warm, '{:.0f}')} s; "
+            f"the FLOP bound of the command is {bound:.0f} s on this machine.",
+        ]
+    if curve_run is not None:
+        crossed = next((i + 1 for i, v in enumerate(curve_run["curve"]) if v is not None and v >= 94.0), None)
+        cells = ", ".join(f"{v:.2f}" for v in curve_run["curve"] if v is not None)
         lines.append(
-            f"| {r['seed']} | {r['wall']:.1f} | {'cold' if i == 0 else 'warm'} | {r['top1']:.2f} | "
-            f"{r['epoch_seconds']:.1f} | {r['load']} |"
+            f"- Per-epoch validation (no TTA) of `{recipes[0]}`, seed 0: {cells} %; "
+            + (f"first ≥ 94 % after epoch {crossed}." if crossed else "never ≥ 94 % without TTA.")
         )
-    lines += [
-        "",
-        f"- Test top-1: median {med_range(top1, '{:.2f}')} %; runs ≥ 94.0 %: {sum(t >= 94.0 for t in top1)}/{seeds}.",
-        f"- Wall time: cold {walls[0]:.1f} s; warm median {med_range(warm, '{:.1f}')} s.",
-        f"- Achieved training FLOP/s: {macs / 1e6:.1f} MMACs/img × 2 × 3 × {images:,} images / epoch seconds = "
-        f"median {statistics.median(rates) / 1e9:.1f} GFLOP/s, {100 * statistics.median(rates) / peak:.1f} % of "
-        f"the measured bf16 peak of {peak / 1e9:.0f} GFLOP/s ({peak_source}).",
-        "",
-        f"Command: `{COMMAND}`",
-        "",
-    ]
+    lines += ["", f"Command: `{COMMAND}`", ""]
     return "\n".join(lines)
 
 

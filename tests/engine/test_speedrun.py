@@ -179,9 +179,9 @@ def test_flip_translate_tta_equals_hand_average():
 # --- the recipe ------------------------------------------------------------------------------------------------
 
 
-def test_speedrun_recipe_resolves_to_airbench_hyperparameters():
-    raw = load_recipe("speedrun")
-    cfg = resolve_config("speedrun")
+def test_airbench94_recipe_resolves_to_airbench_hyperparameters():
+    raw = load_recipe("speedrun_airbench94")
+    cfg = resolve_config("speedrun_airbench94")
     assert cfg.model.name == "airbench94" and cfg.data.batch_size == 1024
     assert cfg.augment.alternate_flip and cfg.augment.crop_padding == 2 and cfg.augment.hflip == 0
     assert cfg.optim.nesterov and cfg.optim.momentum == 0.85 and cfg.optim.norm_bias_lr_mult == 64

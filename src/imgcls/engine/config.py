@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from imgcls.config_reader import SECTIONS, check_settings, load_recipe, read_section, recipe_names, setting
 from imgcls.errors import UserError
 
-OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop", "muon")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
 LOSSES = ("ce", "bce", "hinge", "huber", "l1")
 DEVICES = ("auto", "cpu", "cuda")
@@ -78,10 +78,14 @@ class OptimConfig:
     freeze_backbone: bool = False  # train the classifier only (the backbone's BatchNorm statistics stay too)
     clip_grad_norm: float | None = setting(None, gt=0)  # max global L2 norm of the gradient
     accum_steps: int = setting(1, ge=1)  # gradient accumulation: optimiser step every N batches
+    sgd_lr: float | None = setting(None, gt=0)  # muon: SGD lr of the classifier (the rest: sgd_lr * norm_bias_lr_mult)
+    sgd_momentum: float | None = setting(None, ge=0, lt=1)  # muon: momentum of the SGD groups (None: momentum)
+    muon_normalize_weights: bool = False  # muon: rescale each filter bank to norm sqrt(out) before each step
+    ns_steps: int = setting(3, ge=1, le=20)  # muon: Newton-Schulz iterations per step
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.nesterov and self.name == "sgd" and self.momentum <= 0:
+        if self.nesterov and self.name in ("sgd", "muon") and self.momentum <= 0:
             raise UserError("optim.nesterov: needs a positive optim.momentum")
 
 

@@ -9,6 +9,13 @@
   group of their own. airbench (Jordan 2024, arXiv:2404.00498, Section 3.2) trains its BatchNorm shifts 64×
   faster; its weight decay is written per step (``lr * wd``), so that group's decay is divided by the same
   factor and the decay per step stays that of the other groups.
+- ``muon``: Muon (`imgcls.engine.muon`) for the hidden weight matrices (every trainable weight of two or more
+  dimensions outside the classifier: the convolution filters), SGD for the rest — the classifier at
+  ``sgd_lr``, every other parameter (biases, normalisation shifts) at ``sgd_lr * norm_bias_lr_mult`` with its
+  decay divided by the same factor (decay per step kept, as for the ``norm_bias`` group). ``lr``, ``momentum``
+  and ``nesterov`` are Muon's; ``sgd_momentum`` the SGD groups' (default: ``momentum``). Muon's groups get no
+  weight decay; ``muon_normalize_weights`` rescales each filter bank to norm √out before every step instead
+  (airbench94_muon).
 - SGD with momentum or Nesterov momentum (Sutskever et al. 2013), AdamW (Loshchilov & Hutter 2019,
   arXiv:1711.05101: decay decoupled from the adaptive step), RMSprop as Inception v3 used it (Szegedy et al.
   2015, arXiv:1512.00567, Sec. 8: decay 0.9, epsilon 1.0, lr 0.045).
@@ -23,6 +30,7 @@ import torch
 from torch import nn
 
 from imgcls.engine.config import OPTIMIZERS, OptimConfig
+from imgcls.engine.muon import Muon
 from imgcls.errors import UserError
 
 
@@ -56,6 +64,8 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """
     if cfg.norm_bias_lr_mult <= 0:
         raise UserError(f"optim.norm_bias_lr_mult must be positive: {cfg.norm_bias_lr_mult}")
+    if cfg.name.lower() == "muon":
+        return _muon_groups(model, cfg)
     head_ids = _head_parameter_ids(model)
     norm_bias_ids = _norm_bias_ids(model) if cfg.norm_bias_lr_mult != 1.0 else set()
     if cfg.freeze_backbone:
@@ -98,6 +108,37 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
+def _muon_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Muon's groups (module docstring): ``muon`` (hidden matrices), ``head`` and ``bias`` (SGD)."""
+    if cfg.freeze_backbone:
+        raise UserError("optim.name=muon: --freeze-backbone leaves no hidden weights for Muon (use sgd)")
+    if cfg.sgd_lr is None:
+        raise UserError("optim.name=muon needs optim.sgd_lr, the SGD learning rate of the classifier")
+    head_ids = _head_parameter_ids(model)
+    if len(head_ids) == sum(1 for _ in model.parameters()):
+        raise UserError("optim.name=muon: this model has no separate classifier")
+    parts: dict[str, list[torch.Tensor]] = {"muon": [], "head": [], "bias": []}
+    for p in model.parameters():
+        if p.requires_grad:
+            parts["head" if id(p) in head_ids else "muon" if p.ndim >= 2 else "bias"].append(p)
+    sgd_momentum = cfg.momentum if cfg.sgd_momentum is None else cfg.sgd_momentum
+    bias_lr = cfg.sgd_lr * cfg.norm_bias_lr_mult
+    bias_decay = cfg.weight_decay / cfg.norm_bias_lr_mult if cfg.decay_norm_and_bias else 0.0
+    settings = {
+        "muon": {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": 0.0, "muon": True},
+        "head": {"lr": cfg.sgd_lr, "momentum": sgd_momentum, "weight_decay": cfg.weight_decay, "muon": False},
+        "bias": {"lr": bias_lr, "momentum": sgd_momentum, "weight_decay": bias_decay, "muon": False},
+    }
+    groups = [
+        {"params": params, **settings[name], "base_lr": settings[name]["lr"], "group_name": name}
+        for name, params in parts.items()
+        if params
+    ]
+    if not any(g["muon"] for g in groups):
+        raise UserError("optim.name=muon: the model has no trainable weight matrices outside its classifier")
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimiser named in ``cfg`` over ``parameter_groups(model, cfg)``."""
     if cfg.lr <= 0:
@@ -114,6 +155,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "rmsprop":
         eps = 1.0 if cfg.eps is None else cfg.eps
         return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=eps, momentum=cfg.momentum)
+    if name == "muon":
+        return Muon(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            normalize_weights=cfg.muon_normalize_weights,
+            ns_steps=cfg.ns_steps,
+        )
     raise UserError(f"unknown optimizer: {cfg.name} (choose from {', '.join(OPTIMIZERS)})")
 
 

@@ -12,7 +12,9 @@ Table 1. The network descends from hlb-CIFAR10 (Balsam) and David Page's ResNet-
 
 Paper details kept here: BatchNorm with fast running statistics (the paper's momentum 0.6, i.e. torch
 ``momentum=0.4``), eps 1e-12 and its scale frozen at 1 (only the shift learns); identity (Dirac) initialisation of
-the first input channels of every 3×3 conv; the final 1/9 logit scale. Training-side parts (Nesterov SGD with
+the first input channels of every 3×3 conv; the final 1/9 logit scale. airbench94_muon (the ``speedrun`` recipe)
+builds the same net with ``logit_scale=1/256`` and ``head_init_std=1`` (its head weights rescaled to unit
+standard deviation). Training-side parts (Nesterov SGD with
 the 64× BatchNorm-bias learning rate, Lookahead, label smoothing 0.2, alternating flips, translation by 2 pixels,
 multi-crop TTA) live in the engine and the ``speedrun`` recipe, not in the model.
 
@@ -106,6 +108,7 @@ class AirBench(Classifier):
         widths: tuple[int, int, int] = (64, 256, 256),
         logit_scale: float = 1 / 9,
         fp32_weight_grad_blocks: tuple[int, ...] = (),
+        head_init_std: float | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -121,6 +124,9 @@ class AirBench(Classifier):
         self.num_features = widths[-1]
         self.logit_scale = logit_scale
         self.fc = nn.Linear(self.num_features, num_classes, bias=False)
+        if head_init_std is not None:  # airbench94_muon: unit-std head weights with logit_scale 1/256
+            with torch.no_grad():
+                self.fc.weight.mul_(head_init_std / self.fc.weight.std())
         self._init_dirac()
 
     def _init_dirac(self) -> None:
