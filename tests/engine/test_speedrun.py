@@ -1,5 +1,6 @@
-"""The speedrun recipe and the engine parts it brought: Lookahead, the norm-bias lr group, the linear schedule,
-alternating flips, flip-translate TTA; and a shortened speedrun on real CIFAR-10 (slow)."""
+"""The speedrun recipes and the engine parts they brought: Lookahead, the norm-bias lr group, the linear schedule,
+alternating flips, flip-translate TTA; and a shortened speedrun on real CIFAR-10 (slow). Muon and the
+airbench94_muon groups: test_muon.py."""
 
 from __future__ import annotations
 
@@ -208,11 +209,12 @@ def _subset(src: Path, dst: Path, per_class: dict[str, int]) -> Path:
 
 @pytest.mark.slow
 def test_shortened_speedrun_on_cifar10(cifar10_folder, tmp_path, monkeypatch):
-    """5,000 training images (500 per class), batch 512, 6 epochs (60 steps), the recipe otherwise: >= 60 % top-1
-    on 1,000 test images with the final flip-translate TTA.
+    """The speedrun recipe (airbench94_muon) on 5,000 training images (500 per class) at batch 500 for its
+    8 epochs (80 steps): >= 75 % top-1 on 1,000 test images with the final flip-translate TTA.
 
-    Measured 66.7 % when written (seed 0; per-epoch validation 36.7 → 66.4 %), about 5 minutes on 2 shared cores.
-    60 % leaves room for seeds, threads and library differences.
+    The SGD learning rates are written for the mean loss at batch 2000; at batch 500 they shrink with the batch
+    (0.67 x 500 = 335 for the classifier). Measured on the exact (PNG) CIFAR-10 when written: 85.40 % without TTA,
+    86.80 % with it (seed 0); the JPEG copy loses a few points, so the floor leaves room for it and for seeds.
     """
     from imgcls.engine.train import train
     from imgcls.models.airbench import AirBench
@@ -222,13 +224,14 @@ def test_shortened_speedrun_on_cifar10(cifar10_folder, tmp_path, monkeypatch):
     cfg = resolve_config(
         "speedrun",
         {
-            "train": {"epochs": 6, "out": str(tmp_path / "run"), "progress": "none", "report": True},
-            "data": {"batch_size": 512},
+            "train": {"out": str(tmp_path / "run"), "progress": "none", "report": True},
+            "data": {"batch_size": 500},
+            "optim": {"sgd_lr": 335.0},
         },
     )
     cfg.data_spec = str(data)
     result = train(cfg)
-    assert result.top1 >= 60.0, result.history
+    assert result.top1 >= 75.0, result.history
     # The shipped model's first layer is the whitening of the training patches: it decorrelates them.
     from imgcls.engine.bundle import load_bundle
 
