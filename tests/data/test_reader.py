@@ -145,3 +145,64 @@ def test_jpeg_draft_mode_matches_full_decode(tmp_path):
 
     full = pil_to_tensor(eval_view(read_image(path), 64, 73, 3)).float()
     assert (fast - full).abs().mean() < 3.0
+
+
+def _thin_png(width: int, height: int) -> bytes:
+    """A real, fully decodable grey PNG of `width` x `height` (zlib squeezes a constant image to a few KB)."""
+    import struct
+    import zlib
+
+    row = b"\x00" + b"\x80" * width
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    out = b"\x89PNG\r\n\x1a\n"
+    for kind, data in ((b"IHDR", ihdr), (b"IDAT", zlib.compress(row * height, 9)), (b"IEND", b"")):
+        out += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return out
+
+
+def test_thin_image_is_refused_from_its_header(tmp_path):
+    # Issue 19 class 2: 1 MP is under the pixel limit, but the resize of its short side to 256 makes it
+    # 256 x 256,000,000. Refused before decoding, by the sides' ratio and by the size after the resize.
+    path = tmp_path / "strip.png"
+    path.write_bytes(_thin_png(1, 1_000_000))
+    assert path.stat().st_size < 8192
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ImageError, match="too thin") as info:
+        load_for_eval(path, size=224, resize=256, in_chans=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert info.value.path == str(path) and peak < 1 << 20  # nothing decoded, let alone resized
+    with pytest.raises(ImageError, match="too large after resizing"):
+        read_image(path, max_aspect=10**7, min_side=256)  # the second bound on its own
+    path.write_bytes(_thin_png(10, 300))  # 30:1 is within the default 50:1 and decodes normally
+    assert load_for_eval(path, size=8, resize=8, in_chans=1).shape == (1, 8, 8)
+    from imgcls.data.reader import resize_shorter
+
+    with pytest.raises(ImageError, match="too large after resizing"):  # a PIL image given directly (predict)
+        resize_shorter(Image.new("L", (1, 1_000_000)), 256)
+
+
+def test_jpeg_cut_inside_its_header_is_truncated_not_foreign(tmp_path):
+    # Issue 11 item 12: a photo cut after 3 KB ends inside its EXIF block; it was "not an image".
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 6000  # ImageDescription: a long EXIF block, as phones write (maker notes, thumbnails)
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=90, exif=exif.tobytes())
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ImageError, match="truncated or corrupt JPEG image") as info:
+        read_image(path)
+    assert "not an image" not in info.value.reason
+    (tmp_path / "text.jpg").write_text("plain text saved as .jpg")
+    with pytest.raises(ImageError, match="not an image"):
+        read_image(tmp_path / "text.jpg")
+
+
+def test_hidden_means_a_leading_dot_with_a_name():
+    from imgcls.data.reader import is_hidden, is_image_file
+
+    assert is_hidden(".DS_Store") and is_hidden(".git") and not is_hidden("...") and not is_hidden("a.b")
+    assert is_image_file("x.AVIF") and is_image_file("y.jp2") and is_image_file("z.JPG")
+    assert not is_image_file(".x.png") and not is_image_file("notes.txt") and not is_image_file("d.h5")

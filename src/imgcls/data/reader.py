@@ -4,7 +4,10 @@ What `read_image` does, in order, and why:
 
 1. Refuses empty files and files over ``max_file_bytes`` before opening them.
 2. Opens lazily (header only) and checks width × height against ``max_pixels`` *before* decoding: Pillow's own
-   decompression-bomb guard only warns below about 179 MP, and a 48 KB PNG can declare 400 MP.
+   decompression-bomb guard only warns below about 179 MP, and a 48 KB PNG can declare 400 MP. The ratio of the
+   sides is bounded too (``max_aspect``), and so is the size *after* the resize of the shorter side to the
+   caller's ``min_side``: a 4 KB 1×1,000,000 PNG is 1 MP, but 256 × 256,000,000 once resized. A file that fails
+   to open but starts with an image signature is reported as truncated, not as "not an image".
 3. Animated images (GIF, WebP, APNG, multi-page TIFF) use their first frame.
 4. For JPEG, when the caller will downscale anyway, asks the decoder for a 1/2, 1/4 or 1/8 scale (draft mode):
    the DCT is simply not computed at full size, which is several times faster on photos.
@@ -39,10 +42,12 @@ from PIL import Image, ImageOps
 
 from imgcls.errors import UserError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 BACKGROUND = 255  # white, for compositing transparent pixels
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 200 << 20
+# Longest side over shortest side. Panoramas reach about 10:1; beyond this a picture is a strip whose resize to the
+# short side would multiply it (a 4 KB 1x1,000,000 PNG would become 256 x 256,000,000 pixels).
+DEFAULT_MAX_ASPECT = 50.0
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 
 Source = str | os.PathLike | bytes | BinaryIO
@@ -57,10 +62,71 @@ class ImageError(UserError):
         self.reason = reason
 
 
+# Pillow formats that it can identify but not decode into pixels here (stubs needing an outside handler, or
+# vector/document formats needing Ghostscript or Windows): files of these are not taken for images.
+_NOT_DECODED = frozenset({"BUFR", "GRIB", "HDF5", "MPEG", "WMF", "EPS", "IPTC"})
+
+
+def _decodable_extensions() -> frozenset[str]:
+    Image.init()
+    registered = Image.registered_extensions().items()
+    return frozenset(e for e, fmt in registered if fmt in Image.OPEN and fmt not in _NOT_DECODED)
+
+
+# Every extension of a format this Pillow decodes (JPEG, PNG, GIF, BMP, WebP, TIFF, AVIF, JPEG 2000, ...): a
+# folder accepts what `predict` accepts for a file.
+IMAGE_EXTENSIONS = _decodable_extensions()
+
+# Leading bytes of the common formats: a file that starts like an image but cannot be parsed is damaged, not
+# "not an image" (a JPEG cut after its first 3 KB often ends inside its EXIF block, before the frame header).
+_SIGNATURES = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WebP"),
+    (4, b"ftypavi", "AVIF"),
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"BM", "BMP"),
+)
+
+
+def is_hidden(name: str) -> bool:
+    """A dot file or dot folder (``.DS_Store``, ``.git``); a name made only of dots (``...``) is an ordinary name."""
+    return name.startswith(".") and bool(name.strip("."))
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether `path` has a recognised image extension (case-insensitive) and is not a hidden file."""
+    """Whether `path` has the extension of a format Pillow decodes (case-insensitive) and is not hidden."""
     name = os.path.basename(path)
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format whose signature `head` (the first 16 bytes or more) starts with, or None."""
+    for offset, magic, name in _SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _head(src, fp) -> bytes:
+    """The first 16 bytes of the source, leaving a file object where it was."""
+    if isinstance(src, bytes):
+        return src[:16]
+    try:
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                return f.read(16)
+        pos = fp.tell()
+        head = fp.read(16)
+        fp.seek(pos)
+        return head
+    except (OSError, AttributeError, ValueError):
+        return b""
 
 
 def _name_of(src: Source) -> str:
@@ -69,14 +135,26 @@ def _name_of(src: Source) -> str:
     return getattr(src, "name", "<bytes>") if not isinstance(src, bytes) else "<bytes>"
 
 
-def open_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+def open_image(
+    src: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+):
     """Open lazily and validate size limits from the header; nothing is decoded yet.
+
+    Args:
+        src: path, bytes or binary file object.
+        max_pixels: largest width × height.
+        max_file_bytes: largest file.
+        max_aspect: largest ratio of the longer to the shorter side.
 
     Returns:
         The lazily opened ``PIL.Image`` (its file stays open until loaded or closed).
 
     Raises:
-        ImageError: empty, too large (bytes or pixels), or not an image.
+        ImageError: empty, too large (bytes or pixels), too thin, damaged header, or not an image.
     """
     name = _name_of(src)
     if isinstance(src, bytes):
@@ -105,6 +183,10 @@ def open_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_by
     except Exception as exc:
         # Pillow's format plugins parse untrusted headers and raise what their parsing trips on (OSError,
         # SyntaxError, ValueError, but also IndexError, struct.error, TypeError...): all mean "not a usable image".
+        kind = sniff_format(_head(src, fp))
+        if kind is not None:
+            reason = f"truncated or corrupt {kind} image (header unreadable: {type(exc).__name__})"
+            raise ImageError(name, reason) from None
         raise ImageError(name, f"not an image or unsupported format ({type(exc).__name__})") from None
     w, h = im.size
     if w < 1 or h < 1:
@@ -113,6 +195,9 @@ def open_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_by
     if w * h > max_pixels:
         im.close()
         raise ImageError(name, f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP limit)")
+    if max(w, h) > max_aspect * min(w, h):
+        im.close()
+        raise ImageError(name, f"image too thin ({w}x{h}: sides more than {max_aspect:g}:1 apart)")
     return im
 
 
@@ -121,25 +206,54 @@ def read_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
     min_side: int | None = None,
 ) -> Image.Image:
     """Decode an image file (path, bytes or binary file object) to an ``"RGB"`` or ``"L"`` PIL image.
 
     Args:
         src: the image.
-        max_pixels: refuse images whose header declares more pixels than this.
+        max_pixels: refuse images whose header declares more pixels than this, or that would have more once
+            their shorter side is resized to `min_side`.
         max_file_bytes: refuse files larger than this.
-        min_side: the caller will resize the shorter side down to this; JPEG may then be decoded at a reduced
+        max_aspect: refuse images whose longer side exceeds this many times the shorter one.
+        min_side: the caller will resize the shorter side to this; JPEG may then be decoded at a reduced
             scale whose shorter side is still at least `min_side` (draft mode).
 
     Returns:
         A loaded image in mode ``"RGB"`` or ``"L"`` with the EXIF orientation applied.
 
     Raises:
-        ImageError: the file is empty, too large, not an image, truncated or corrupt.
+        ImageError: the file is empty, too large (before or after the resize), too thin, not an image,
+            truncated or corrupt. All size checks use the header: nothing is decoded for a refusal.
     """
-    im = open_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
+    im = open_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes, max_aspect=max_aspect)
+    if min_side:
+        try:
+            check_resized(_name_of(src), *im.size, min_side, max_pixels)
+        except ImageError:
+            im.close()
+            raise
     return decode_image(im, _name_of(src), min_side=min_side)
+
+
+def resized_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """``(width, height)`` after `resize_shorter` to `side` (long side rounded, never below `side`)."""
+    if width <= height:
+        return side, max(side, round(height * side / width))
+    return max(side, round(width * side / height)), side
+
+
+def check_resized(name: str, width: int, height: int, side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image whose resize of the shorter side to `side` would exceed `max_pixels` (a thin image grows
+    by the ratio of its sides: the limit on the source alone does not bound the work)."""
+    w, h = resized_size(width, height, side)
+    if w * h > max_pixels:
+        raise ImageError(
+            name,
+            f"image too large after resizing ({width}x{height} -> {w}x{h} = {w * h / 1e6:.0f} MP > "
+            f"{max_pixels / 1e6:.0f} MP limit)",
+        )
 
 
 def decode_image(im: Image.Image, name: str, *, min_side: int | None = None) -> Image.Image:
@@ -235,16 +349,17 @@ def to_channels(im: Image.Image, in_chans: int) -> Image.Image:
 
 
 def resize_shorter(im: Image.Image, side: int) -> Image.Image:
-    """Resize so the shorter side equals `side` (bilinear, antialiased when downscaling), keeping aspect."""
+    """Resize so the shorter side equals `side` (bilinear, antialiased when downscaling), keeping aspect.
+
+    Raises:
+        ImageError: the result would exceed the reader's default pixel limit (`check_resized`).
+    """
     w, h = im.size
     if min(w, h) == side:
         return im
+    check_resized(getattr(im, "filename", "") or "<image>", w, h, side)
     # Long side rounded, as `imgcls.data.augment.geometry` does for tensors, so both paths agree.
-    if w <= h:
-        size = (side, max(side, round(h * side / w)))
-    else:
-        size = (max(side, round(w * side / h)), side)
-    return im.resize(size, Image.BILINEAR, reducing_gap=None)
+    return im.resize(resized_size(w, h, side), Image.BILINEAR, reducing_gap=None)
 
 
 def center_crop(im: Image.Image, size: int) -> Image.Image:
@@ -282,6 +397,7 @@ def load_for_eval(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> torch.Tensor:
     """Read an image as predict, serve and validation see it.
 
@@ -295,11 +411,12 @@ def load_for_eval(
         uint8 tensor ``(in_chans, size, size)``.
 
     Raises:
-        ImageError: the file cannot be used (see `read_image`).
+        ImageError: the file cannot be used (see `read_image`; thin images are refused from the header).
     """
     if resize < size:
         raise UserError(f"resize ({resize}) must be at least the crop size ({size})")
-    im = read_image(src, max_pixels=max_pixels, max_file_bytes=max_file_bytes, min_side=resize)
+    limits = {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes, "max_aspect": max_aspect}
+    im = read_image(src, min_side=resize, **limits)
     return pil_to_tensor(eval_view(im, size, resize, in_chans))
 
 
@@ -314,18 +431,23 @@ def header_size(path: str | os.PathLike, **limits) -> tuple[int, int]:
 
 __all__ = [
     "BACKGROUND",
+    "DEFAULT_MAX_ASPECT",
     "IMAGE_EXTENSIONS",
     "ImageError",
     "center_crop",
+    "check_resized",
     "decode_image",
     "eval_view",
     "header_size",
+    "is_hidden",
     "is_image_file",
     "load_for_eval",
     "open_image",
     "pil_to_tensor",
     "read_image",
     "resize_shorter",
+    "resized_size",
+    "sniff_format",
     "storage_view",
     "to_channels",
     "to_standard_mode",
