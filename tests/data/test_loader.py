@@ -131,7 +131,13 @@ def test_no_usable_image_is_an_error(tmp_path):
 
     with pytest.raises(UserError, match="none of the 2 training image files"):
         build_data(
-            tmp_path, DataConfig(cache_dir=str(tmp_path / "c"), val_fraction=0), None, image_size=8, in_chans=3, seed=0
+            tmp_path,
+            DataConfig(cache_dir=str(tmp_path / "c"), val_fraction=0),
+            None,
+            image_size=8,
+            in_chans=3,
+            seed=0,
+            require_val=False,
         )
 
 
@@ -143,7 +149,7 @@ def test_streaming_is_independent_of_workers(tmp_path, rrc):
     for workers in (0, 2):
         cfg = DataConfig(batch_size=4, cache="never", workers=workers)
         data = build_data(root, cfg, aug, image_size=32, in_chans=3, seed=1)
-        assert data.storage == "stream" and data.mean == pytest.approx([0.485, 0.456, 0.406])
+        assert data.storage == "stream" and data.mean != pytest.approx([0.485, 0.456, 0.406])  # its own
         data.train.set_epoch(3)
         out.append([(x, y) for x, y in data.train])
         assert len(out[-1]) == 2 and out[-1][0][0].shape == (4, 3, 32, 32)
@@ -164,6 +170,87 @@ def test_streaming_without_rrc_matches_cache(tmp_path):
     for (xa, ya), (xb, yb) in zip(cached.train, streamed.train):
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
     assert torch.equal(torch.cat([x for x, _ in cached.val]), torch.cat([x for x, _ in streamed.val]))
+
+
+@pytest.mark.parametrize("stats_images", [1000, 5])
+def test_cached_and_streamed_normalise_alike(tmp_path, stats_images):
+    # Issue 11 item 4: the same command must train the same model whatever the cache size. Before the fix the
+    # streamed path used ImageNet's mean/std and the cached one the data's own.
+    root = _photos(tmp_path / "p", per_class=6, size=(50, 40))
+    aug = AugmentConfig(crop_padding=2, hflip=0.5)
+    built = {}
+    for cache in ("auto", "never"):
+        cfg = DataConfig(batch_size=4, cache=cache, cache_dir=str(tmp_path / cache), stats_images=stats_images)
+        built[cache] = build_data(root, cfg, aug, image_size=32, in_chans=3, seed=2)
+    cached, streamed = built["auto"], built["never"]
+    assert (cached.storage, streamed.storage) == ("cache", "stream")
+    assert cached.mean == streamed.mean and cached.std == streamed.std  # bit for bit
+    if stats_images >= 12:  # all 12 training images: the exact statistics of the stored view
+        ref = np.stack([np.asarray(cached.train.samples.images)]).reshape(12, 3, -1) / 255
+        assert cached.mean == pytest.approx(ref.transpose(1, 0, 2).reshape(3, -1).mean(1).tolist(), abs=1e-6)
+    assert cached.mean != pytest.approx([0.485, 0.456, 0.406], abs=0.01)
+    (xa, ya), (xb, yb) = next(iter(cached.train)), next(iter(streamed.train))
+    assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    again = build_data(root, DataConfig(cache="never", cache_dir=str(tmp_path / "never"), stats_images=stats_images),
+                       None, image_size=32, in_chans=3, seed=0)  # fmt: skip
+    assert again.mean == streamed.mean  # kept in the cache folder, not decoded again
+
+
+def test_eval_data_reads_only_the_evaluated_split(tmp_path):
+    # Issue 11 item 5: a folder of class subfolders is evaluated entirely, and nothing of training is decoded.
+    rng = np.random.default_rng(0)
+    for c, n in (("cat", 7), ("dog", 5)):
+        (tmp_path / "flat" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "flat" / c / f"{i}.png")
+    from imgcls.data.loader import build_eval_data
+
+    cache = tmp_path / "cache"
+    cfg = DataConfig(cache_dir=str(cache), batch_size=4)
+    ev = build_eval_data(tmp_path / "flat", cfg, image_size=24, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3, resize=27)
+    assert ev.split == "all" and ev.loader.num_samples == 12 and ev.classes == ["cat", "dog"]
+    assert torch.cat([y for _, y in ev.loader]).tolist() == [0] * 7 + [1] * 5
+    assert len(list(cache.glob("*.u8"))) == 1  # one cache: the evaluated images only
+    xs = torch.cat([x for x, _ in ev.loader]) * 0.25 * 255 + 0.5 * 255
+    files = sorted((tmp_path / "flat").glob("*/*.png"))
+    ref = torch.stack([load_for_eval(f, 24, 27, 3) for f in files]).float()
+    assert torch.allclose(xs, ref, atol=1e-3)
+
+    # split="val" is training's own seeded validation split, still without decoding the training images.
+    val = build_eval_data(tmp_path / "flat", DataConfig(cache_dir=str(tmp_path / "c2")), split="val", image_size=24,
+                          in_chans=3, mean=[0.5] * 3, std=[0.25] * 3, resize=27)  # fmt: skip
+    trained = build_data(tmp_path / "flat", DataConfig(cache_dir=str(tmp_path / "c3")), None, image_size=24,
+                         in_chans=3, seed=0)  # fmt: skip
+    assert val.split == "val" and val.loader.samples.targets.tolist() == trained.val.samples.targets.tolist()
+    assert len(list((tmp_path / "c2").glob("*.u8"))) == 1
+    # a run's class map with more classes: the folder's classes take the run's indices
+    sub = build_eval_data(tmp_path / "flat", cfg, image_size=24, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3,
+                          resize=27, classes=["ant", "cat", "dog"])  # fmt: skip
+    assert torch.cat([y for _, y in sub.loader]).tolist() == [1] * 7 + [2] * 5
+    from imgcls.errors import UserError
+
+    with pytest.raises(UserError, match="does not know: dog"):
+        build_eval_data(tmp_path / "flat", cfg, image_size=24, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3,
+                        classes=["ant", "cat"])  # fmt: skip
+
+
+def test_train_val_test_layout_has_a_separate_test_split(tmp_path):
+    root = _photos(tmp_path / "p", per_class=4)
+    rng = np.random.default_rng(5)
+    for c in ("cat", "dog"):
+        (root / "test" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(root / "test" / c / f"t{i}.png")
+    cfg = DataConfig(cache_dir=str(tmp_path / "c"), batch_size=4)
+    data = build_data(root, cfg, None, image_size=24, in_chans=3, seed=0)
+    assert data.val.num_samples == 4 and data.test.num_samples == 6 and data.train.num_samples == 8
+    assert torch.cat([y for _, y in data.test]).tolist() == [0, 0, 0, 1, 1, 1]
+    two_way = build_data(_photos(tmp_path / "q", per_class=4), cfg, None, image_size=24, in_chans=3, seed=0)
+    assert two_way.test is None and two_way.val.num_samples == 4  # train/ and val/ only: no separate test split
+    from imgcls.data.loader import build_eval_data
+
+    ev = build_eval_data(root, cfg, image_size=24, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3)
+    assert ev.split == "test" and ev.loader.num_samples == 6  # "auto" on a layout: its test split
 
 
 def test_multilabel_csv_targets(tmp_path):

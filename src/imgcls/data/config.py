@@ -14,6 +14,8 @@ Storage-resolution policy (what the disk cache holds):
   ImageNet convention (256 → 224; Krizhevsky et al. 2012, Sec. 2; Szegedy et al. 2015).
 * When the cache would exceed ``max_cache_bytes`` (or ``cache="never"``), images are streamed from their files
   through DataLoader workers instead, decoded with Pillow's JPEG draft mode when downscaling.
+* Normalisation: the training split's own per-channel mean/std, computed the same way whether it is cached or
+  streamed (``stats_images``), so the cache size never changes the model a command trains.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ class DataConfig:
             ``"always"`` or ``"never"`` (always stream from the files).
         cache_dir: where decoded caches live; ``None`` uses ``$IMGCLS_DATA/cache`` (``~/.cache/imgcls/data``).
         max_cache_bytes: largest training cache built before falling back to streaming.
-        max_pixels: largest image accepted, width × height read from the header before decoding.
+        max_pixels: largest image accepted, width × height read from the header before decoding, also after
+            the resize of its shorter side.
         max_file_bytes: largest file accepted.
+        max_aspect: largest ratio of an image's longer to its shorter side (thin strips are refused).
+        stats_images: training images the normalisation mean/std are computed on (all of them up to this many,
+            else a sample seeded by ``split_seed``; the same rule for cached and streamed data).
         label_sep: character separating labels in the ``labels`` column of a CSV list.
         workers: decoding processes for cache building and streaming (``None``: one per CPU core, at most 8).
         mirror: base URL replacing the official download locations of the built-in sets.
@@ -61,6 +67,8 @@ class DataConfig:
     max_cache_bytes: int = 8 << 30
     max_pixels: int = 100_000_000
     max_file_bytes: int = 200 << 20
+    max_aspect: float = 50.0
+    stats_images: int = 1000
     label_sep: str = " "
     workers: int | None = None
     mirror: str | None = None
@@ -81,6 +89,10 @@ class DataConfig:
             raise UserError(f"data.label_sep: must be one character, got {self.label_sep!r}")
         if self.max_pixels < 1 or self.max_file_bytes < 1:
             raise UserError("data.max_pixels and data.max_file_bytes must be positive")
+        if not self.max_aspect >= 1.0:
+            raise UserError(f"data.max_aspect: must be at least 1, got {self.max_aspect}")
+        if self.stats_images < 1:
+            raise UserError(f"data.stats_images: must be at least 1, got {self.stats_images}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DataConfig:
@@ -91,6 +103,11 @@ class DataConfig:
     @property
     def eval_batch(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
+
+    @property
+    def limits(self) -> dict:
+        """The reader's size limits as keyword arguments (`imgcls.data.reader.open_image`)."""
+        return {"max_pixels": self.max_pixels, "max_file_bytes": self.max_file_bytes, "max_aspect": self.max_aspect}
 
     @property
     def num_workers(self) -> int:

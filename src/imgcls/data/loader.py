@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import json
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +47,26 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgcls._files import atomic_open
-from imgcls.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, LUMA_WEIGHTS_PER_MILLE, to_gray_stats
+from imgcls._files import atomic_open, atomic_write_text
+from imgcls.constants import DEFAULT_CROP_PCT, LUMA_WEIGHTS_PER_MILLE
 from imgcls.data.augment import AugmentConfig, build_batch_transform, build_mixer, mean_image, sample_resized_crop
-from imgcls.data.cache import View, build_or_load, channel_stats, decode
+from imgcls.data.cache import (
+    FileView,
+    _decode_safe,
+    _histograms,
+    build_or_load,
+    channel_stats,
+    decode,
+    die_with_parent,
+    fingerprint,
+    stats_from_histograms,
+    stats_indices,
+)
 from imgcls.data.config import DataConfig, cache_home
 from imgcls.data.imbalance import class_balanced_indices, smote_oversample
 from imgcls.data.reader import (
     ImageError,
+    check_resized,
     decode_image,
     header_size,
     load_for_eval,
@@ -58,12 +74,14 @@ from imgcls.data.reader import (
     pil_to_tensor,
     to_channels,
 )
-from imgcls.data.sources import Source, Split, resolve_source
+from imgcls.data.sources import Source, Split, eval_source, resolve_source
+from imgcls.data.sources import fingerprint as source_fingerprint
 from imgcls.errors import UserError
 
 log = logging.getLogger("imgcls.data")
 
 _ORDER, _BATCH, _SAMPLE, _MIX, _FLIP = 0, 1, 2, 3, 4  # independent random streams
+MAX_CONSECUTIVE_FAILURES = 16  # streamed files in a row that may fail before the run stops
 _EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -160,20 +178,6 @@ class ArraySamples:
         return convert_channels(x.view(shape), self.in_chans), y
 
 
-@dataclass(frozen=True)
-class FileView:
-    """How the streaming path turns one file into a uint8 ``(C, S, S)`` image."""
-
-    kind: str  # "eval" | "storage" | "rrc"
-    size: int
-    resize: int
-    in_chans: int
-    max_pixels: int
-    max_file_bytes: int
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-
-
 class FileSamples:
     """Image files decoded on demand (streaming path)."""
 
@@ -187,11 +191,11 @@ class FileSamples:
 
     def load(self, i: int, seed: int) -> torch.Tensor:
         v, path = self.view, self.paths[i]
-        limits = {"max_pixels": v.max_pixels, "max_file_bytes": v.max_file_bytes}
+        limits = v.limits
         if v.kind == "eval":
             return load_for_eval(path, v.size, v.resize, v.in_chans, **limits)
         if v.kind == "storage":
-            return torch.from_numpy(decode(path, View("storage", v.size, v.resize, v.in_chans, **limits)))
+            return torch.from_numpy(decode(path, v))
         # RandomResizedCrop on the full image: the box is drawn from the header size (after EXIF rotation), so
         # the decoder can skip detail the box will not keep (draft scale chosen from the box, not the image).
         # The file is opened once: header and EXIF first, then the decode from the same handle.
@@ -217,12 +221,18 @@ class FileSamples:
         im = im.resize((v.size, v.size), resample=2, box=box, reducing_gap=None)  # 2 = bilinear
         return pil_to_tensor(to_channels(im, v.in_chans))
 
-    def load_batch(self, index: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Decode `index`; a file that fails is replaced by the next sample (deterministically) and reported."""
+    def load_batch(self, index: np.ndarray, seeds: list[int]) -> tuple[Any, Any, list, str | None]:
+        """Decode `index`; a file that fails is replaced by the next sample (deterministically) and reported.
+
+        Returns:
+            ``(x, y, issues, error)``: the batch, the ``(path, reason)`` of files that failed, and None — or, when
+            `MAX_CONSECUTIVE_FAILURES` files in a row failed, ``(None, None, issues, message)``. Nothing is raised:
+            this runs in DataLoader workers, which would turn an exception into a multi-line traceback.
+        """
         images, used, issues = [], [], []
         n = len(self)
         for i, seed in zip(index.tolist(), seeds):
-            for attempt in range(16):
+            for attempt in range(MAX_CONSECUTIVE_FAILURES):
                 k = (i + attempt) % n
                 try:
                     images.append(self.load(k, seed))
@@ -231,8 +241,12 @@ class FileSamples:
                 except ImageError as exc:
                     issues.append((exc.path, exc.reason))
             else:
-                raise UserError(f"{self.paths[i]} and the 15 samples after it could not be decoded; check the data")
-        return torch.stack(images), torch.from_numpy(np.asarray(self.targets[np.asarray(used)])), issues
+                message = (
+                    f"{self.paths[i]} and the {MAX_CONSECUTIVE_FAILURES - 1} files after it could not be decoded "
+                    f"while streaming (last: {issues[-1][1]}); the data changed or is damaged, see data_issues.csv"
+                )
+                return None, None, issues, message
+        return torch.stack(images), torch.from_numpy(np.asarray(self.targets[np.asarray(used)])), issues, None
 
 
 def _resize_box(im: Any, size: int) -> torch.Tensor:
@@ -268,10 +282,10 @@ class _StreamBatches(Dataset):
         b = self.batches[item]
         index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         seeds = [derive_seed(*self.seeds, b, j, _SAMPLE) for j in range(len(index))]
-        x, y, issues = self.samples.load_batch(index, seeds)
-        if self.flips is not None:
+        x, y, issues, error = self.samples.load_batch(index, seeds)
+        if self.flips is not None and x is not None:
             x = _flip_where(x, self.flips[b * self.batch_size : (b + 1) * self.batch_size])
-        return x, y, issues
+        return x, y, issues, error
 
 
 def _flip_where(x: torch.Tensor, flips: np.ndarray | None) -> torch.Tensor:
@@ -282,8 +296,9 @@ def _flip_where(x: torch.Tensor, flips: np.ndarray | None) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int) -> None:
     torch.set_num_threads(1)  # one decoding process per core; intra-op threads would oversubscribe
+    die_with_parent(parent)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,8 +318,10 @@ class BatchLoader:
         rank, world_size: this process's shard.
         balanced: draw each epoch with `class_balanced_indices` instead of a permutation.
         workers: decoding processes of the streaming path (0: in this process).
-        issues: list to which files found unusable while streaming are appended.
+        issues: list to which files found unusable while streaming are appended (each file once, as a
+            ``(path, reason)`` tuple, with one warning).
         alternate_flip: mirror each sample in every other epoch (module docstring); training only.
+        on_issues: called after new files were appended to `issues` (`Data` rewrites data_issues.csv with it).
     """
 
     def __init__(
@@ -323,6 +340,7 @@ class BatchLoader:
         workers: int = 0,
         issues: list | None = None,
         alternate_flip: bool = False,
+        on_issues: Callable[[], None] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -330,6 +348,7 @@ class BatchLoader:
         self.transform, self.mixer, self.device = transform, mixer, torch.device(device)
         self.rank, self.world_size, self.balanced, self.workers = rank, world_size, balanced, workers
         self.issues = issues if issues is not None else []
+        self.on_issues = on_issues
         self.epoch = 0
         self.first_flip: np.ndarray | None = None
         if alternate_flip and train:
@@ -398,16 +417,28 @@ class BatchLoader:
             shuffle=False,
             num_workers=self.workers,
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=_worker_init if self.workers else None,
+            worker_init_fn=functools.partial(_worker_init, parent=os.getpid()) if self.workers else None,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if self.workers else None,
         )
-        for b, (x, y, issues) in zip(batches, loader):
-            for issue in issues:
-                if issue not in self.issues:
-                    log.warning("skipped %s: %s", *issue)
-                    self.issues.append(tuple(issue))
+        for b, (x, y, issues, error) in zip(batches, loader):
+            self._note(issues)
+            if error is not None:
+                raise UserError(error)
             yield self._finish(x, y, b)
+
+    def _note(self, issues: list) -> None:
+        """Record files that failed while streaming: once each, with one warning (the DataLoader hands the
+        ``(path, reason)`` pairs back as lists: compared as tuples, or every epoch would add them again)."""
+        new = []
+        for issue in issues:
+            item = (str(issue[0]), str(issue[1]))
+            if item not in self.issues:
+                log.warning("skipped %s: %s", *item)
+                self.issues.append(item)
+                new.append(item)
+        if new and self.on_issues is not None:
+            self.on_issues()
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -421,9 +452,22 @@ class BatchLoader:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _write_issues(path: str | Path, issues: list[tuple[str, str]]) -> Path:
+    path = Path(path)
+    with atomic_open(path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(sorted(set(issues)))
+    return path
+
+
 @dataclass
 class Data:
-    """What `build_data` returns (ARCHITECTURE.md, "data/")."""
+    """What `build_data` returns (ARCHITECTURE.md, "data/").
+
+    `test` is the separate test split of a ``train/ val/ test/`` folder (None otherwise), evaluated once at the
+    end; `fingerprint` is `imgcls.data.sources.fingerprint` of the source (compare it on ``--resume``).
+    """
 
     spec: str
     classes: list[str]
@@ -437,6 +481,9 @@ class Data:
     train: BatchLoader
     val: BatchLoader | None
     storage: str  # "memory" | "cache" | "stream"
+    test: BatchLoader | None = None
+    fingerprint: str = ""
+    issues_path: Path | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -444,21 +491,51 @@ class Data:
 
     def write_issues(self, path: str | Path) -> Path:
         """Write ``path,reason`` for every skipped file (header included, even when there are none), atomically;
-        a full disk or read-only folder is a one-line `UserError` naming the file."""
-        path = Path(path)
-        with atomic_open(path, "w") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(sorted(set(self.issues)))
-        return path
+        a full disk or read-only folder is a one-line `UserError` naming the file. Files that break later while
+        streaming are added to the same file as they are found."""
+        self.issues_path = _write_issues(path, self.issues)
+        return self.issues_path
+
+    def rewrite_issues(self) -> None:
+        """Bring the file `write_issues` wrote up to date (the loaders call it when streaming finds a bad file)."""
+        if self.issues_path is not None:
+            _write_issues(self.issues_path, self.issues)
+
+    def loaders(self) -> list[BatchLoader]:
+        return [x for x in (self.train, self.val, self.test) if x is not None]
 
 
-def choose_resize(source: Source, image_size: int, crop_pct: float | None, limits: dict) -> int:
-    """Shorter side before the evaluation center crop (policy in `imgcls.data.config`)."""
-    if source.kind == "builtin":
+@dataclass
+class EvalData:
+    """What `build_eval_data` returns: the one split an evaluation reads (`split`: ``val``, ``test``, ``all``)."""
+
+    spec: str
+    split: str
+    classes: list[str]
+    task: str
+    mean: list[float]
+    std: list[float]
+    resize: int
+    image_size: int
+    in_chans: int
+    issues: list[tuple[str, str]]
+    loader: BatchLoader
+    storage: str  # "memory" | "cache" | "stream"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def write_issues(self, path: str | Path) -> Path:
+        """As `Data.write_issues`."""
+        return _write_issues(path, self.issues)
+
+
+def choose_resize(paths: list[str] | None, image_size: int, crop_pct: float | None, limits: dict) -> int:
+    """Shorter side before the evaluation center crop (policy in `imgcls.data.config`); `paths` None for arrays."""
+    if paths is None:
         return image_size
     if crop_pct is None:
-        paths = source.train.paths or []
         probe = paths[:: max(1, len(paths) // 64)][:64]
         sides = []
         for p in probe:
@@ -471,12 +548,13 @@ def choose_resize(source: Source, image_size: int, crop_pct: float | None, limit
     return max(image_size, round(image_size / crop_pct))
 
 
-def _prescan(paths: list[str], limits: dict) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Header check of every file before streaming (empty, not an image, too large); truncation shows later."""
+def _prescan(paths: list[str], limits: dict, side: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Header check of every file before streaming (empty, not an image, too large or too thin, also once resized
+    to `side`); truncation shows later."""
     good, issues = [], []
     for i, p in enumerate(paths):
         try:
-            header_size(p, **limits)
+            check_resized(p, *header_size(p, **limits), side, limits["max_pixels"])
             good.append(i)
         except ImageError as exc:
             issues.append((exc.path, exc.reason))
@@ -505,6 +583,28 @@ def _warn_empty_classes(targets: np.ndarray, classes: list[str], spec: str) -> N
             log.warning("%s: class %r has no usable training image", spec, name)
 
 
+def _check_shape(image_size: int, in_chans: int) -> None:
+    if in_chans not in (1, 3):
+        raise UserError(f"in_chans: must be 1 or 3, got {in_chans}")
+    if image_size < 1:
+        raise UserError(f"--image-size: must be positive, got {image_size}")
+
+
+def _require_validation(source: Source, cfg: DataConfig) -> None:
+    """No run without held-out images: say why there are none and what to change."""
+    if source.val is not None and len(source.val):
+        return
+    if cfg.val_fraction <= 0:
+        raise UserError(
+            f"{source.spec}: nothing to validate on: no val/ or test/ folder and data.val_fraction is 0 "
+            "(set data.val_fraction, e.g. 0.1)"
+        )
+    raise UserError(
+        f"{source.spec}: nothing to validate on: every class has fewer than 2 usable images, so data.val_fraction="
+        f"{cfg.val_fraction:g} holds none out (add images, or a val/ folder)"
+    )
+
+
 def build_data(
     spec: str | Path,
     cfg: DataConfig | None = None,
@@ -519,8 +619,9 @@ def build_data(
     task: str | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    require_val: bool = True,
 ) -> Data:
-    """Resolve `spec`, decode or cache its images and return the training and validation loaders.
+    """Resolve `spec`, decode or cache its images and return the training, validation (and test) loaders.
 
     Args:
         spec: folder, CSV list or built-in name (`imgcls.data.sources`).
@@ -532,114 +633,61 @@ def build_data(
         rank, world_size: this process's shard.
         device: where batches are delivered and augmented.
         task: ``multiclass``, ``binary`` or ``multilabel``; None infers it from the source.
-        mean, std: normalisation in [0, 1] units; None computes them from the training cache (ImageNet's when
-            streaming).
+        mean, std: normalisation in [0, 1] units; None: the training split's own (`_training_stats`: the same
+            rule whether the split is cached or streamed).
+        require_val: a source without validation images is a UserError saying why (False: ``val`` is None).
 
     Returns:
         `Data` with ``classes``, ``task``, ``num_classes``, ``mean``, ``std``, ``resize``, ``issues``,
-        ``write_issues(path)``, ``train`` and ``val`` (None when the source has no validation samples).
+        ``write_issues(path)``, ``train``, ``val``, ``test`` and ``fingerprint``.
     """
-
     cfg = cfg or DataConfig()
     aug = aug or AugmentConfig()
-    if in_chans not in (1, 3):
-        raise UserError(f"in_chans: must be 1 or 3, got {in_chans}")
-    if image_size < 1:
-        raise UserError(f"--image-size: must be positive, got {image_size}")
+    _check_shape(image_size, in_chans)
     source = resolve_source(spec, cfg, task)
-    limits = {"max_pixels": cfg.max_pixels, "max_file_bytes": cfg.max_file_bytes}
-    resize = choose_resize(source, image_size, cfg.crop_pct, limits)
+    if require_val:
+        _require_validation(source, cfg)
+    files = source.train.paths if source.kind != "builtin" else None
+    resize = choose_resize(files, image_size, cfg.crop_pct, cfg.limits)
     issues: list[tuple[str, str]] = list(source.issues)
-    stats: tuple[list[float], list[float]] | None = None
-
-    train_split = source.train
-    if train_split.images is not None:
-        storage = "memory"
-        train_samples: ArraySamples | FileSamples = ArraySamples(train_split.images, train_split.targets, in_chans)
-    else:
-        assert train_split.paths is not None
-        estimate = len(train_split) * in_chans * resize * resize
-        stream = cfg.cache == "never" or (cfg.cache == "auto" and estimate > cfg.max_cache_bytes)
-        if stream:
-            storage = "stream"
-            good, found = _prescan(train_split.paths, limits)
-            issues += found
-            _report("training", source.spec, len(train_split), found, len(good))
-            kept = train_split.subset(good)
-            kind = "rrc" if aug.random_resized_crop else "storage"
-            view = FileView(kind, image_size, resize, in_chans, **limits)
-            if kind == "rrc":
-                view = dataclasses.replace(view, rrc_scale=tuple(aug.rrc_scale), rrc_ratio=tuple(aug.rrc_ratio))
-            train_samples = FileSamples(kept.paths, kept.targets, view)
-            stats = (_gray(IMAGENET_MEAN, in_chans), _gray(IMAGENET_STD, in_chans))
-        else:
-            storage = "cache"
-            view = View("storage", image_size, resize, in_chans, **limits)
-            cached = build_or_load(train_split.paths, view, cache_home(cfg), workers=cfg.num_workers)
-            issues += cached.issues
-            _report("training", source.spec, len(train_split), cached.issues, len(cached.kept))
-            train_samples = ArraySamples(cached.images, train_split.targets[cached.kept], in_chans)
-            stats = (cached.mean, cached.std)
+    train_samples, storage, stats = _training_samples(source, cfg, aug, image_size, resize, in_chans, issues)
     _warn_empty_classes(np.asarray(train_samples.targets), source.classes, source.spec)
-
     if aug.smote:
         if train_samples.streaming:
             raise UserError("augment.smote: needs the decoded training set in memory; use a smaller dataset or cache")
         x = np.asarray(train_samples.images)
         x, y = smote_oversample(torch.from_numpy(x.copy()), torch.from_numpy(train_samples.targets), seed)
         train_samples = ArraySamples(np.asarray(x), np.asarray(y), in_chans)
-        stats = None if train_split.images is not None else stats
-
+        stats = None if source.train.images is not None else stats
     if mean is None or std is None:
-        if stats is None:
-            stats = _array_stats(train_samples)
-        mean, std = list(stats[0]), list(stats[1])
+        mean, std = stats if stats is not None else _array_stats(train_samples)
     if len(mean) != in_chans or len(std) != in_chans:
         raise UserError(f"mean/std: need {in_chans} values each, got {len(mean)} and {len(std)}")
-
     norm_mean: Any = mean
     if aug.normalize == "mean_image":
         if train_samples.streaming:
             raise UserError("augment.normalize: 'mean_image' needs the decoded training set (not streaming)")
         norm_mean = mean_image(convert_channels(_as_tensor(train_samples.images), in_chans))
-
-    train_aug = (
-        dataclasses.replace(aug, random_resized_crop=False) if storage == "stream" and aug.random_resized_crop else aug
-    )
-    mixer = None
-    if (aug.mixup > 0 or aug.cutmix > 0 or aug.sample_pairing) and source.task != "multilabel":
-        mixer = build_mixer(aug, len(source.classes))
+    common = {"seed": seed, "device": device, "rank": rank, "world_size": world_size, "issues": issues}
     train = BatchLoader(
         train_samples,
         batch_size=cfg.batch_size,
         train=True,
-        seed=seed,
-        transform=build_batch_transform(train_aug, True, image_size, norm_mean, std),
-        mixer=mixer,
-        device=device,
-        rank=rank,
-        world_size=world_size,
+        transform=build_batch_transform(_streamed_aug(aug, storage), True, image_size, norm_mean, std),
+        mixer=_mixer(aug, source),
         balanced=aug.sampler == "balanced",
         workers=cfg.num_workers if train_samples.streaming else 0,
-        issues=issues,
         alternate_flip=aug.alternate_flip,
+        **common,
     )
-    val = None
-    if source.val is not None and len(source.val):
-        val_samples = _val_samples(source.val, cfg, image_size, resize, in_chans, limits, issues, source.spec)
-        val = BatchLoader(
-            val_samples,
-            batch_size=cfg.eval_batch,
-            train=False,
-            seed=seed,
-            transform=build_batch_transform(aug, False, image_size, norm_mean, std),
-            device=device,
-            rank=rank,
-            world_size=world_size,
-            workers=cfg.num_workers if val_samples.streaming else 0,
-            issues=issues,
-        )
-    return Data(
+    held = {}
+    for name, split in (("validation", source.val), ("test", source.test)):
+        held[name] = None
+        if split is not None and len(split):
+            samples = _eval_samples(split, cfg, image_size, resize, in_chans, issues, source.spec, name)
+            transform = build_batch_transform(aug, False, image_size, norm_mean, std)
+            held[name] = _eval_loader(samples, cfg, transform, common)
+    data = Data(
         spec=str(spec),
         classes=list(source.classes),
         task=source.task,
@@ -650,34 +698,190 @@ def build_data(
         in_chans=in_chans,
         issues=issues,
         train=train,
-        val=val,
+        val=held["validation"],
         storage=storage,
+        test=held["test"],
+        fingerprint=source_fingerprint(source),
     )
+    for loader in data.loaders():
+        loader.on_issues = data.rewrite_issues
+    return data
 
 
-def _val_samples(
-    split: Split, cfg: DataConfig, image_size: int, resize: int, in_chans: int, limits: dict, issues: list, spec: str
+def _streamed_aug(aug: Any, storage: str) -> Any:
+    """Streamed RandomResizedCrop happens per file in the workers (`FileSamples`), not in the batch transform."""
+    if storage == "stream" and aug.random_resized_crop:
+        return dataclasses.replace(aug, random_resized_crop=False)
+    return aug
+
+
+def _mixer(aug: Any, source: Source) -> Callable | None:
+    if (aug.mixup > 0 or aug.cutmix > 0 or aug.sample_pairing) and source.task != "multilabel":
+        return build_mixer(aug, len(source.classes))
+    return None
+
+
+def _eval_loader(samples: ArraySamples | FileSamples, cfg: DataConfig, transform: Callable, common: dict):
+    workers = cfg.num_workers if samples.streaming else 0
+    return BatchLoader(samples, batch_size=cfg.eval_batch, train=False, transform=transform, workers=workers, **common)
+
+
+def _streams(cfg: DataConfig, estimate: int) -> bool:
+    return cfg.cache == "never" or (cfg.cache == "auto" and estimate > cfg.max_cache_bytes)
+
+
+def _training_samples(
+    source: Source, cfg: DataConfig, aug: Any, image_size: int, resize: int, in_chans: int, issues: list
+) -> tuple[ArraySamples | FileSamples, str, tuple[list[float], list[float]] | None]:
+    """The training split as arrays (built-in), cached files or streamed files, and its normalisation statistics
+    (None: computed from the arrays by the caller)."""
+    split = source.train
+    if split.images is not None:
+        return ArraySamples(split.images, split.targets, in_chans), "memory", None
+    assert split.paths is not None
+    view = FileView("storage", image_size, resize, in_chans, **cfg.limits)
+    if _streams(cfg, len(split) * in_chans * resize * resize):
+        good, found = _prescan(split.paths, cfg.limits, resize)
+        issues += found
+        _report("training", source.spec, len(split), found, len(good))
+        kept = split.subset(good)
+        stream_view = view
+        if aug.random_resized_crop:
+            stream_view = dataclasses.replace(
+                view, kind="rrc", rrc_scale=tuple(aug.rrc_scale), rrc_ratio=tuple(aug.rrc_ratio)
+            )
+        stats = _training_stats(split.paths, view, cfg, None)
+        return FileSamples(kept.paths, kept.targets, stream_view), "stream", stats
+    cached = build_or_load(split.paths, view, cache_home(cfg), workers=cfg.num_workers)
+    issues += cached.issues
+    _report("training", source.spec, len(split), cached.issues, len(cached.kept))
+    samples = ArraySamples(cached.images, split.targets[cached.kept], in_chans)
+    return samples, "cache", _training_stats(split.paths, view, cfg, cached)
+
+
+def _training_stats(paths: list[str], view: FileView, cfg: DataConfig, cached: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the training split, one rule for cached and streamed data (issue: the same command
+    must not normalise differently with another cache size): exact 256-bin histograms of the storage view of the
+    files `stats_indices` picks (all when there are at most ``cfg.stats_images``), files that fail skipped. From
+    the cache's rows when cached; decoded (once, result kept in the cache folder) when streamed."""
+    picked = stats_indices(len(paths), cfg.stats_images, cfg.split_seed)
+    if cached is not None:
+        pos = np.searchsorted(cached.kept, picked)
+        inside = pos < len(cached.kept)
+        rows = pos[inside][cached.kept[pos[inside]] == picked[inside]]
+        hist = sum(
+            (_histograms(np.asarray(cached.images[rows[i : i + 256]]), 256) for i in range(0, len(rows), 256)),
+            np.zeros((view.in_chans, 256), dtype=np.int64),
+        )
+        return stats_from_histograms(hist)
+    files = [paths[i] for i in picked]
+    record = cache_home(cfg) / f"stats-{fingerprint(files, {'stats_of': view.settings()})}.json"
+    try:
+        known = json.loads(record.read_text())
+        return list(known["mean"]), list(known["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    jobs = [(p, view) for p in files]
+    if cfg.num_workers > 1 and len(jobs) >= 64:
+        with ProcessPoolExecutor(cfg.num_workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            results = list(pool.map(_decode_safe, jobs, chunksize=16))
+    else:
+        results = [_decode_safe(job) for job in jobs]
+    arrays = [r for r in results if not isinstance(r, str)]
+    hist = _histograms(arrays, 256) if arrays else np.zeros((view.in_chans, 256), dtype=np.int64)
+    mean, std = stats_from_histograms(hist)
+    try:
+        atomic_write_text(record, json.dumps({"mean": mean, "std": std, "images": len(arrays)}))
+    except UserError as exc:
+        log.info("normalisation statistics not kept for the next run (%s)", exc)
+    return mean, std
+
+
+def _eval_samples(
+    split: Split, cfg: DataConfig, image_size: int, resize: int, in_chans: int, issues: list, spec: str, name: str
 ) -> ArraySamples | FileSamples:
+    """A held-out split as evaluation sees it (the `load_for_eval` view), cached or streamed."""
     if split.images is not None:
         return ArraySamples(split.images, split.targets, in_chans)
     assert split.paths is not None
-    estimate = len(split) * in_chans * image_size * image_size
-    if cfg.cache == "never" or (cfg.cache == "auto" and estimate > cfg.max_cache_bytes):
-        good, found = _prescan(split.paths, limits)
+    view = FileView("eval", image_size, resize, in_chans, **cfg.limits)
+    if _streams(cfg, len(split) * in_chans * image_size * image_size):
+        good, found = _prescan(split.paths, cfg.limits, resize)
         issues += found
-        _report("validation", spec, len(split), found, len(good))
+        _report(name, spec, len(split), found, len(good))
         kept = split.subset(good)
-        return FileSamples(kept.paths, kept.targets, FileView("eval", image_size, resize, in_chans, **limits))
-    cached = build_or_load(
-        split.paths, View("eval", image_size, resize, in_chans, **limits), cache_home(cfg), workers=cfg.num_workers
-    )
+        return FileSamples(kept.paths, kept.targets, view)
+    cached = build_or_load(split.paths, view, cache_home(cfg), workers=cfg.num_workers)
     issues += cached.issues
-    _report("validation", spec, len(split), cached.issues, len(cached.kept))
+    _report(name, spec, len(split), cached.issues, len(cached.kept))
     return ArraySamples(cached.images, split.targets[cached.kept], in_chans)
 
 
-def _gray(values: tuple[float, float, float], in_chans: int) -> list[float]:
-    return list(values) if in_chans == 3 else to_gray_stats(values)
+def build_eval_data(
+    spec: str | Path,
+    cfg: DataConfig | None = None,
+    aug: Any = None,
+    *,
+    image_size: int,
+    in_chans: int,
+    mean: list[float],
+    std: list[float],
+    resize: int | None = None,
+    split: str = "auto",
+    task: str | None = None,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> EvalData:
+    """The loader of the one split an evaluation reads; nothing else is listed beyond need or decoded.
+
+    Args:
+        spec: folder, CSV list or built-in name.
+        cfg: the run's data settings (split fraction and seed for ``split="val"``, cache, batch size).
+        aug: the run's augmentation settings (only its evaluation side is used).
+        image_size: side of the square batches (the crop; for ten-crop, the resize).
+        in_chans: 1 or 3.
+        mean, std: the run's normalisation.
+        resize: shorter side before the center crop (the run's); None chooses it as `build_data` does.
+        split: ``"auto"``, ``"val"`` or ``"test"`` (`imgcls.data.sources.eval_source`): ``"auto"`` evaluates a
+            folder of class subfolders or a CSV list entirely, the held-out folder of a ``train/`` layout, a
+            built-in's test set; ``"val"`` is exactly training's validation split.
+        task: the run's task.
+        classes: the run's class map (the data's classes must be among them; their indices are used).
+        seed, rank, world_size, device: as in `build_data`.
+
+    Returns:
+        `EvalData` (``loader``, ``classes``, ``task``, ``split``, ``issues``...).
+    """
+    cfg = cfg or DataConfig()
+    aug = aug or AugmentConfig()
+    _check_shape(image_size, in_chans)
+    source = eval_source(spec, cfg, split=split, task=task, classes=classes)
+    paths = source.samples.paths
+    resize = resize or choose_resize(paths, image_size, cfg.crop_pct, cfg.limits)
+    if resize < image_size:
+        raise UserError(f"resize ({resize}) must be at least the crop size ({image_size})")
+    issues: list[tuple[str, str]] = list(source.issues)
+    name = {"val": "validation", "test": "test"}.get(source.split, "evaluation")
+    samples = _eval_samples(source.samples, cfg, image_size, resize, in_chans, issues, source.spec, name)
+    transform = build_batch_transform(aug, False, image_size, mean, std)
+    common = {"seed": seed, "device": device, "rank": rank, "world_size": world_size, "issues": issues}
+    return EvalData(
+        spec=str(spec),
+        split=source.split,
+        classes=list(source.classes),
+        task=source.task,
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        resize=resize,
+        image_size=image_size,
+        in_chans=in_chans,
+        issues=issues,
+        loader=_eval_loader(samples, cfg, transform, common),
+        storage="memory" if paths is None else ("stream" if samples.streaming else "cache"),
+    )
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -704,4 +908,17 @@ def _array_stats(samples: ArraySamples) -> tuple[list[float], list[float]]:
     return channel_stats(luma)
 
 
-__all__ = ["ArraySamples", "BatchLoader", "Data", "FileSamples", "FileView", "build_data", "derive_seed", "generator"]
+__all__ = [
+    "MAX_CONSECUTIVE_FAILURES",
+    "ArraySamples",
+    "BatchLoader",
+    "Data",
+    "EvalData",
+    "FileSamples",
+    "FileView",
+    "build_data",
+    "build_eval_data",
+    "choose_resize",
+    "derive_seed",
+    "generator",
+]
