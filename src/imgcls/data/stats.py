@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from imgcls.data.cache import channel_stats
+from imgcls.data.cache import channel_stats, die_with_parent
 from imgcls.data.config import DataConfig
-from imgcls.data.reader import ImageError, open_image, pil_to_tensor, read_image
+from imgcls.data.reader import ImageError, decode_image, open_image, pil_to_tensor
 from imgcls.data.sources import Split, resolve_source
 
 NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32, "cifar100:coarse": 32}
@@ -38,33 +39,44 @@ def _summary(values: list[int]) -> dict[str, int]:
     return {"min": int(a.min()), "median": int(np.median(a)), "max": int(a.max())}
 
 
+def _inspect(job: tuple[str, dict, bool]) -> tuple | str:
+    """One file, decoded (JPEG at a reduced scale): ``(width, height, mode, thumbnail or None)`` or the reason
+    it cannot be used. Decoding every file is what finds truncated ones; the header alone does not."""
+    path, limits, thumb = job
+    try:
+        im = open_image(path, **limits)
+        width, height, mode = im.width, im.height, im.mode
+        small = decode_image(im, path, min_side=64)
+    except ImageError as exc:
+        return exc.reason
+    if not thumb:
+        return width, height, mode, None
+    small = small.convert("RGB")
+    small.thumbnail((64, 64))  # statistics do not need full resolution
+    return width, height, mode, pil_to_tensor(small.resize((64, 64))).numpy()
+
+
 def dataset_stats(spec: str | os.PathLike, cfg: DataConfig | None = None, *, sample: int = 500, seed: int = 0) -> dict:
     """Describe a dataset.
 
     Args:
         spec: folder, CSV list or built-in name.
-        cfg: data settings (limits, CSV separator, split).
-        sample: images decoded to estimate mean/std of file-based data.
+        cfg: data settings (limits, CSV separator, split, workers).
+        sample: images used to estimate mean/std of file-based data (at 64 px: an estimate; training computes
+            its own at its input size).
         seed: which images that sample takes.
 
     Returns:
-        A JSON-ready dict: ``spec``, ``kind``, ``task``, ``classes``, ``counts`` (per split and class),
-        ``images`` (per split), ``sizes`` (width/height min/median/max), ``modes``, ``mean``, ``std``,
-        ``stats_from``, ``issues`` (``[{"path", "reason"}]``).
+        A JSON-ready dict: ``spec``, ``kind``, ``task``, ``classes``, ``counts`` (usable images per split and
+        class), ``images`` (usable images per split), ``sizes`` (width/height min/median/max), ``modes``,
+        ``mean``, ``std``, ``stats_from``, ``issues`` (``[{"path", "reason"}]``: every file that cannot be used,
+        each decoded to find out).
     """
     cfg = cfg or DataConfig()
     source = resolve_source(spec, cfg)
     splits = {"train": source.train, "val": source.val}
     issues = list(source.issues)
-    result: dict[str, Any] = {
-        "spec": str(spec),
-        "kind": source.kind,
-        "task": source.task,
-        "classes": source.classes,
-        "counts": {name: _counts(s, source.classes) for name, s in splits.items()},
-        "images": {name: len(s) if s is not None else 0 for name, s in splits.items()},
-    }
-    limits = {"max_pixels": cfg.max_pixels, "max_file_bytes": cfg.max_file_bytes}
+    result: dict[str, Any] = {"spec": str(spec), "kind": source.kind, "task": source.task, "classes": source.classes}
     if source.train.images is not None:
         h, w = source.train.images.shape[2:]
         channels = source.train.images.shape[1]
@@ -73,39 +85,50 @@ def dataset_stats(spec: str | os.PathLike, cfg: DataConfig | None = None, *, sam
         mean, std = channel_stats(source.train.images)
         result["stats_from"] = f"all {len(source.train)} training images"
     else:
-        widths, heights, modes, good = [], [], Counter(), []
-        for split in splits.values():
-            for p in split.paths if split is not None else []:
-                try:
-                    im = open_image(p, **limits)
-                except ImageError as exc:
-                    issues.append((exc.path, exc.reason))
-                    continue
-                widths.append(im.width)
-                heights.append(im.height)
-                modes[im.mode] += 1
-                im.close()
-                if split is source.train:
-                    good.append(p)
-        result["sizes"] = {"width": _summary(widths), "height": _summary(heights)}
-        result["modes"] = dict(modes.most_common())
-        rng = np.random.default_rng(seed)
-        picked = [good[i] for i in np.sort(rng.permutation(len(good))[:sample])]
-        arrays = []
-        for p in picked:
-            try:
-                im = read_image(p, min_side=64, **limits).convert("RGB")
-            except ImageError as exc:
-                issues.append((exc.path, exc.reason))
-                continue
-            im.thumbnail((64, 64))  # statistics do not need full resolution
-            arrays.append(pil_to_tensor(im.resize((64, 64))).numpy())
+        splits, found = _inspect_files(splits, cfg, sample, seed)
+        issues += found["issues"]
+        result["sizes"] = {"width": _summary(found["widths"]), "height": _summary(found["heights"])}
+        result["modes"] = dict(found["modes"].most_common())
+        arrays = found["thumbs"]
         mean, std = channel_stats(np.stack(arrays)) if arrays else ([], [])
-        result["stats_from"] = f"{len(arrays)} of {len(good)} training images (seeded sample)"
+        result["stats_from"] = f"{len(arrays)} of {len(splits['train'])} training images (seeded sample, 64 px)"
+    result["counts"] = {name: _counts(s, source.classes) for name, s in splits.items()}
+    result["images"] = {name: len(s) if s is not None else 0 for name, s in splits.items()}
     result["mean"] = [round(v, 4) for v in mean]
     result["std"] = [round(v, 4) for v in std]
     result["issues"] = [{"path": p, "reason": r} for p, r in sorted(set(issues))]
     return result
+
+
+def _inspect_files(splits: dict, cfg: DataConfig, sample: int, seed: int) -> tuple[dict, dict]:
+    """Decode every file of every split (in ``cfg.num_workers`` processes); the splits keep the usable files."""
+    train_paths = splits["train"].paths or []
+    picked = set(np.random.default_rng(seed).permutation(len(train_paths))[:sample].tolist())
+    found: dict[str, Any] = {"issues": [], "widths": [], "heights": [], "modes": Counter(), "thumbs": []}
+    kept = {}
+    for name, split in splits.items():
+        if split is None:
+            kept[name] = None
+            continue
+        jobs = [(p, cfg.limits, name == "train" and i in picked) for i, p in enumerate(split.paths or [])]
+        if cfg.num_workers > 1 and len(jobs) >= 256:
+            with ProcessPoolExecutor(cfg.num_workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+                results = list(pool.map(_inspect, jobs, chunksize=32))
+        else:
+            results = [_inspect(job) for job in jobs]
+        good = []
+        for i, ((path, _, _), r) in enumerate(zip(jobs, results)):
+            if isinstance(r, str):
+                found["issues"].append((path, r))
+                continue
+            good.append(i)
+            found["widths"].append(r[0])
+            found["heights"].append(r[1])
+            found["modes"][r[2]] += 1
+            if r[3] is not None:
+                found["thumbs"].append(r[3])
+        kept[name] = split.subset(np.asarray(good, dtype=np.int64))
+    return kept, found
 
 
 def format_stats(stats: dict) -> str:
