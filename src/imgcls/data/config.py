@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcls.config_reader import check_settings, read_section
+from imgcls.config_reader import check_settings, read_section, setting
 from imgcls.errors import UserError
 
 CACHE_POLICIES = ("auto", "always", "never")
@@ -53,46 +53,33 @@ class DataConfig:
         stats_images: training images the normalisation mean/std are computed on (all of them up to this many,
             else a sample seeded by ``split_seed``; the same rule for cached and streamed data).
         label_sep: character separating labels in the ``labels`` column of a CSV list.
-        workers: decoding processes for cache building and streaming (``None``: one per CPU core, at most 8).
+        workers: decoding processes for cache building and streaming (``None``: one per CPU core, at most 8;
+            0: decode in the training process).
+
+    Valid ranges and choices are declared once, with each field (`imgcls.config_reader.setting`).
         mirror: base URL replacing the official download locations of the built-in sets.
     """
 
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    crop_pct: float | None = None
-    cache: str = "auto"
+    batch_size: int = setting(128, ge=1)
+    eval_batch_size: int | None = setting(None, ge=1)
+    val_fraction: float = setting(0.1, ge=0, lt=1)
+    split_seed: int = setting(0, ge=0)
+    crop_pct: float | None = setting(None, gt=0, le=1)
+    cache: str = setting("auto", choices=CACHE_POLICIES)
     cache_dir: str | None = None
-    max_cache_bytes: int = 8 << 30
-    max_pixels: int = 100_000_000
-    max_file_bytes: int = 200 << 20
-    max_aspect: float = 50.0
-    stats_images: int = 1000
+    max_cache_bytes: int = setting(8 << 30, ge=0)
+    max_pixels: int = setting(100_000_000, ge=1)
+    max_file_bytes: int = setting(200 << 20, ge=1)
+    max_aspect: float = setting(50.0, ge=1)
+    stats_images: int = setting(1000, ge=1)
     label_sep: str = " "
-    workers: int | None = None
+    workers: int | None = setting(None, ge=0)
     mirror: str | None = None
 
     def __post_init__(self) -> None:
         check_settings(self, "data")
-        if self.batch_size < 1:
-            raise UserError(f"data.batch_size: must be at least 1, got {self.batch_size}")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise UserError(f"data.eval_batch_size: must be at least 1, got {self.eval_batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"data.val_fraction: must be in [0, 1), got {self.val_fraction}")
-        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise UserError(f"data.crop_pct: must be in (0, 1], got {self.crop_pct}")
-        if self.cache not in CACHE_POLICIES:
-            raise UserError(f"data.cache: must be one of {', '.join(CACHE_POLICIES)}, got {self.cache!r}")
         if len(self.label_sep) != 1:
             raise UserError(f"data.label_sep: must be one character, got {self.label_sep!r}")
-        if self.max_pixels < 1 or self.max_file_bytes < 1:
-            raise UserError("data.max_pixels and data.max_file_bytes must be positive")
-        if not self.max_aspect >= 1.0:
-            raise UserError(f"data.max_aspect: must be at least 1, got {self.max_aspect}")
-        if self.stats_images < 1:
-            raise UserError(f"data.stats_images: must be at least 1, got {self.stats_images}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DataConfig:

@@ -653,21 +653,11 @@ def build_data(
     train_samples, storage, stats = _training_samples(source, cfg, aug, image_size, resize, in_chans, issues)
     _warn_empty_classes(np.asarray(train_samples.targets), source.classes, source.spec)
     if aug.smote:
-        if train_samples.streaming:
-            raise UserError("augment.smote: needs the decoded training set in memory; use a smaller dataset or cache")
-        x = np.asarray(train_samples.images)
-        x, y = smote_oversample(torch.from_numpy(x.copy()), torch.from_numpy(train_samples.targets), seed)
-        train_samples = ArraySamples(np.asarray(x), np.asarray(y), in_chans)
+        train_samples = _smote(train_samples, seed)
         stats = None if source.train.images is not None else stats
     if mean is None or std is None:
         mean, std = stats if stats is not None else _array_stats(train_samples)
-    if len(mean) != in_chans or len(std) != in_chans:
-        raise UserError(f"mean/std: need {in_chans} values each, got {len(mean)} and {len(std)}")
-    norm_mean: Any = mean
-    if aug.normalize == "mean_image":
-        if train_samples.streaming:
-            raise UserError("augment.normalize: 'mean_image' needs the decoded training set (not streaming)")
-        norm_mean = mean_image(convert_channels(_as_tensor(train_samples.images), in_chans))
+    norm_mean = _normaliser_mean(aug, train_samples, mean, std, in_chans)
     common = {"seed": seed, "device": device, "rank": rank, "world_size": world_size, "issues": issues}
     train = BatchLoader(
         train_samples,
@@ -706,6 +696,25 @@ def build_data(
     for loader in data.loaders():
         loader.on_issues = data.rewrite_issues
     return data
+
+
+def _smote(samples: ArraySamples | FileSamples, seed: int) -> ArraySamples:
+    if samples.streaming:
+        raise UserError("augment.smote: needs the decoded training set in memory; use a smaller dataset or cache")
+    x = np.asarray(samples.images)
+    x, y = smote_oversample(torch.from_numpy(x.copy()), torch.from_numpy(samples.targets), seed)
+    return ArraySamples(np.asarray(x), np.asarray(y), samples.in_chans)
+
+
+def _normaliser_mean(aug: Any, samples: ArraySamples | FileSamples, mean: list, std: list, in_chans: int) -> Any:
+    """The per-channel `mean`, or the training set's mean image under ``augment.normalize: mean_image``."""
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"mean/std: need {in_chans} values each, got {len(mean)} and {len(std)}")
+    if aug.normalize != "mean_image":
+        return mean
+    if samples.streaming:
+        raise UserError("augment.normalize: 'mean_image' needs the decoded training set (not streaming)")
+    return mean_image(convert_channels(_as_tensor(samples.images), in_chans))
 
 
 def _streamed_aug(aug: Any, storage: str) -> Any:
