@@ -142,6 +142,61 @@ def _rows(f: dict) -> list[tuple[str, str]]:
             else _missing("disk_full"),
         )
     )
+    return rows + _data_rows(f)
+
+
+def _data_rows(f: dict) -> list[tuple[str, str]]:
+    """Issue 19's data-layer classes (tests/faults/test_data_faults.py)."""
+    rows = []
+    k = f.get("cache_build_kill")
+    rows.append(
+        (
+            "19.1 kill -9 during the decode-cache build (800 PNGs, 2 workers), then the same build again",
+            f"decoding workers left alive: **{k['workers_left']}**; the second run completes in "
+            f"{k['second_run_seconds']:.0f} s, no partial file left"
+            if k
+            else _missing("cache_build_kill"),
+        )
+    )
+    t = f.get("thin_image")
+    rows.append(
+        (
+            "19.2 a 1×1,000,000 PNG in predict/serve, training (cached and streamed) and evaluation",
+            f"refused from its header everywhere ({t['file_bytes']:,} B file): peak traced memory "
+            f"**{t['peak_mib']} MiB**, the four paths together {t['seconds']:.1f} s"
+            if t
+            else _missing("thin_image"),
+        )
+    )
+    leak = f.get("data_leakage")
+    rows.append(
+        (
+            "19.4 a link loop and a link to the data root in class folders; every CSV row listed twice",
+            f"{leak['files']} files stay {leak['images_after_loop']} images, train and validation disjoint, "
+            f"**{leak['duplicates_dropped']}** duplicates dropped and listed"
+            if leak
+            else _missing("data_leakage"),
+        )
+    )
+    msgs = [f.get(key, {}).get("message") for key in ("cache_folder_refused", "no_validation_5", "no_validation_1")]
+    rows.append(
+        (
+            "19.6 read-only or full cache folder; no validation split (`val_fraction=0`, one image per class)",
+            "; ".join(f"`{m[:90]}…`" if len(m) > 90 else f"`{m}`" for m in msgs if m)
+            if all(msgs)
+            else _missing("cache_folder_refused"),
+        )
+    )
+    s = f.get("streaming_breaks")
+    rows.append(
+        (
+            "19.7 a streamed file breaks after start-up (3 epochs); then every file breaks",
+            f"warned **{s['warnings_in_3_epochs']}** time, listed in data_issues.csv; 16 failures in a row: a "
+            f"{s['error_lines']}-line error"
+            if s
+            else _missing("streaming_breaks"),
+        )
+    )
     return rows
 
 

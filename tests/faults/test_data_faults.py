@@ -129,7 +129,7 @@ def test_files_that_break_while_streaming_are_listed_once_and_many_stop_the_run(
     figure("streaming_breaks", {"warnings_in_3_epochs": len(warned), "listed": True, "error_lines": 1})
 
 
-def test_read_only_or_full_cache_folder_is_one_line(tmp_path):
+def test_read_only_or_full_cache_folder_is_one_line(tmp_path, figure):
     """Class 6: the cache folder refuses writes. Before: a traceback from open() or np.memmap."""
     root = _folder(tmp_path / "d", per_class=4)
     with tmpfs(tmp_path / "mnt", "1m") as disk:
@@ -149,6 +149,7 @@ def test_read_only_or_full_cache_folder_is_one_line(tmp_path):
         streamed = build_data(root, DataConfig(cache="never", cache_dir=str(disk / "cache"), batch_size=2), None,
                               image_size=32, in_chans=3, seed=0)  # fmt: skip
         assert streamed.storage == "stream"  # streaming never needs the folder (its statistics are not kept)
+        figure("cache_folder_refused", {"message": str(info.value).replace(str(disk), "<disk>")})
 
 
 def test_disk_full_while_writing_data_issues_is_one_line(tmp_path):
@@ -168,7 +169,7 @@ def test_disk_full_while_writing_data_issues_is_one_line(tmp_path):
     ("per_class", "fraction", "message"),
     [(5, 0.0, "data.val_fraction is 0"), (1, 0.1, "every class has fewer than 2 usable images")],
 )
-def test_nothing_to_validate_on_is_one_line(tmp_path, per_class, fraction, message):
+def test_nothing_to_validate_on_is_one_line(tmp_path, per_class, fraction, message, figure):
     """Class 6: before, build_data returned ``val=None`` and training failed later with an AttributeError."""
     root = _folder(tmp_path / "d", per_class=per_class)
     cfg = DataConfig(cache_dir=str(tmp_path / "c"), val_fraction=fraction)
@@ -176,6 +177,7 @@ def test_nothing_to_validate_on_is_one_line(tmp_path, per_class, fraction, messa
         build_data(root, cfg, None, image_size=32, in_chans=3, seed=0)
     assert "\n" not in str(info.value) and str(root) in str(info.value)
     assert not (tmp_path / "c").exists()  # refused before anything was decoded
+    figure(f"no_validation_{per_class}", {"message": str(info.value).replace(str(root), "<data>")})
 
 
 def test_thin_image_bomb_is_refused_cheaply_everywhere(tmp_path, figure):

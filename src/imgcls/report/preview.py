@@ -66,7 +66,7 @@ def preview_grid(
     text = str(spec)
     size = image_size or model.get("image_size") or NATIVE_SIZE.get(text, 224)
     in_chans = model.get("in_chans") or (1 if text in GRAY_BUILTINS else 3)
-    data = build_data(spec, cfg, aug, image_size=int(size), in_chans=int(in_chans), seed=seed)
+    data = build_data(spec, cfg, aug, image_size=int(size), in_chans=int(in_chans), seed=seed, require_val=False)
     data.train.set_epoch(epoch)
     x, y = next(iter(data.train))
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
