@@ -51,6 +51,18 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LUMA_WEIGHTS_PER_MILLE = (299, 587, 114)
 
 
+def to_gray_stats(values: tuple[float, ...] | list[float]) -> list[float]:
+    """Three per-channel values as the one value of their luma (weights `LUMA_WEIGHTS`); one value unchanged.
+
+    Exact for means; for standard deviations the usual approximation (it ignores the channels' correlation).
+    """
+    if len(values) == 1:
+        return [float(values[0])]
+    if len(values) != 3:
+        raise ValueError(f"to_gray_stats: expected 1 or 3 values, got {len(values)}")
+    return [sum(w * float(v) for w, v in zip(LUMA_WEIGHTS, values))]
+
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -66,4 +78,5 @@ __all__ = [
     "LUMA_WEIGHTS_PER_MILLE",
     "MNIST_MEAN",
     "MNIST_STD",
+    "to_gray_stats",
 ]
