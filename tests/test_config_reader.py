@@ -51,7 +51,7 @@ def test_every_section_refuses_a_value_that_is_not_a_mapping(section, cls):
         (OptimConfig, {"momentum": 1.5}, "optim.momentum: must be in [0, 1), got 1.5"),
         (OptimConfig, {"accum_steps": 2.5}, "optim.accum_steps: expected an integer, got 2.5"),
         (OptimConfig, {"nesterov": "yes"}, "optim.nesterov: expected true or false, got 'yes'"),
-        (OptimConfig, {"name": "lion"}, "optim.name: must be one of sgd, adamw, rmsprop, got 'lion'"),
+        (OptimConfig, {"name": "lion"}, "optim.name: must be one of sgd, adamw, rmsprop, muon, got 'lion'"),
         (ScheduleConfig, {"milestones": [10, -1]}, "schedule.milestones: must be >= 0, got [10.0, -1.0]"),
         (TrainConfig, {"freeze_after": {"conv": -2}}, "train.freeze_after: must be >= 0, got {'conv': -2}"),
         (TrainConfig, {"task": "regression"}, "train.task: must be one of null, multiclass"),

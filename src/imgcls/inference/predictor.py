@@ -324,6 +324,9 @@ class Predictor:
                 runner = OnnxRunner(exported, preprocess)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         model, meta = load_bundle(run)
+        if is_classic(meta.name):  # nothing to trace or quantize: the pipeline runs as it is
+            runner = TorchRunner(model, preprocess, precision)
+            return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         selection = _select_engine(
             model, preprocess, meta.sha256, run, meta, precision, engine, batch_size, max_int8_drop
         )
