@@ -388,12 +388,27 @@ def test_eval_refuses_a_folder_with_other_classes_and_a_missing_run(eval_run):
     from imgcls.errors import UserError
 
     other = _image_folder(eval_run.tmp / "other", ["bright", "dark", "zebra"], per_class=2)
-    with pytest.raises(UserError, match=r"classes differ .*missing mid; unknown zebra"):
+    with pytest.raises(UserError, match=r"other/val: class folder\(s\) the run does not know: zebra"):
         evaluate(eval_run.run, data=str(other))
     with pytest.raises(UserError, match="run folder not found"):
         evaluate(eval_run.tmp / "nope")
     with pytest.raises(UserError, match="--tta"):
         evaluate(eval_run.run, tta="sideways")
+
+
+def test_eval_on_given_data_is_all_of_it_and_its_own_data_the_validation_split(eval_run):
+    """Issue 11 item 5: `eval --data FOLDER` of class subfolders evaluated a seeded 10 % of it (2 of 15 here)."""
+    from imgcls.engine.evaluate import evaluate
+
+    flat = eval_run.data_root / "val"  # class subfolders and nothing else: all 15 images are the data
+    out = evaluate(eval_run.run, data=str(flat))
+    assert (out["split"], out["num_samples"]) == ("all", 15)
+    fewer = _image_folder(eval_run.tmp / "fewer", ["dark", "mid"], per_class=1)  # a subset of the run's classes
+    out = evaluate(eval_run.run, data=str(fewer / "train"))
+    assert (out["split"], out["num_samples"]) == ("all", 2)
+    assert sum(map(sum, out["confusion_matrix"])) == 2 and sum(out["confusion_matrix"][0]) == 0  # no "bright" row
+    own = evaluate(eval_run.run)  # the run's own data (train/ + val/): its validation split only
+    assert (own["split"], own["num_samples"]) == ("val", 15)
 
 
 @pytest.mark.gpu

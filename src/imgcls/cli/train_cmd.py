@@ -155,7 +155,9 @@ def _none_for_nan(value):
 
 def format_eval(result: dict) -> str:
     """Human-readable summary of an evaluation: headline numbers, then one line per class."""
-    lines = [f"{result.get('run', '')} on {result.get('data', '')} ({result.get('num_samples', '?')} images)"]
+    splits = {"val": ", its validation split", "test": ", its test split", "all": ", all of it"}
+    split = splits.get(result.get("split"), "")
+    lines = [f"{result.get('run', '')} on {result.get('data', '')}{split} ({result.get('num_samples', '?')} images)"]
     head = [f"top-1 {result['top1']:.2f}%"] if result.get("top1") is not None else []
     if result.get("top5") is not None:
         head.append(f"top-5 {result['top5']:.2f}%")

@@ -468,17 +468,6 @@ def _known_fields(cls, values: dict | None) -> dict:
     return {k: v for k, v in (values or {}).items() if k in names}
 
 
-def _class_mismatch(found: list[str], expected: list[str]) -> str:
-    extra = [c for c in found if c not in expected]
-    missing = [c for c in expected if c not in found]
-    parts = []
-    if missing:
-        parts.append(f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
-    if extra:
-        parts.append(f"unknown {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}")
-    return "; ".join(parts) or "same names in another order"
-
-
 def evaluate(
     run: str | os.PathLike,
     data: str | None = None,
@@ -489,10 +478,12 @@ def evaluate(
 ) -> dict:
     """Measure a finished run again: backs ``imgcls eval --run RUN [--data SPEC] [--tta ...] [--json]``.
 
-    The model and class map come from the run (``model.json`` + ``model.safetensors``, SHA-256 checked); the
-    data from ``data`` or else the spec saved in the run's ``config.json`` (``data.spec``), built with the
-    run's data settings, seed (so a seeded train/val split is the same split), normalisation and class map.
-    A folder whose classes differ from the run's is refused.
+    The model and class map come from the run (``model.json`` + ``model.safetensors``, SHA-256 checked). Without
+    ``data`` the run's own validation split is evaluated, exactly as training saw it (the spec in ``config.json``,
+    its data settings and seed). With ``data`` all of it is: every image of a folder of class subfolders or a CSV
+    list, the held-out ``test/`` (else ``val/``) of a ``train/`` layout, a built-in's test set. Only the evaluated
+    images are listed and decoded, with the run's normalisation and resize. The data's classes must be among the
+    run's (a folder may hold fewer); a class the run does not know is refused.
 
     Args:
         run: the run folder.
@@ -503,9 +494,9 @@ def evaluate(
 
     Returns:
         ``{"top1", "top5", "loss", ...}`` in percent, with per-class metrics, the confusion matrix and
-        ``run``, ``data``, ``task``, ``classes``, ``tta``.
+        ``run``, ``data``, ``split`` (``val``, ``test`` or ``all``), ``task``, ``classes``, ``tta``.
     """
-    from imgcls.data import DataConfig, build_data
+    from imgcls.data import DataConfig, build_eval_data
     from imgcls.data.augment import AugmentConfig
     from imgcls.engine.bundle import load_bundle
 
@@ -539,31 +530,30 @@ def evaluate(
     # training's validation saw; for ten-crop no center crop: the loader yields the resize×resize square.
     data_cfg = dataclasses.replace(data_cfg, crop_pct=1.0 if tta == "ten-crop" else crop / resize)
     aug_cfg = AugmentConfig.from_dict(_known_fields(AugmentConfig, config.get("augment")))
-    built = build_data(
+    # The run's own data: exactly training's validation split. Data given with --data: all of it (a folder's
+    # held-out test/ or val/ when it has the train/ layout). Only the evaluated images are listed and decoded.
+    built = build_eval_data(
         spec,
         data_cfg,
         aug_cfg,
         image_size=image_size,
         in_chans=meta.in_chans,
-        seed=seed,
-        device=str(device),
-        task=meta.task,
         mean=list(meta.mean),
         std=list(meta.std),
+        resize=resize,
+        split="val" if data is None else "auto",
+        task=meta.task,
+        classes=list(meta.classes),
+        seed=seed,
+        device=str(device),
     )
-    if list(built.classes) != list(meta.classes):
-        raise UserError(
-            f"{spec}: its classes differ from the run's class map in {run.meta} "
-            f"({_class_mismatch(list(built.classes), list(meta.classes))})"
-        )
-    if built.val is None or not len(built.val):
-        raise UserError(f"{spec}: no validation images to evaluate (needs val/ or test/, or a split fraction)")
     result = evaluate_model(
-        model, built.val, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
+        model, built.loader, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
     )
     return {
         "run": str(run.root),
         "data": str(spec),
+        "split": built.split,
         "task": meta.task,
         "classes": list(meta.classes),
         **result.metrics,
