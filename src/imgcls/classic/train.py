@@ -139,46 +139,15 @@ def _fit_into(run, cfg, model, data, entry, image_size: int, in_chans: int, t_st
     from imgcls.data import BatchLoader
     from imgcls.data.transforms import AugmentConfig, build_batch_transform
     from imgcls.engine.bundle import save_bundle
-    from imgcls.engine.config import config_record
     from imgcls.engine.evaluate import finalize_run
-    from imgcls.engine.train import METRICS_COLUMNS, RunResult
-    from imgcls.run_folder import ModelMeta
 
-    tc, name = cfg.train, cfg.model.name
+    tc = cfg.train
     no_aug = AugmentConfig()
     zeros, ones = [0.0] * in_chans, [1.0] * in_chans
-    record = config_record(
-        dataclasses.replace(cfg, augment=no_aug),
-        run={
-            "classes": list(data.classes),
-            "task": data.task,
-            "num_classes": data.num_classes,
-            "image_size": image_size,
-            "in_chans": in_chans,
-            "mean": zeros,
-            "std": ones,
-            "resize": data.resize,
-            "precision": "fp32",
-            "world_size": 1,
-            "pipeline": model.config.to_dict(),
-        },
-    )
-    run.write_config(record)
+    _write_record(run, cfg, model, data, image_size, in_chans, no_aug)
     data.write_issues(run.issues)
-
-    def say(text: str) -> None:
-        print(f"imgcls: {text}", flush=True)
-
     n_val = data.val.num_samples if data.val is not None else 0
-    say(
-        f"{name} ({entry.paper}) on {cfg.data_spec}: {data.num_classes} classes ({data.task}), "
-        f"{data.train.num_samples} train / {n_val} val images at {image_size}px · one pass on the CPU "
-        "(optimiser, schedule and epoch settings do not apply)"
-    )
-    if cfg.augment is not None and cfg.augment != no_aug:
-        say("augmentation settings are ignored: the pipeline sees each training image once, as evaluation does")
-    if data.issues:
-        say(f"skipped {len(data.issues)} unreadable file(s), listed in {run.issues}")
+    _announce(run, cfg, entry, data, image_size, n_val, no_aug)
 
     # The training split in its evaluation view: same resize and centre crop as validation, predict and serve.
     train_view = BatchLoader(
@@ -196,28 +165,78 @@ def _fit_into(run, cfg, model, data, entry, image_size: int, in_chans: int, t_st
             yield to_uint8_images(x), np.asarray(y, dtype=np.int64)
 
     t_fit = time.perf_counter()
-    fitted = model.pipeline.fit(batches, train_view.num_samples, data.num_classes, seed=tc.seed, log=say)
+    fitted = model.pipeline.fit(batches, train_view.num_samples, data.num_classes, seed=tc.seed, log=_say)
     model.eval()
-    meta = ModelMeta(
-        name=name,
+    save_bundle(run, model, _meta(cfg, model, data, image_size, in_chans))
+    summary: dict = {}
+    if data.val is not None and n_val:
+        summary = finalize_run(run.root, model, data, precision="fp32", device="cpu", tta="none")
+    seconds = time.perf_counter() - t_fit
+    data.write_issues(run.issues)  # streaming may have found more while reading
+    return _finish(run, cfg, fitted, summary, seconds, t_start)
+
+
+def _say(text: str) -> None:
+    print(f"imgcls: {text}", flush=True)
+
+
+def _write_record(run, cfg, model, data, image_size: int, in_chans: int, no_aug) -> None:
+    """config.json as the engine writes it, with the pipeline's settings (no augmentation: it is never used)."""
+    from imgcls.engine.config import config_record
+
+    record = config_record(
+        dataclasses.replace(cfg, augment=no_aug),
+        run={
+            "classes": list(data.classes),
+            "task": data.task,
+            "num_classes": data.num_classes,
+            "image_size": image_size,
+            "in_chans": in_chans,
+            "mean": [0.0] * in_chans,
+            "std": [1.0] * in_chans,
+            "resize": data.resize,
+            "precision": "fp32",
+            "world_size": 1,
+            "pipeline": model.config.to_dict(),
+        },
+    )
+    run.write_config(record)
+
+
+def _announce(run, cfg, entry, data, image_size: int, n_val: int, no_aug) -> None:
+    _say(
+        f"{cfg.model.name} ({entry.paper}) on {cfg.data_spec}: {data.num_classes} classes ({data.task}), "
+        f"{data.train.num_samples} train / {n_val} val images at {image_size}px · one pass on the CPU "
+        "(optimiser, schedule and epoch settings do not apply)"
+    )
+    if cfg.augment is not None and cfg.augment != no_aug:
+        _say("augmentation settings are ignored: the pipeline sees each training image once, as evaluation does")
+    if data.issues:
+        _say(f"skipped {len(data.issues)} unreadable file(s), listed in {run.issues}")
+
+
+def _meta(cfg, model, data, image_size: int, in_chans: int):
+    from imgcls.run_folder import ModelMeta
+
+    return ModelMeta(
+        name=cfg.model.name,
         num_classes=data.num_classes,
         classes=list(data.classes),
         input_size=[in_chans, image_size, image_size],
-        mean=zeros,
-        std=ones,
+        mean=[0.0] * in_chans,
+        std=[1.0] * in_chans,
         task=data.task,
         resize=int(data.resize) if data.resize else image_size,
         in_chans=in_chans,
         model_kwargs=model.config.to_dict(),
         epoch=1,
     )
-    save_bundle(run, model, meta)
 
-    summary: dict = {}
-    if data.val is not None and n_val:
-        summary = finalize_run(run.root, model, data, precision="fp32", device="cpu", tta="none")
-    seconds = time.perf_counter() - t_fit
-    data.write_issues(run.issues)  # streaming may have found more while reading
+
+def _finish(run, cfg, fitted, summary: dict, seconds: float, t_start: float):
+    """metrics.csv (one row), the report, the closing line and the engine's RunResult."""
+    from imgcls.engine.train import METRICS_COLUMNS, RunResult
+
     row = {
         "epoch": 1,
         "train_loss": fitted.train_loss,
@@ -228,13 +247,13 @@ def _fit_into(run, cfg, model, data, entry, image_size: int, in_chans: int, t_st
     }
     run.write_metrics(METRICS_COLUMNS, [row])
     report_path = None
-    if tc.report:
+    if cfg.train.report:
         from imgcls.report import build_report
 
         report_path = build_report(run.root)
     top1, top5 = summary.get("top1"), summary.get("top5")
     elapsed = time.perf_counter() - t_start
-    say(
+    _say(
         f"done in {elapsed:.1f}s: top-1 {_pct(top1)}"
         + (f", top-5 {_pct(top5)}" if top5 is not None else "")
         + f" · weights {run.weights}"
