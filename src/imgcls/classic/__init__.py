@@ -11,7 +11,7 @@ Registered models (`imgcls.classic.models`; ``imgcls models`` lists them with th
 =================  ==========================================================================================
 
 They go through the same verbs and run folder as the CNNs: ``imgcls train --model hog_svm`` fits one
-(`imgcls.classic.train`), and ``eval``, ``predict`` and ``serve`` load it from ``model.safetensors`` (arrays
+(`imgcls.engine.classic_fit`), and ``eval``, ``predict`` and ``serve`` load it from ``model.safetensors`` (arrays
 only, SHA-256 checked) like any model (`imgcls.classic.module.ClassicModel`). Explain, test-time augmentation
 and export do not apply to them and say so.
 

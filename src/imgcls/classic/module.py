@@ -10,7 +10,7 @@ SVM's ranking.
 Its ``state_dict()`` is the pipeline's arrays as tensors and ``load_state_dict()`` rebuilds the estimators from
 them, so `imgcls.engine.bundle` saves it to ``model.safetensors`` and loads it back after the SHA-256 check like
 any network. It has no parameters, so nothing trains it by gradient: ``imgcls train`` fits it through
-`imgcls.classic.train`. Tracing or exporting it is refused (its work is not a torch graph).
+`imgcls.engine.classic_fit`. Tracing or exporting it is refused (its work is not a torch graph).
 """
 
 from __future__ import annotations

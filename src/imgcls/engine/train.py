@@ -1084,7 +1084,7 @@ def train(cfg: RunConfig) -> RunResult:
     from imgcls.classic import is_classic
 
     if is_classic(cfg.model.name):  # hand-made features + SVM: one fit, no training loop
-        from imgcls.classic.train import train_classic
+        from imgcls.engine.classic_fit import train_classic
 
         return train_classic(cfg)
     device = resolve_device(cfg.train.device)
