@@ -150,7 +150,6 @@ def test_flip_tta_multilabel_averages_sigmoids():
 
 
 def test_ten_crop_tta_averages_the_ten_hand_cut_crops():
-    pytest.importorskip("imgcls.data.views")
     torch.manual_seed(3)
     model = MirrorSymmetricNet(num_classes=5).eval()
     x = _images(4, size=10)
