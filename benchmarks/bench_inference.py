@@ -182,6 +182,8 @@ def run() -> str:
     load_start = _load()
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
         tmp = Path(tmp)
+        # A fresh engine cache: the Predictor measures its engines here instead of reusing a remembered choice.
+        os.environ["IMGCLS_INFERENCE_CACHE"] = str(tmp / "engine-cache")
         paths = _photos(tmp / "photos", IMAGES)
         model = create_model("resnet50", num_classes=1000).eval()
         meta = ModelMeta(
@@ -242,7 +244,8 @@ def run() -> str:
         "",
         f"ResNet-50 at 224 (seeded random weights, 1000 classes), {IMAGES} photo-like JPEGs of 320-640 px, "
         f"{torch.get_num_threads()} threads. Default torch precision here: `{resolve_precision('auto')}`; "
-        f"building the `Predictor` (loading, and tracing + freezing the bf16 graph) took {build_s:.1f} s.",
+        f"building the `Predictor` (loading, and measuring its engines) took {build_s:.1f} s; it chose "
+        f"{ours.selection.describe() if ours.selection is not None else 'its fixed runner'}.",
         f"Command: `.venv/bin/python -m benchmarks.run inference` (`IMGCLS_BENCH_IMAGES={IMAGES}`). "
         f"Load average at the start: {load_start}, at the end: {_load()}. Medians of {ROUNDS} alternating passes.",
         "",
