@@ -146,7 +146,8 @@ def _rows(f: dict) -> list[tuple[str, str]]:
 
 
 def _data_rows(f: dict) -> list[tuple[str, str]]:
-    """Issue 19's data-layer classes (tests/faults/test_data_faults.py)."""
+    """Issue 19's classes (tests/faults/test_data_faults.py, test_serve_linger.py, test_run_guards.py,
+    test_run_outputs.py)."""
     rows = []
     k = f.get("cache_build_kill")
     rows.append(
@@ -168,6 +169,35 @@ def _data_rows(f: dict) -> list[tuple[str, str]]:
             else _missing("thin_image"),
         )
     )
+    served = f.get("serve_413_under_load_declared")
+    rows.append(
+        (
+            "19.2 serve: 200 concurrent 1 MiB uploads over a 256 KiB cap (client still sending)",
+            f"answers: **{served['answers'].get('413', 0)} × 413** of {served['connections']} (no TCP reset)"
+            if served
+            else _missing("serve_413_under_load_declared"),
+        )
+    )
+    g = f.get("run_guards_settings")
+    rows.append(
+        (
+            "19.3 `--lr nan`, `--lr inf`, a negative `clip_grad_norm`, `--image-size 0`, a NaN weight decay",
+            f"refused with one line before any file: **{g['refused']}/{g['cases']}**, run folders left: "
+            f"{g['folders_left']}"
+            if g
+            else _missing("run_guards_settings"),
+        )
+    )
+    lock = f.get("run_guards_folders")
+    rows.append(
+        (
+            "19.5 a second `train --overwrite` on a folder another train is writing; `--out` on a folder of the user's",
+            f"`{lock['second_message']}`; the first run's record whole; the user's files kept "
+            f"({lock['foreign_files_kept']}/2): `{lock['foreign_message'][:90]}…`"
+            if lock
+            else _missing("run_guards_folders"),
+        )
+    )
     leak = f.get("data_leakage")
     rows.append(
         (
@@ -187,6 +217,15 @@ def _data_rows(f: dict) -> list[tuple[str, str]]:
             else _missing("cache_folder_refused"),
         )
     )
+    full = f.get("report_disk_full")
+    rows.append(
+        (
+            "19.6 the report written on a full disk (3 MiB tmpfs)",
+            f"`{full['message'][:100]}…`, earlier files intact, no temporary left"
+            if full
+            else _missing("report_disk_full"),
+        )
+    )
     s = f.get("streaming_breaks")
     rows.append(
         (
@@ -197,7 +236,7 @@ def _data_rows(f: dict) -> list[tuple[str, str]]:
             else _missing("streaming_breaks"),
         )
     )
-    return rows
+    return sorted(rows, key=lambda row: row[0].split()[0])  # by class number; a class's rows keep their order
 
 
 def run() -> str:
