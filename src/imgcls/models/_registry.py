@@ -31,6 +31,10 @@ class ModelEntry:
     # published file (224 of 232 for torchvision's newer recipes), else 0.875 (224 of 256), and 1.0 (no crop) at
     # 32×32 or smaller, where the images are the input size already.
     crop_pct: float = DEFAULT_CROP_PCT
+    # The layer Grad-CAM explains (`imgcls.models.saliency`): the last convolutional stage, as a dotted module
+    # path from the model ("layer4", "features.relu5"; a negative number counts from the end of a Sequential).
+    # None: explanation maps do not apply (the test over every registered model fails for a CNN without one).
+    cam_layer: str | None = None
 
     @property
     def default_num_classes(self) -> int:

@@ -170,7 +170,11 @@ class AirBench(Classifier):
 
 
 @register_model(
-    input_size=(3, 32, 32), paper="Jordan 2024 (arXiv:2404.00498), airbench94", mean=CIFAR10_MEAN, std=CIFAR10_STD
+    input_size=(3, 32, 32),
+    paper="Jordan 2024 (arXiv:2404.00498), airbench94",
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    cam_layer="blocks",
 )
 def airbench94(**kw) -> AirBench:
     return AirBench(**kw)

@@ -113,11 +113,15 @@ def _alexnet(variant: str, **kw) -> AlexNet:
     return AlexNet(SPECS[variant], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper="Krizhevsky et al. 2012 (NeurIPS), Section 3, Figure 2")
+@register_model(
+    input_size=(3, 224, 224), paper="Krizhevsky et al. 2012 (NeurIPS), Section 3, Figure 2", cam_layer="features.relu5"
+)
 def alexnet(**kw) -> AlexNet:
     return _alexnet("alexnet", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper="Zeiler & Fergus 2013 (arXiv:1311.2901), Figure 3")
+@register_model(
+    input_size=(3, 224, 224), paper="Zeiler & Fergus 2013 (arXiv:1311.2901), Figure 3", cam_layer="features.relu5"
+)
 def zfnet(**kw) -> AlexNet:
     return _alexnet("zfnet", **kw)

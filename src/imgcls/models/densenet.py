@@ -227,21 +227,23 @@ def _densenet(name: str, **kw) -> DenseNet:
 _HUANG = "Huang et al. 2016 (arXiv:1608.06993), Table 1"
 
 
-@register_model(input_size=(3, 224, 224), paper=_HUANG)
+@register_model(input_size=(3, 224, 224), paper=_HUANG, cam_layer="features")
 def densenet121(**kw) -> DenseNet:
     return _densenet("densenet121", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HUANG)
+@register_model(input_size=(3, 224, 224), paper=_HUANG, cam_layer="features")
 def densenet169(**kw) -> DenseNet:
     return _densenet("densenet169", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HUANG)
+@register_model(input_size=(3, 224, 224), paper=_HUANG, cam_layer="features")
 def densenet201(**kw) -> DenseNet:
     return _densenet("densenet201", **kw)
 
 
-@register_model(input_size=(3, 32, 32), paper=f"{_HUANG}; CIFAR stem", mean=CIFAR10_MEAN, std=CIFAR10_STD)
+@register_model(
+    input_size=(3, 32, 32), paper=f"{_HUANG}; CIFAR stem", mean=CIFAR10_MEAN, std=CIFAR10_STD, cam_layer="features"
+)
 def densenet121_cifar(**kw) -> DenseNet:
     return _densenet("densenet121_cifar", **kw)

@@ -255,11 +255,19 @@ _CHEN = "Chen et al. 2017 (arXiv:1707.01629), Table 1"
 
 
 # The MXNet weights expect mean (124, 117, 104) / 255 and std 1 / (0.0167 · 255) (timm: IMAGENET_DPN_MEAN/STD).
-@register_model(input_size=(3, 224, 224), paper=_CHEN, mean=(0.4863, 0.4588, 0.4078), std=(0.2348, 0.2348, 0.2348))
+@register_model(
+    input_size=(3, 224, 224),
+    paper=_CHEN,
+    mean=(0.4863, 0.4588, 0.4078),
+    std=(0.2348, 0.2348, 0.2348),
+    cam_layer="features",
+)
 def dpn92(**kw) -> DPN:
     return _dpn("dpn92", **kw)
 
 
-@register_model(input_size=(3, 32, 32), paper=f"{_CHEN}; CIFAR port", mean=CIFAR10_MEAN, std=CIFAR10_STD)
+@register_model(
+    input_size=(3, 32, 32), paper=f"{_CHEN}; CIFAR port", mean=CIFAR10_MEAN, std=CIFAR10_STD, cam_layer="features"
+)
 def dpn92_cifar(**kw) -> DPN:
     return _dpn("dpn92_cifar", **kw)

@@ -179,6 +179,8 @@ class GoogLeNet(Classifier):
             init_weights(aux.fc2)
 
 
-@register_model(input_size=(3, 224, 224), paper="Szegedy et al. 2014 (arXiv:1409.4842), Table 1")
+@register_model(
+    input_size=(3, 224, 224), paper="Szegedy et al. 2014 (arXiv:1409.4842), Table 1", cam_layer="inception5b"
+)
 def googlenet(**kw) -> GoogLeNet:
     return GoogLeNet(**kw)

@@ -132,6 +132,8 @@ class BNInception(Classifier):
         init_weights(self.fc)
 
 
-@register_model(input_size=(3, 224, 224), paper="Ioffe & Szegedy 2015 (arXiv:1502.03167), Figure 5")
+@register_model(
+    input_size=(3, 224, 224), paper="Ioffe & Szegedy 2015 (arXiv:1502.03167), Figure 5", cam_layer="inception5b"
+)
 def inception_v2(**kw) -> BNInception:
     return BNInception(**kw)

@@ -283,6 +283,7 @@ class InceptionV3(Classifier):
     paper="Szegedy et al. 2015 (arXiv:1512.00567), Table 1",
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
+    cam_layer="Mixed_7c",
 )
 def inception_v3(**kw) -> InceptionV3:
     return InceptionV3(**kw)

@@ -432,11 +432,11 @@ _PAPER = "Szegedy et al. 2016 (arXiv:1602.07261)"
 _INCEPTION = {"input_size": (3, 299, 299), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
-@register_model(paper=f"{_PAPER}, Fig. 9", **_INCEPTION)
+@register_model(paper=f"{_PAPER}, Fig. 9", **_INCEPTION, cam_layer="features")
 def inception_v4(**kw) -> InceptionV4:
     return InceptionV4(**kw)
 
 
-@register_model(paper=f"{_PAPER}, Fig. 15", **_INCEPTION)
+@register_model(paper=f"{_PAPER}, Fig. 15", **_INCEPTION, cam_layer="conv2d_7b")
 def inception_resnet_v2(**kw) -> InceptionResNetV2:
     return InceptionResNetV2(**kw)

@@ -87,7 +87,11 @@ class LeNet5(Classifier):
 
 
 @register_model(
-    input_size=(1, 32, 32), paper="LeCun et al. 1998 (Proc. IEEE), Figure 2", mean=MNIST_MEAN, std=MNIST_STD
+    input_size=(1, 32, 32),
+    paper="LeCun et al. 1998 (Proc. IEEE), Figure 2",
+    mean=MNIST_MEAN,
+    std=MNIST_STD,
+    cam_layer="s4",
 )
 def lenet5(num_classes: int = 10, in_chans: int = 1, **kw) -> LeNet5:
     return LeNet5(num_classes=num_classes, in_chans=in_chans, **kw)

@@ -139,7 +139,9 @@ def _nin(variant: str, **kw) -> NiN:
     return NiN(SPECS[variant], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper="Lin et al. 2013 (arXiv:1312.4400), ImageNet model, 4 mlpconv")
+@register_model(
+    input_size=(3, 224, 224), paper="Lin et al. 2013 (arXiv:1312.4400), ImageNet model, 4 mlpconv", cam_layer="features"
+)
 def nin(**kw) -> NiN:
     return _nin("nin", **kw)
 
@@ -149,6 +151,7 @@ def nin(**kw) -> NiN:
     paper="Lin et al. 2013 (arXiv:1312.4400), Section 4.2, CIFAR-10 model",
     mean=CIFAR10_MEAN,
     std=CIFAR10_STD,
+    cam_layer="features",
 )
 def nin_cifar(**kw) -> NiN:
     return _nin("nin_cifar", **kw)

@@ -419,96 +419,96 @@ def resnet10t(**kw) -> ResNet:
     return _resnet("resnet10t", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2015)
+@register_model(input_size=(3, 224, 224), paper=_HE2015, cam_layer="layer4")
 def resnet18(**kw) -> ResNet:
     return _resnet("resnet18", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2015)
+@register_model(input_size=(3, 224, 224), paper=_HE2015, cam_layer="layer4")
 def resnet34(**kw) -> ResNet:
     return _resnet("resnet34", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2015)
+@register_model(input_size=(3, 224, 224), paper=_HE2015, cam_layer="layer4")
 def resnet50(**kw) -> ResNet:
     return _resnet("resnet50", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2015)
+@register_model(input_size=(3, 224, 224), paper=_HE2015, cam_layer="layer4")
 def resnet101(**kw) -> ResNet:
     return _resnet("resnet101", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2015)
+@register_model(input_size=(3, 224, 224), paper=_HE2015, cam_layer="layer4")
 def resnet152(**kw) -> ResNet:
     return _resnet("resnet152", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2016)
+@register_model(input_size=(3, 224, 224), paper=_HE2016, cam_layer="norm")
 def preact_resnet18(**kw) -> ResNet:
     return _resnet("preact_resnet18", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2016)
+@register_model(input_size=(3, 224, 224), paper=_HE2016, cam_layer="norm")
 def preact_resnet34(**kw) -> ResNet:
     return _resnet("preact_resnet34", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2016)
+@register_model(input_size=(3, 224, 224), paper=_HE2016, cam_layer="norm")
 def preact_resnet50(**kw) -> ResNet:
     return _resnet("preact_resnet50", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2016)
+@register_model(input_size=(3, 224, 224), paper=_HE2016, cam_layer="norm")
 def preact_resnet101(**kw) -> ResNet:
     return _resnet("preact_resnet101", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_HE2016)
+@register_model(input_size=(3, 224, 224), paper=_HE2016, cam_layer="norm")
 def preact_resnet152(**kw) -> ResNet:
     return _resnet("preact_resnet152", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_XIE2016)
+@register_model(input_size=(3, 224, 224), paper=_XIE2016, cam_layer="layer4")
 def resnext50_32x4d(**kw) -> ResNet:
     return _resnet("resnext50_32x4d", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_XIE2016)
+@register_model(input_size=(3, 224, 224), paper=_XIE2016, cam_layer="layer4")
 def resnext101_32x4d(**kw) -> ResNet:
     return _resnet("resnext101_32x4d", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_XIE2016)
+@register_model(input_size=(3, 224, 224), paper=_XIE2016, cam_layer="layer4")
 def resnext101_32x8d(**kw) -> ResNet:
     return _resnet("resnext101_32x8d", **kw)
 
 
-@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR)
+@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR, cam_layer="layer4")
 def resnet18_cifar(**kw) -> ResNet:
     return _resnet("resnet18_cifar", **kw)
 
 
-@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR)
+@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR, cam_layer="layer4")
 def resnet50_cifar(**kw) -> ResNet:
     return _resnet("resnet50_cifar", **kw)
 
 
-@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR)
+@register_model(paper=f"{_HE2015}; CIFAR stem", **_CIFAR, cam_layer="layer4")
 def resnet101_cifar(**kw) -> ResNet:
     return _resnet("resnet101_cifar", **kw)
 
 
-@register_model(paper=f"{_HE2016}; CIFAR stem", **_CIFAR)
+@register_model(paper=f"{_HE2016}; CIFAR stem", **_CIFAR, cam_layer="norm")
 def preact_resnet18_cifar(**kw) -> ResNet:
     return _resnet("preact_resnet18_cifar", **kw)
 
 
-@register_model(paper="Xie et al. 2016 (arXiv:1611.05431), Section 5.2 (ResNeXt-29)", **_CIFAR)
+@register_model(paper="Xie et al. 2016 (arXiv:1611.05431), Section 5.2 (ResNeXt-29)", **_CIFAR, cam_layer="layer3")
 def resnext29_32x4d_cifar(**kw) -> ResNet:
     return _resnet("resnext29_32x4d_cifar", **kw)
 
 
-@register_model(paper="Xie et al. 2016 (arXiv:1611.05431), Section 5.2 (ResNeXt-29)", **_CIFAR)
+@register_model(paper="Xie et al. 2016 (arXiv:1611.05431), Section 5.2 (ResNeXt-29)", **_CIFAR, cam_layer="layer3")
 def resnext29_2x64d_cifar(**kw) -> ResNet:
     return _resnet("resnext29_2x64d_cifar", **kw)

@@ -130,57 +130,57 @@ _PAPER = "Simonyan & Zisserman 2014 (arXiv:1409.1556), Table 1 col. "
 _BN = "; batch norm after each conv (Ioffe & Szegedy 2015, arXiv:1502.03167)"
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "A")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "A", cam_layer="features.-2")
 def vgg11(**kw) -> VGG:
     return _vgg("A", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "A-LRN")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "A-LRN", cam_layer="features.-2")
 def vgg11_lrn(**kw) -> VGG:
     return _vgg("A-LRN", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "B")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "B", cam_layer="features.-2")
 def vgg13(**kw) -> VGG:
     return _vgg("B", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "C")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "C", cam_layer="features.-2")
 def vgg16_conv1(**kw) -> VGG:
     return _vgg("C", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "D")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "D", cam_layer="features.-2")
 def vgg16(**kw) -> VGG:
     return _vgg("D", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "E")
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "E", cam_layer="features.-2")
 def vgg19(**kw) -> VGG:
     return _vgg("E", **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "A" + _BN)
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "A" + _BN, cam_layer="features.-2")
 def vgg11_bn(**kw) -> VGG:
     return _vgg("A", batch_norm=True, **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "B" + _BN)
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "B" + _BN, cam_layer="features.-2")
 def vgg13_bn(**kw) -> VGG:
     return _vgg("B", batch_norm=True, **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "C" + _BN)
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "C" + _BN, cam_layer="features.-2")
 def vgg16_conv1_bn(**kw) -> VGG:
     return _vgg("C", batch_norm=True, **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "D" + _BN)
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "D" + _BN, cam_layer="features.-2")
 def vgg16_bn(**kw) -> VGG:
     return _vgg("D", batch_norm=True, **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=_PAPER + "E" + _BN)
+@register_model(input_size=(3, 224, 224), paper=_PAPER + "E" + _BN, cam_layer="features.-2")
 def vgg19_bn(**kw) -> VGG:
     return _vgg("E", batch_norm=True, **kw)
 
@@ -190,6 +190,7 @@ def vgg19_bn(**kw) -> VGG:
     paper=_PAPER + "D at 32×32 with batch norm and one linear layer (kuangliu/pytorch-cifar VGG('VGG16'))",
     mean=CIFAR10_MEAN,
     std=CIFAR10_STD,
+    cam_layer="features.-2",
 )
 def vgg16_cifar(**kw) -> VGGCifar:
     return VGGCifar(CFGS["D"], **kw)
