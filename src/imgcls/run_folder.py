@@ -69,6 +69,8 @@ class ModelMeta:
         thresholds: multi-label only — the probability at or above which each class is predicted (one per class,
             tuned on validation, or 0.5 each); ``None`` elsewhere.
         epoch: the epoch whose weights these are (``None`` when not recorded).
+        temperature: multi-class and binary — the scalar the logits are divided by before the softmax
+            (temperature scaling fitted on validation, ``imgcls.engine.calibration``); ``None``: not fitted (1).
         sha256: hex SHA-256 of ``model.safetensors``.
         format_version: of this record.
     """
@@ -85,6 +87,7 @@ class ModelMeta:
     model_kwargs: dict = field(default_factory=dict)
     thresholds: list[float] | None = None
     epoch: int | None = None
+    temperature: float | None = None
     sha256: str = ""
     format_version: int = MODEL_META_VERSION
 
@@ -154,6 +157,11 @@ class ModelMeta:
                 raise bad("thresholds", f"must be {self.num_classes} probabilities in [0, 1], got {self.thresholds!r}")
         if self.epoch is not None and (not _is_int(self.epoch) or self.epoch < 0):
             raise bad("epoch", f"must be a non-negative integer, got {self.epoch!r}")
+        if self.temperature is not None:
+            ok = _is_number(self.temperature) and math.isfinite(self.temperature) and self.temperature > 0
+            if not ok or self.task == "multilabel":
+                why = "is not used by multi-label models" if ok else "must be a positive number"
+                raise bad("temperature", f"{why}, got {self.temperature!r}")
         if not isinstance(self.sha256, str) or (self.sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.sha256)):
             raise bad("sha256", "must be 64 lower-case hex digits")
 

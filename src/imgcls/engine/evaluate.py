@@ -351,6 +351,35 @@ def _write_predictions(path: Path, probs: Tensor, targets: Tensor, task: str) ->
     atomic_write_text(path, buf.getvalue())
 
 
+def _gather_images(loader, wanted: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 ``(len(wanted), H, W, C)``: the images at the sorted positions ``wanted`` of one more pass over the
+    loader (decoding only, no model), for the report's error gallery and confused pairs."""
+    want = {int(i) for i in wanted}
+    found: dict[int, np.ndarray] = {}
+    offset = 0
+    for x, _ in _batches(loader):
+        local = [i - offset for i in range(offset, offset + x.shape[0]) if i in want]
+        if local:
+            found.update(zip((i + offset for i in local), _to_uint8_hwc(x[local], mean, std)))
+        offset += x.shape[0]
+        if len(found) == len(want):
+            break
+    return np.stack([found[int(i)] for i in wanted])
+
+
+def _gallery(data, probs: Tensor, targets: Tensor) -> dict[str, np.ndarray]:
+    """The arrays of ``imgcls.report.anatomy.select_gallery`` and the images they point to."""
+    from imgcls.report.anatomy import select_gallery
+
+    chosen = select_gallery(probs.numpy(), M.class_targets(targets).numpy())
+    wanted = np.unique(np.concatenate([chosen["errors_index"], chosen["pair_index"].ravel()]))
+    wanted = wanted[wanted >= 0]
+    if len(wanted):
+        chosen["gallery_index"] = wanted
+        chosen["gallery_images"] = _gather_images(data.val, wanted, data.mean, data.std)
+    return chosen
+
+
 def finalize_run(
     run_dir: str | os.PathLike,
     model: nn.Module,
@@ -362,6 +391,7 @@ def finalize_run(
     loss_fn: LossFn | None = None,
     tta: str = "none",
     tune_thresholds: bool = True,
+    calibrate: bool = True,
 ) -> dict:
     """Evaluate the final model on the validation split (and a separate test split, when the data has one) and
     write what the report reads.
@@ -374,12 +404,18 @@ def finalize_run(
       everything already chosen on validation. Multi-label: ``"tuned_thresholds"``, the per-class thresholds
       that maximise each class's F1 on validation (:func:`imgcls.engine.metrics.tune_thresholds`), also stored
       in ``model.json`` (``thresholds``) for predict and serve; validation F1 is reported at 0.5 (at the tuned
-      thresholds it would be optimistic), test F1 at the tuned thresholds.
+      thresholds it would be optimistic), test F1 at the tuned thresholds. Multi-class and binary:
+      ``"calibration"``, the expected calibration error and reliability bins before and after temperature scaling
+      (:mod:`imgcls.engine.calibration`), with the temperature fitted on the validation logits of single views
+      (as predict computes them) and stored in ``model.json`` (``temperature``) for predict, serve and export;
+      ``"ece"`` is the ECE after it — optimistic, as it was fitted on these images; ``"test"`` has its own.
     - ``predictions.csv``: ``index, target, pred_1..pred_5, prob_1..prob_5`` — one row per validation image in
       loader order (rank order when distributed); a multi-label target is its positive indices joined by ``;``.
     - ``samples.npz``: ``images`` uint8 ``(S, H, W, C)`` (normalisation undone with ``data.mean``/``data.std``),
       ``index``, ``targets``, ``topk_indices``, ``topk_probs``, ``classes``, ``task`` — a few validation images
-      for the report's grid.
+      for the report's grid; for its error gallery and most confused pairs (multi-class and binary, one
+      process), the arrays of ``imgcls.report.anatomy.select_gallery`` with ``gallery_index`` and
+      ``gallery_images`` (the images they point to, from one more pass over the loader, without the model).
 
     Args:
         run_dir: the run folder.
@@ -393,6 +429,7 @@ def finalize_run(
         tta: test-time augmentation, ``"none"``, ``"flip"`` or ``"flip-translate"`` (the recipe's
             ``train.final_tta``).
         tune_thresholds: multi-label only — tune per-class thresholds on validation (else 0.5 stays).
+        calibrate: multi-class and binary — fit the temperature on validation (else ``model.json`` has none).
 
     Returns:
         The contents of ``eval.json`` as a dict.
@@ -418,6 +455,19 @@ def finalize_run(
     if data.task == "multilabel" and tune_thresholds:
         thresholds = M.tune_thresholds(result.logits, result.targets)
         payload["tuned_thresholds"] = thresholds
+    passes = dict(task=data.task, loss_fn=loss_fn, precision=precision, device=device, distributed=distributed)
+
+    def single_view(loader, done: EvalResult) -> EvalResult:  # the logits predict computes
+        return done if tta == "none" else _evaluate(model, loader, tta="none", crop_size=None, threshold=0.5, **passes)
+
+    temperature = None
+    if data.task != "multilabel" and calibrate:
+        from imgcls.engine.calibration import calibration_report, fit_temperature
+
+        plain = single_view(data.val, result)
+        temperature = fit_temperature(plain.logits, plain.targets)
+        payload["calibration"] = calibration_report(plain.logits, plain.targets, temperature)
+        payload["ece"] = payload["calibration"]["ece_calibrated"]
     test = getattr(data, "test", None)
     if test is not None and (getattr(test, "num_samples", None) or len(test)):
         # Evaluated once, here, with the weights and thresholds already fixed: the unbiased figure.
@@ -434,12 +484,17 @@ def finalize_run(
             threshold=thresholds if thresholds is not None else 0.5,
         )
         payload["test"] = measured.metrics
+        if temperature is not None:
+            plain = single_view(test, measured)
+            payload["test"]["calibration"] = calibration_report(plain.logits, plain.targets, temperature)
+            payload["test"]["ece"] = payload["test"]["calibration"]["ece_calibrated"]
     if D.rank() != 0:
         return payload
     run.write_eval(payload)
     meta = run.read_meta_or_none()
-    if thresholds is not None and meta is not None:
-        meta.thresholds = thresholds  # the weights are unchanged, so their SHA-256 in the record still holds
+    if (thresholds is not None or temperature is not None) and meta is not None:
+        # The weights are unchanged, so their SHA-256 in the record still holds.
+        meta.thresholds, meta.temperature = thresholds, temperature
         run.write_meta(meta)
     probs = M.probabilities(result.logits, data.task)
     _write_predictions(run.predictions, probs, result.targets, data.task)
@@ -456,6 +511,7 @@ def finalize_run(
         topk_probs=top_prob.numpy().astype(np.float32),
         classes=np.asarray(list(data.classes), dtype=str),
         task=np.asarray(data.task),
+        **(_gallery(data, probs, result.targets) if data.task != "multilabel" and not distributed else {}),
     )
     return payload
 
@@ -494,7 +550,11 @@ def evaluate(
 
     Returns:
         ``{"top1", "top5", "loss", ...}`` in percent, with per-class metrics, the confusion matrix and
-        ``run``, ``data``, ``split`` (``val``, ``test`` or ``all``), ``task``, ``classes``, ``tta``.
+        ``run``, ``data``, ``split`` (``val``, ``test`` or ``all``), ``task``, ``classes``, ``tta``. Multi-class
+        and binary add ``"calibration"`` (:func:`imgcls.engine.calibration.calibration_report`: ECE and
+        reliability bins, before and after the run's temperature) and ``"ece"``, the ECE of the probabilities
+        predict answers (after the temperature). With test-time augmentation the temperature (fitted on single
+        views) is not applied.
     """
     from imgcls.data import DataConfig, build_eval_data
     from imgcls.data.augment import AugmentConfig
@@ -550,6 +610,13 @@ def evaluate(
     result = evaluate_model(
         model, built.loader, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
     )
+    calibration = {}
+    if meta.task != "multilabel":
+        from imgcls.engine.calibration import calibration_report
+
+        temperature = meta.temperature if tta == "none" else None
+        report = calibration_report(result.logits, result.targets, temperature)
+        calibration = {"calibration": report, "ece": report.get("ece_calibrated", report["ece"])}
     return {
         "run": str(run.root),
         "data": str(spec),
@@ -557,6 +624,7 @@ def evaluate(
         "task": meta.task,
         "classes": list(meta.classes),
         **result.metrics,
+        **calibration,
     }
 
 

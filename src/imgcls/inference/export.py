@@ -7,6 +7,10 @@ the file into place. A file whose largest difference exceeds the tolerance is no
 ONNX files carry a dynamic batch axis and, in their metadata (JSON values), what it takes to use them: ``name``,
 ``classes``, ``num_classes``, ``input_size``, ``resize``, ``mean``, ``std``, ``task`` and the ``sha256`` of the
 weights they were exported from. TorchScript files carry the same as ``model.json`` among their extra files.
+
+A run calibrated by temperature scaling (``model.json``'s ``temperature``, `imgcls.engine.calibration`) is exported
+with the division inside the graph: both files answer the logits whose softmax ``predict`` reports, and their
+metadata's ``temperature`` says by what they were divided.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def export_onnx(
 
     out = _writable(out)
     tolerance = check_tolerance(tolerance)
-    model = _fp32_eval(model)
+    model = _fp32_eval(model, meta)
     tmp = temp_path(out)
     example = _inputs(meta, 2)[0]
     with warnings.catch_warnings():
@@ -134,7 +138,7 @@ def export_torchscript(
     """
     out = _writable(out)
     tolerance = check_tolerance(tolerance)
-    model = _fp32_eval(model)
+    model = _fp32_eval(model, meta)
     tmp = temp_path(out)
     example = _inputs(meta, 2)[0]
     with warnings.catch_warnings(), torch.no_grad():
@@ -194,8 +198,21 @@ def _inputs(meta: ModelMeta, *batch_sizes: int) -> list[torch.Tensor]:
     return [torch.randn(n, *meta.input_size, generator=g) for n in batch_sizes]
 
 
-def _fp32_eval(model: nn.Module) -> nn.Module:
-    return model.float().to(memory_format=torch.contiguous_format).eval()
+class TemperatureScaled(nn.Module):
+    """``model(x) / temperature``: the calibrated logits, as one graph to export."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def _fp32_eval(model: nn.Module, meta: ModelMeta) -> nn.Module:
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    return TemperatureScaled(model, meta.temperature).eval() if meta.temperature not in (None, 1.0) else model
 
 
 def _metadata(meta: ModelMeta) -> dict:
@@ -228,6 +245,7 @@ __all__ = [
     "FORMATS",
     "ExportMismatch",
     "ExportReport",
+    "TemperatureScaled",
     "export_onnx",
     "export_run",
     "export_torchscript",

@@ -231,6 +231,11 @@ class Predictor:
         sha256: SHA-256 of the weights the runner holds, when known.
         thresholds: multi-label only — per-class probability thresholds of the label set (the run's, tuned on
             validation; default 0.5 each).
+        temperature: multi-class and binary — the runner's logits are divided by it before the softmax
+            (temperature scaling, ``model.json``'s ``temperature``, `imgcls.engine.calibration`); ``None``: as
+            they are. An exported ONNX file divides inside its graph, so its predictor has none here.
+        model: the PyTorch network in float32 (its gradients are what ``explain`` needs), when loaded from a run
+            or weights with the torch backend; the engines run their own copies of it.
     """
 
     def __init__(
@@ -244,6 +249,8 @@ class Predictor:
         num_workers: int | None = None,
         sha256: str = "",
         thresholds: Sequence[float] | None = None,
+        temperature: float | None = None,
+        model: torch.nn.Module | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -260,6 +267,8 @@ class Predictor:
             self.thresholds = [float(t) for t in thresholds] if thresholds is not None else [0.5] * len(self.classes)
             if len(self.thresholds) != len(self.classes):
                 raise UserError(f"{len(self.thresholds)} thresholds for {len(self.classes)} classes")
+        self.temperature = None if temperature in (None, 1.0) else float(temperature)
+        self.model = model
         self.selection = None  # how the engine was chosen (imgcls.inference.engines.Selection), when measured
 
     # ------------------------------------------------------------------ construction
@@ -310,7 +319,9 @@ class Predictor:
         )
         if backend == "onnx":
             onnx_file = run.onnx
-            if onnx_file.is_file() and read_onnx_metadata(onnx_file).get("sha256") == meta.sha256:
+            recorded = read_onnx_metadata(onnx_file) if onnx_file.is_file() else {}
+            # The same weights, calibrated the same way (the graph divides by the temperature it was exported with).
+            if recorded and (recorded.get("sha256"), recorded.get("temperature")) == (meta.sha256, meta.temperature):
                 return cls.from_onnx(onnx_file, batch_size=batch_size, num_workers=num_workers)
             import tempfile
 
@@ -324,12 +335,14 @@ class Predictor:
                 runner = OnnxRunner(exported, preprocess)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         model, meta = load_bundle(run)
+        common["temperature"] = meta.temperature  # the runners answer raw logits; the Predictor divides them
         if is_classic(meta.name):  # nothing to trace or quantize: the pipeline runs as it is
             runner = TorchRunner(model, preprocess, precision)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
         selection = _select_engine(
             model, preprocess, meta.sha256, run, meta, precision, engine, batch_size, max_int8_drop
         )
+        common["model"] = model.float().eval()
         predictor = cls(selection.engine, preprocess, meta.classes, sha256=meta.sha256, **common)
         predictor.selection = selection
         return predictor
@@ -399,7 +412,15 @@ class Predictor:
         )
         labels = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         selection = _select_engine(model, preprocess, sha256_file(file), None, None, precision, engine, batch_size)
-        predictor = cls(selection.engine, preprocess, labels, name=name, batch_size=batch_size, num_workers=num_workers)
+        predictor = cls(
+            selection.engine,
+            preprocess,
+            labels,
+            name=name,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            model=model.float().eval(),
+        )
         predictor.selection = selection
         return predictor
 
@@ -471,8 +492,10 @@ class Predictor:
         return load_for_eval(item, size=h, resize=self.preprocess.resize, in_chans=c, **limits)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, C, H, W)`` -> class probabilities ``(N, num_classes)``."""
-        return probabilities(self.runner(batch), self.task)
+        """uint8 ``(N, C, H, W)`` -> class probabilities ``(N, num_classes)`` (of the logits divided by the
+        temperature, when there is one)."""
+        logits = self.runner(batch)
+        return probabilities(logits if self.temperature is None else logits / self.temperature, self.task)
 
     def top(self, probs: torch.Tensor, topk: int = 5) -> tuple[Prediction, ...]:
         """The ``topk`` most probable classes of one image's probability vector, most probable first."""
@@ -496,6 +519,13 @@ class Predictor:
         if not bool(torch.isfinite(probs).all()):
             return Result(label, error="the model's output is not a finite number (NaN or infinity)")
         return Result(label, self.top(probs, topk), labels=self.label_set(probs))
+
+    def explain(self, inputs: Iterable[PathOrImage], **options) -> list:
+        """Each input's prediction with its Grad-CAM, occlusion and activation maps
+        (`imgcls.inference.explain.explain`; ``options`` are the fields of its ``ExplainOptions``)."""
+        from imgcls.inference.explain import ExplainOptions, explain
+
+        return list(explain(self, inputs, ExplainOptions(**options)))
 
     def predict(self, inputs: Iterable[PathOrImage], topk: int = 5) -> list[Result]:
         """Top-k answers for image files, encoded bytes or PIL images, one :class:`Result` per input, in order.
@@ -567,6 +597,11 @@ def _select_engine(model, preprocess, key, run, meta, precision, engine, batch_s
     from imgcls.inference import engines
     from imgcls.inference.int8 import DEFAULT_MAX_DROP
 
+    if meta is not None and meta.temperature is not None:
+        # The engines answer the network's own logits (their ONNX exports too); the Predictor divides them.
+        from dataclasses import replace
+
+        meta = replace(meta, temperature=None)
     source = engines.EngineSource(
         model,
         preprocess.input_size,

@@ -5,8 +5,12 @@
 
 - ``metrics.csv`` — one row per epoch: loss, accuracy and learning-rate curves;
 - ``eval.json`` — the final evaluation of the shipped weights (``imgcls.engine.evaluate.finalize_run``): the
-  confusion matrix and per-class scores, and the separate test split when the data has one;
-- ``samples.npz`` — a few validation images with their top predictions, for the image grid;
+  confusion matrix and per-class scores, calibration (ECE and reliability bins before and after temperature
+  scaling; `imgcls.report.calibration`), and the separate test split when the data has one;
+- ``samples.npz`` — a few validation images with their top predictions, for the image grid, and the images of
+  the error gallery and of the most confused pairs (`imgcls.report.anatomy`);
+- ``model.safetensors`` — the network itself, for its first-layer filters, the feature maps of one image and the
+  Grad-CAM maps of the error gallery (`imgcls.report.anatomy`; classical pipelines have none);
 - ``model.json``, ``config.json`` — what was trained on what, for the summary; ``config.json``'s
   ``run.selection`` is the engine's record of the best and the last epoch, which of the two
   ``model.safetensors`` holds, and the run's time (the figure the console prints).
@@ -302,6 +306,11 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     outcome = read_outcome(rows, config, task)
 
     figures = _figures(run, rows, evaluation, samples, classes, task)
+    from imgcls.report.anatomy import build_anatomy
+    from imgcls.report.calibration import calibration_section
+
+    sections = [s for s in (calibration_section(run, evaluation, classes),) if s is not None]
+    sections += build_anatomy(run, found, samples, evaluation, classes)
     model_name, summary, notes = _run_rows(outcome, rows, meta, config, evaluation, classes, task)
     page = render_report(
         title=f"{model_name} on {_get(config, 'data', 'spec') or 'data'}",
@@ -312,6 +321,7 @@ def build_report(run_dir: str | os.PathLike) -> Path:
         figures=figures,
         per_class=evaluation.get("per_class") or None,
         classes=classes,
+        sections=sections,
     )
     return atomic_write_text(run.report_page, page)
 

@@ -39,6 +39,43 @@ class FigureRef:
     wide: bool = False
 
 
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the page after the figures: paragraphs, a table (first row: the header) and figures."""
+
+    title: str
+    paragraphs: tuple[str, ...] = ()
+    table: tuple[tuple[str, ...], ...] = ()
+    figures: tuple[FigureRef, ...] = ()
+
+
+def _figure_grid(figures: Sequence[FigureRef]) -> list[str]:
+    parts = ['<div class="grid">']
+    for f in figures:
+        cls = "full" if f.wide else "half"
+        caption = f"<figcaption><b>{escape(f.title)}.</b> {escape(f.caption)}</figcaption>"
+        parts.append(
+            f'<figure class="{cls}"><a href="{escape(f.file)}"><img src="{escape(f.file)}" '
+            f'alt="{escape(f.title)}" loading="lazy"></a>{caption}</figure>'
+        )
+    parts.append("</div>")
+    return parts
+
+
+def _section(section: Section) -> list[str]:
+    parts = [f"<h2>{escape(section.title)}</h2>"]
+    parts += [f"<p>{escape(p)}</p>" for p in section.paragraphs]
+    if section.table:
+        head, *rows = section.table
+        parts.append("<table>")
+        parts.append("<tr>" + "".join(f"<th>{escape(c)}</th>" for c in head) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    if section.figures:
+        parts += _figure_grid(section.figures)
+    return parts
+
+
 def _table(rows: Sequence[tuple[str, str]]) -> str:
     body = "\n".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     return f"<table>\n{body}\n</table>"
@@ -70,6 +107,7 @@ def render_report(
     notes: Sequence[str] = (),
     per_class: dict | None = None,
     classes: Sequence[str] = (),
+    sections: Sequence[Section] = (),
 ) -> str:
     """The report page as an HTML string.
 
@@ -82,6 +120,7 @@ def render_report(
         figures: the PNGs to show, in order.
         per_class: ``eval.json``'s ``per_class`` (shown as a folded table) or ``None``.
         classes: class names for that table.
+        sections: further parts after the figures (calibration, model anatomy, error gallery...).
     """
     parts = [
         "<!DOCTYPE html>",
@@ -102,15 +141,9 @@ def render_report(
     parts += ["<h2>Run</h2>", _table(summary)]
     parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
     if figures:
-        parts += ["<h2>Figures</h2>", '<div class="grid">']
-        for f in figures:
-            cls = "full" if f.wide else "half"
-            caption = f"<figcaption><b>{escape(f.title)}.</b> {escape(f.caption)}</figcaption>"
-            parts.append(
-                f'<figure class="{cls}"><a href="{escape(f.file)}"><img src="{escape(f.file)}" '
-                f'alt="{escape(f.title)}" loading="lazy"></a>{caption}</figure>'
-            )
-        parts.append("</div>")
+        parts += ["<h2>Figures</h2>", *_figure_grid(figures)]
+    for section in sections:
+        parts += _section(section)
     if per_class and classes:
         parts += [
             "<h2>Per-class metrics</h2>",
@@ -128,4 +161,4 @@ def render_report(
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["FigureRef", "render_report"]
+__all__ = ["FigureRef", "Section", "render_report"]
