@@ -11,11 +11,11 @@ from imgcls.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imgcls.cli import data_cmd, infer_cmd, lr_find_cmd, models_cmd, train_cmd, weights_cmd
+    from imgcls.cli import data_cmd, explain_cmd, infer_cmd, lr_find_cmd, models_cmd, train_cmd, weights_cmd
 
     parser = argparse.ArgumentParser(prog="imgcls", description="Train, measure and ship image classifiers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train_cmd, lr_find_cmd, infer_cmd, models_cmd, weights_cmd, data_cmd):
+    for module in (train_cmd, lr_find_cmd, infer_cmd, explain_cmd, models_cmd, weights_cmd, data_cmd):
         module.register(sub)
     return parser
 
