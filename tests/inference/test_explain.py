@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
+from imgcls.classic import is_classic
 from imgcls.errors import UserError
 from imgcls.inference import Predictor
 from imgcls.models import create_model, list_models, model_entry
 from imgcls.models.saliency import (
-    CLASSIC_TAG,
     cam_layer,
     find_layer,
     grad_cam,
@@ -275,7 +275,7 @@ REAL_QUICK = ("lenet5", "nin_cifar", "airbench94", "resnet18_cifar", "vgg16_cifa
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_has_a_working_cam_layer(name):
     entry = model_entry(name)
-    if CLASSIC_TAG in entry.tags:  # classical pipelines: a one-line "does not apply", nothing else
+    if is_classic(name):  # classical pipelines: a one-line "does not apply", nothing else
         with pytest.raises(UserError, match="does not apply to classical pipeline models"):
             cam_layer(name)
         return
@@ -301,7 +301,7 @@ def _check_real(name: str, input_size) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in list_models() if CLASSIC_TAG not in model_entry(n).tags])
+@pytest.mark.parametrize("name", [n for n in list_models() if not is_classic(n)])
 def test_every_registered_model_gives_a_real_gradcam(name):
     from imgcls.models import check_model_args
 

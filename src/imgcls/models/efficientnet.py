@@ -150,6 +150,6 @@ class EfficientNet(Classifier):
         self.classifier[1] = self._linear(num_classes)
 
 
-@register_model(input_size=(3, 224, 224), paper="Tan & Le 2019 (arXiv:1905.11946), Table 1")
+@register_model(input_size=(3, 224, 224), paper="Tan & Le 2019 (arXiv:1905.11946), Table 1", cam_layer="features")
 def efficientnet_b0(**kw) -> EfficientNet:
     return EfficientNet(EFFICIENTNET_B0, **kw)

@@ -253,16 +253,16 @@ _SANDLER = "Sandler et al. 2018 (arXiv:1801.04381), Table 2"
 _HOWARD = "Howard et al. 2019 (arXiv:1905.02244)"
 
 
-@register_model(input_size=(3, 224, 224), paper=_SANDLER)
+@register_model(input_size=(3, 224, 224), paper=_SANDLER, cam_layer="features")
 def mobilenet_v2(**kw) -> MobileNetV2:
     return MobileNetV2(**kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_HOWARD}, Table 1")
+@register_model(input_size=(3, 224, 224), paper=f"{_HOWARD}, Table 1", cam_layer="features")
 def mobilenet_v3_large(**kw) -> MobileNetV3:
     return MobileNetV3(MOBILENET_V3["mobilenet_v3_large"], V3_HEAD["mobilenet_v3_large"], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_HOWARD}, Table 2")
+@register_model(input_size=(3, 224, 224), paper=f"{_HOWARD}, Table 2", cam_layer="features")
 def mobilenet_v3_small(**kw) -> MobileNetV3:
     return MobileNetV3(MOBILENET_V3["mobilenet_v3_small"], V3_HEAD["mobilenet_v3_small"], **kw)

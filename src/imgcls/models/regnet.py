@@ -158,21 +158,21 @@ class RegNet(Classifier):
 _RADOSAVOVIC = "Radosavovic et al. 2020 (arXiv:2003.13678)"
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetX-400MF")
+@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetX-400MF", cam_layer="trunk_output")
 def regnet_x_400mf(**kw) -> RegNet:
     return RegNet(REGNETS["regnet_x_400mf"], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetX-800MF")
+@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetX-800MF", cam_layer="trunk_output")
 def regnet_x_800mf(**kw) -> RegNet:
     return RegNet(REGNETS["regnet_x_800mf"], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetY-400MF")
+@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetY-400MF", cam_layer="trunk_output")
 def regnet_y_400mf(**kw) -> RegNet:
     return RegNet(REGNETS["regnet_y_400mf"], **kw)
 
 
-@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetY-800MF")
+@register_model(input_size=(3, 224, 224), paper=f"{_RADOSAVOVIC}, RegNetY-800MF", cam_layer="trunk_output")
 def regnet_y_800mf(**kw) -> RegNet:
     return RegNet(REGNETS["regnet_y_800mf"], **kw)

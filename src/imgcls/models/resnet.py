@@ -413,7 +413,9 @@ _CIFAR = {"input_size": (3, 32, 32), "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
 
 
 @register_model(
-    input_size=(3, 176, 176), paper="He et al. 2019 (arXiv:1812.01187), ResNet-C/D; timm's resnet10t (1, 1, 1, 1)"
+    input_size=(3, 176, 176),
+    paper="He et al. 2019 (arXiv:1812.01187), ResNet-C/D; timm's resnet10t (1, 1, 1, 1)",
+    cam_layer="layer4",
 )
 def resnet10t(**kw) -> ResNet:
     return _resnet("resnet10t", **kw)

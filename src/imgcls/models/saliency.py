@@ -39,8 +39,6 @@ from torch import Tensor, nn
 
 from imgcls.errors import UserError
 
-CLASSIC_TAG = "classic"  # registry tag of the classical (features + SVM) pipelines
-
 
 def cam_layer(name: str) -> str:
     """The layer Grad-CAM uses for the registered model ``name`` (its registry entry's ``cam_layer``).
@@ -48,14 +46,12 @@ def cam_layer(name: str) -> str:
     Raises:
         UserError: explanation maps do not apply (a classical pipeline, or an entry that names no layer).
     """
+    from imgcls.classic import is_classic, not_applicable
     from imgcls.models._registry import model_entry
 
     entry = model_entry(name)
-    if CLASSIC_TAG in entry.tags:
-        raise UserError(
-            f"explain does not apply to classical pipeline models ({name}: hand-made features and an SVM, "
-            "no convolutional layers to look into)"
-        )
+    if is_classic(name):
+        raise not_applicable("explain (Grad-CAM, occlusion, activations)", name)
     if not entry.cam_layer:
         raise UserError(f"explain does not apply to {name}: its registry entry names no convolutional layer")
     return entry.cam_layer
@@ -385,7 +381,6 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
 
 
 __all__ = [
-    "CLASSIC_TAG",
     "CamResult",
     "Channels",
     "OcclusionResult",

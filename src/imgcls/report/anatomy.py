@@ -494,10 +494,10 @@ def gallery_figure(
 def load_model(run, meta):
     """The run's network in eval mode (weights SHA-256 checked against ``model.json``), or ``None`` when the
     run has no weights yet or the model is a classical pipeline (nothing inside to look at)."""
-    from imgcls.models import create_model, model_entry
-    from imgcls.models.saliency import CLASSIC_TAG
+    from imgcls.classic import is_classic
+    from imgcls.models import create_model
 
-    if not run.weights.is_file() or CLASSIC_TAG in model_entry(meta.name).tags:
+    if not run.weights.is_file() or is_classic(meta.name):
         return None
     model = create_model(
         meta.name, num_classes=meta.num_classes, in_chans=meta.in_chans, weights=str(run.weights), **meta.model_kwargs
