@@ -544,3 +544,22 @@ def _tuned(model, data):
 
     res = evaluate_model(model, data.val, task="multilabel")
     return M.tune_thresholds(res.logits, res.targets)
+
+
+def test_eval_reports_calibration_with_the_runs_temperature(eval_run):
+    from imgcls.engine.calibration import calibration_report
+    from imgcls.engine.evaluate import evaluate
+
+    plain = evaluate(eval_run.run)
+    assert plain["calibration"]["bins"] == 15 and "temperature" not in plain["calibration"]
+    assert plain["ece"] == plain["calibration"]["ece"]
+    folder = RunFolder(eval_run.run)
+    meta = folder.read_meta()
+    meta.temperature = 4.0
+    folder.write_meta(meta)
+    scaled = evaluate(eval_run.run)
+    assert scaled["calibration"]["temperature"] == 4.0 and scaled["top1"] == plain["top1"]
+    assert scaled["ece"] == scaled["calibration"]["ece_calibrated"]
+    assert scaled["calibration"]["ece"] == pytest.approx(plain["ece"])  # "as trained" is the same network
+    assert "temperature" not in evaluate(eval_run.run, tta="flip")["calibration"]  # fitted on single views only
+    assert set(calibration_report(torch.zeros(2, 3), torch.tensor([0, 1]), 1.0)) <= set(scaled["calibration"])

@@ -109,10 +109,15 @@ def fit_temperature(logits: Tensor, targets: Tensor, t_min: float = T_MIN, t_max
     labels = class_targets(targets.detach().cpu())
     if z.shape[0] == 0:
         return 1.0
-    picked = z.gather(1, labels.view(-1, 1)).squeeze(1)
+    # -log softmax(beta z)_y = log(1 + sum_{j != y} exp(beta (z_j - z_y))), written as softplus(logsumexp(...)) so
+    # that the tiny losses of confident right answers stay apart instead of rounding to 0 (ties would stop the
+    # search short of the bound on a validation set the model gets all right).
+    margins = z - z.gather(1, labels.view(-1, 1))  # (N, K), 0 at the true class
+    true_class = torch.zeros_like(z, dtype=torch.bool).scatter_(1, labels.view(-1, 1), True)
 
     def loss(beta: float) -> float:
-        return float((torch.logsumexp(beta * z, dim=1) - beta * picked).mean())
+        others = (beta * margins).masked_fill(true_class, float("-inf"))
+        return float(torch.nn.functional.softplus(torch.logsumexp(others, dim=1)).mean())
 
     lo, hi = 1.0 / t_max, 1.0 / t_min
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
