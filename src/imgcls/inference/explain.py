@@ -115,8 +115,8 @@ def _network(predictor):
     from imgcls.models.saliency import cam_layer
 
     cam_layer(predictor.name)  # classical pipelines and entries without a layer: "does not apply"
-    model = getattr(predictor.runner, "model", None)
-    if model is None or predictor.backend != "torch":
+    model = predictor.model if predictor.model is not None else getattr(predictor.runner, "model", None)
+    if not isinstance(model, torch.nn.Module):  # an ONNX file, or an engine without the module behind it
         raise UserError("explain needs the PyTorch model (gradients); load the run with the torch backend")
     return model.float().eval()
 
@@ -136,8 +136,9 @@ def _target_index(predictor, target: str | int | None) -> int | None:
 
 
 def explain(predictor, inputs: Iterable, options: ExplainOptions | None = None) -> Iterator[Explanation]:
-    """Explain each input (file path, encoded bytes or PIL image); yields one :class:`Explanation` per input,
-    in order. An input that cannot be read gets its error and the others go on.
+    """Explain each input (file path, encoded bytes, PIL image, or the uint8 ``(C, H, W)`` tensor of
+    ``predictor.load``); yields one :class:`Explanation` per input, in order. An input that cannot be read gets
+    its error and the others go on.
 
     Raises:
         UserError: the model cannot be explained (a classical pipeline, the ONNX backend), or an option is wrong
@@ -162,15 +163,15 @@ def explain(predictor, inputs: Iterable, options: ExplainOptions | None = None) 
     stride = options.stride or max(1, window // 2)
     if options.occlusion:
         saliency.window_offsets(side, window, stride)  # a window larger than the input: one line, now
-    temperature = float(getattr(predictor.runner, "temperature", None) or 1.0)
+    temperature = predictor.temperature or 1.0
 
     def probs_of(x: torch.Tensor) -> torch.Tensor:
         return to_probabilities(model(x).float() / temperature, predictor.task)
 
     for k, item in enumerate(inputs):
         label = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<input {k}>"
-        try:
-            pixels = predictor.load(item)
+        try:  # a uint8 (C, H, W) tensor is an image `predictor.load` already decoded (the service does that)
+            pixels = item if isinstance(item, torch.Tensor) else predictor.load(item)
         except ImageError as exc:
             yield Explanation(label, error=" ".join(str(getattr(exc, "reason", None) or exc).split()))
             continue

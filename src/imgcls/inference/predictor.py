@@ -534,13 +534,6 @@ class Predictor:
         """
         return list(self.iter_predict(inputs, topk))
 
-    def explain(self, inputs: Iterable[PathOrImage], **options) -> list:
-        """Each input's prediction with its Grad-CAM, occlusion and activation maps
-        (`imgcls.inference.explain.explain`; ``options`` are the fields of its ``ExplainOptions``)."""
-        from imgcls.inference.explain import ExplainOptions, explain
-
-        return list(explain(self, inputs, ExplainOptions(**options)))
-
     def iter_predict(self, inputs: Iterable[PathOrImage], topk: int = 5) -> Iterator[Result]:
         """Like :meth:`predict`, but yields each batch's answers as soon as they are ready (for long folders)."""
         if topk < 1:

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from imgcls._files import atomic_write_bytes
+from imgcls.constants import LUMA_WEIGHTS
 from imgcls.errors import UserError
 from imgcls.report.html import FigureRef, Section
 
@@ -128,10 +129,11 @@ def heat_rgb(heat: np.ndarray, cmap: str = CAM_COLORMAP) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = CAM_COLORMAP) -> np.ndarray:
-    """uint8 ``(H, W, 3)``: the image (``(H, W, C)``, C = 1 or 3) blended with the coloured map of the same size."""
-    image = np.asarray(image)
-    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-    mixed = (1.0 - alpha) * rgb.astype(np.float64) + alpha * heat_rgb(heat, cmap).astype(np.float64)
+    """uint8 ``(H, W, 3)``: the image (``(H, W, C)``, C = 1 or 3) in grey, blended with the coloured map of the
+    same size (grey underneath, so that the colours read as the map's and not the photo's)."""
+    image = np.asarray(image, dtype=np.float64)
+    grey = image[..., 0] if image.shape[-1] == 1 else image[..., :3] @ np.asarray(LUMA_WEIGHTS)
+    mixed = (1.0 - alpha) * grey[..., None] + alpha * heat_rgb(heat, cmap).astype(np.float64)
     return np.clip(mixed.round(), 0, 255).astype(np.uint8)
 
 
@@ -234,7 +236,7 @@ def explain_figure(
     y0 = bottom + 0.05
     x = 0.3
     # Maps are drawn over the picture in grey, so that their colours read as the map's and not the photo's.
-    grey = image[..., 0] if image.shape[-1] == 1 else image[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]
+    grey = image[..., 0] if image.shape[-1] == 1 else image[..., :3].astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
     smooth = "nearest" if max(image.shape[:2]) <= 64 else "antialiased"
 
     def picture(left: float, caption: str, colour: bool = False):

@@ -5,9 +5,15 @@ Endpoints
                         ``?topk=K`` (default 5). Answers ``{"predictions": [{"label", "index", "probability"}]}``
                         and, for a multi-label model, ``"labels"``: every class at or above its threshold (the
                         run's, tuned on validation, or 0.5).
+    ``POST /explain``   the same upload; answers its top-k (``?topk=K``) and, for the top class (or ``?class=LABEL``),
+                        the Grad-CAM map over the network's input as a PNG (``"overlay"``, base64) with the class
+                        explained and the layer (`imgcls.inference.explain`). One at a time, within
+                        ``explain_timeout_s``; 503 when busy or late, 409 for a model without gradients (ONNX,
+                        classical pipelines).
     ``GET /health``     ``{"status": "ok", ...}`` with the number of forward passes and images served.
     ``GET /model``      name, classes, input size, task, thresholds, weights' SHA-256, backend.
-    ``GET /``           a page to choose or drop an image and see its top predictions as bars (``static/``).
+    ``GET /``           a page to choose or drop an image and see its top predictions as bars and the
+                        Grad-CAM overlay of the top one (``static/``).
 
 Every ``GET`` route answers ``HEAD`` too (headers only).
 
@@ -23,6 +29,9 @@ Hostile input gets a clear 4xx answer, checked in this order, cheapest first:
 4. Pixel count from the header, before decoding (413): a 50 KB PNG can declare 2 gigapixels.
 5. Truncated or corrupt data found while decoding (400).
 
+``/explain`` goes through the same checks, then runs in one worker thread at a time (a backward pass costs a few
+forward passes): a request that finds it busy, or waits longer than ``explain_timeout_s``, gets 503 at once.
+
 Only a fixed set of static files is served, read into memory at start-up; there is no path parameter and
 therefore no path to traverse. Requests that arrive close in time are stacked into one forward pass by a
 :class:`MicroBatcher` (an asyncio queue feeding one worker thread), so a burst runs at batch speed.
@@ -31,11 +40,14 @@ therefore no path to traverse. Requests that arrive close in time are stacked in
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import math
 import os
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,6 +106,7 @@ class ServeLimits:
             away before the connection closes (nginx's lingering close), so that the client reads the 413 instead
             of a TCP reset; ``linger_bytes=None`` is four times ``max_bytes`` (at least 1 MiB). Beyond either
             bound the connection is closed anyway.
+        explain_timeout_s: the longest an ``/explain`` answer may take, in seconds (503 beyond).
     """
 
     max_bytes: int = 10 << 20
@@ -103,13 +116,15 @@ class ServeLimits:
     max_topk: int = 100
     linger_bytes: int | None = None
     linger_seconds: float = 30.0
+    explain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for flag, value in (("--max-bytes", self.max_bytes), ("--max-pixels", self.max_pixels),
                             ("--max-batch", self.max_batch), ("max_topk", self.max_topk)):  # fmt: skip
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{flag} {value}: must be a whole number of at least 1")
-        for flag, value in (("--batch-wait-ms", self.batch_wait_ms), ("linger_seconds", self.linger_seconds)):
+        for flag, value in (("--batch-wait-ms", self.batch_wait_ms), ("linger_seconds", self.linger_seconds),
+                            ("explain_timeout_s", self.explain_timeout_s)):  # fmt: skip
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 60_000:
                 raise UserError(f"{flag} {value}: must be a number of milliseconds/seconds in [0, 60000]")
         if self.linger_bytes is not None and (not isinstance(self.linger_bytes, int) or self.linger_bytes < 0):
@@ -355,6 +370,24 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
             raise HTTPException(422, answer.error)
         return {k: v for k, v in answer.to_dict().items() if k != "path"}
 
+    explaining = threading.Lock()  # one backward pass at a time; held by the worker thread until it is done
+
+    @app.post("/explain")
+    async def explain(
+        request: Request,
+        topk: int = Query(5, ge=1, le=limits.max_topk),
+        target: str | None = Query(None, alias="class", max_length=200),
+    ) -> dict:
+        data = await _image_bytes(request, limits)
+        x = await run_in_threadpool(_decode, predictor, data, limits)
+        if not explaining.acquire(blocking=False):
+            raise HTTPException(503, "busy explaining another image; try again in a moment")
+        work = asyncio.get_running_loop().run_in_executor(None, _explain_locked, explaining, predictor, x, topk, target)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), timeout=limits.explain_timeout_s)
+        except TimeoutError:
+            raise HTTPException(503, f"explaining took longer than {limits.explain_timeout_s:g} s") from None
+
     def static_route(body: bytes, ctype: str):
         async def serve_static() -> Response:
             return Response(body, media_type=ctype, headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
@@ -406,6 +439,45 @@ def _decode(predictor: Predictor, data: bytes, limits: ServeLimits) -> torch.Ten
         return predictor.load(data, max_pixels=limits.max_pixels)
     except ImageError as exc:
         raise HTTPException(400, f"{kind}: {exc.reason}") from None
+
+
+def _explain_locked(lock: threading.Lock, predictor: Predictor, pixels: torch.Tensor, topk: int, target) -> dict:
+    """Grad-CAM of one decoded image as the JSON answer of ``/explain``; releases ``lock`` when done."""
+    try:
+        return _explain_one(predictor, pixels, topk, target)
+    finally:
+        lock.release()
+
+
+def _explain_one(predictor: Predictor, pixels: torch.Tensor, topk: int, target) -> dict:
+    from PIL import Image
+
+    from imgcls.errors import UserError
+    from imgcls.inference.explain import ExplainOptions, explain
+    from imgcls.report.anatomy import overlay
+
+    options = ExplainOptions(target=target, occlusion=False, channels=0, topk=topk)
+    try:
+        (found,) = explain(predictor, [pixels], options)
+    except UserError as exc:
+        status = 400 if str(exc).startswith("--class") else 409
+        raise HTTPException(status, str(exc).replace("--class", "class", 1)) from None
+    if not found.ok:
+        raise HTTPException(400, found.error)
+    png = io.BytesIO()
+    Image.fromarray(overlay(found.image, found.cam)).save(png, format="PNG")
+    return {
+        "predictions": [{"label": p.label, "index": p.index, "probability": p.probability} for p in found.predictions],
+        "class": {
+            "label": found.explained.label,
+            "index": found.explained.index,
+            "probability": found.explained.probability,
+        },
+        "layer": found.cam_layer,
+        "width": int(found.image.shape[1]),
+        "height": int(found.image.shape[0]),
+        "overlay": base64.b64encode(png.getvalue()).decode("ascii"),
+    }
 
 
 def _read_static(name: str) -> bytes:

@@ -1,5 +1,6 @@
 // The page of `imgcls serve`: choose or drop an image, show it, post it to /predict, draw the top predictions as
-// bars (as many as the model has, up to five); a multi-label model's label set is named above them.
+// bars (as many as the model has, up to five); a multi-label model's label set is named above them. Then post it
+// to /explain and show the Grad-CAM overlay of the top class beside them.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -47,6 +48,46 @@ function drawBars(predictions) {
 }
 
 let previewUrl = null;
+let overlayUrl = null;
+
+function hideExplanation() {
+  $("explain").hidden = true;
+  if (overlayUrl) URL.revokeObjectURL(overlayUrl);
+  overlayUrl = null;
+}
+
+async function explain(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const note = $("explain-note");
+  try {
+    const res = await fetch("/explain?topk=5", { method: "POST", body: form });
+    const body = await res.json();
+    if (!res.ok) {
+      $("explain-title").textContent = "No explanation map";
+      $("overlay").hidden = true;
+      note.textContent = body.detail || res.statusText;
+      $("explain").hidden = false;
+      return;
+    }
+    // The PNG arrives as base64; a blob: URL shows it (the page's policy allows no data: images).
+    const bytes = Uint8Array.from(atob(body.overlay), (ch) => ch.charCodeAt(0));
+    overlayUrl = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+    const img = $("overlay");
+    img.src = overlayUrl;
+    img.alt = `Grad-CAM for ${body.class.label}`;
+    img.hidden = false;
+    $("explain-title").textContent = `Where it looked for “${body.class.label}” (Grad-CAM)`;
+    note.textContent =
+      `Layer ${body.layer}, on the ${body.width}×${body.height} network input; ` +
+      "bright: regions that raised this class's score.";
+    $("explain").hidden = false;
+  } catch (err) {
+    $("explain-title").textContent = "No explanation map";
+    note.textContent = `request failed (${err})`;
+    $("explain").hidden = false;
+  }
+}
 
 async function classify(file) {
   if (!file) return;
@@ -58,6 +99,7 @@ async function classify(file) {
   preview.hidden = false;
   $("hint").hidden = true;
   $("bars").replaceChildren();
+  hideExplanation();
   setStatus(`Classifying ${file.name}…`);
   const form = new FormData();
   form.append("file", file, file.name);
@@ -77,6 +119,7 @@ async function classify(file) {
       setStatus(`${top} for ${file.name}`);
     }
     drawBars(body.predictions);
+    await explain(file);
   } catch (err) {
     setStatus(`${file.name}: request failed (${err})`, true);
   }
