@@ -214,3 +214,11 @@ def test_onnx_predictor_answers_what_the_torch_one_does(calibrated_run, tmp_path
             assert [p.probability for p in a.predictions] == pytest.approx(
                 [p.probability for p in b.predictions], abs=1e-4
             )
+
+
+def test_eval_prints_the_ece_before_and_after():
+    from imgcls.cli.train_cmd import format_eval
+
+    result = {"top1": 50.0, "calibration": {"ece": 17.183, "ece_calibrated": 2.956, "temperature": 0.4978, "bins": 15}}
+    assert "ECE 17.18% as trained, 2.96% after temperature 0.498 (15 bins)" in format_eval(result)
+    assert "after" not in format_eval({"top1": 50.0, "calibration": {"ece": 3.0, "bins": 15}})

@@ -165,6 +165,12 @@ def format_eval(result: dict) -> str:
         if isinstance(result.get(key), (int, float)):
             head.append(f"{label} {result[key]:.4g}")
     lines.append("  ".join(head))
+    calibration = result.get("calibration") or {}
+    if calibration.get("ece") is not None:  # imgcls.engine.calibration: ECE in percent, 15 bins
+        line = f"ECE {calibration['ece']:.2f}% as trained"
+        if calibration.get("ece_calibrated") is not None:
+            line += f", {calibration['ece_calibrated']:.2f}% after temperature {calibration['temperature']:.3g}"
+        lines.append(line + f" ({calibration.get('bins', 15)} bins)")
     per_class = result.get("per_class") or {}
     classes = result.get("classes") or []
     if per_class.get("precision") and classes:

@@ -282,7 +282,9 @@ def explain_figure(
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"top {len(values)} (green: explained)", fontsize=9.5)
     for y, v in enumerate(values):
-        ax.text(min(v + 0.02, 0.8), y, f"{v:.3f}", va="center", fontsize=8)
+        inside = v > 0.8  # no room to the right of the bar: the value goes inside it, in white
+        ax.text(v - 0.02 if inside else v + 0.02, y, f"{v:.3f}", va="center", ha="right" if inside else "left",
+                fontsize=8, color="white" if inside else "black")  # fmt: skip
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
     if k:
@@ -459,7 +461,11 @@ def gallery_figure(
     rows = max(1, -(-n // columns))
     width, height = columns * cell_w + 0.2, rows * cell_h + 0.55
     fig, ax = _canvas(width, height)
-    what = " — left: the image, right: Grad-CAM of the class it said" if maps is not None else ""
+    what = (
+        " — left: the image; right: Grad-CAM of the class it said (bright: what raised that class)"
+        if maps is not None
+        else ""
+    )
     ax.text(0.2, height - 0.15, f"Error gallery: the {n} most confident mistakes{what}", fontsize=10, va="top")
     for i in range(n):
         r, c = divmod(i, columns)
@@ -553,7 +559,7 @@ def _anatomy_section(model, meta, images, out: Path) -> Section | None:
         )
     if images is not None and len(images):
         x = to_network_input(images[:1], meta.mean, meta.std)
-        stages = stage_maps(model, x)
+        stages = [s for s in stage_maps(model, x) if s.maps.shape[-1] * s.maps.shape[-2] > 1]  # 1×1: no picture
         if len(stages) > MAX_STAGES:  # evenly spaced, always with the last one (what the classifier sees)
             keep = np.unique(np.linspace(0, len(stages) - 1, MAX_STAGES).round().astype(int))
             stages = [stages[i] for i in keep]
@@ -605,7 +611,8 @@ def _mistakes_sections(model, meta, samples, evaluation, classes, out: Path) -> 
                 FigureRef(
                     "confused_pairs.png",
                     "Most confused pairs",
-                    "Examples of each pair, as the network saw them (p: its probability for the wrong class).",
+                    "Examples of each pair, as the network saw them (p: its probability for the wrong class, as "
+                    "trained: before temperature scaling).",
                     wide=True,
                 ),
             )
@@ -629,7 +636,9 @@ def _mistakes_sections(model, meta, samples, evaluation, classes, out: Path) -> 
             [float(p) for p in samples["errors_prob"]],
         )
         save_figure(fig, out / "errors.png")
-        caption = "Validation images the model got wrong with the highest confidence"
+        caption = (
+            "Validation images the model got wrong with the highest confidence (as trained: before temperature scaling)"
+        )
         if maps is not None:
             caption += f"; Grad-CAM (layer {cam_layer(meta.name)}) shows what the wrong class was read from"
         sections.append(

@@ -3,8 +3,9 @@
 Drawn from the ``calibration`` record of ``eval.json`` or ``imgcls eval --json``
 (``imgcls.engine.calibration.calibration_report``): one panel for the probabilities as the network gives them and,
 when a temperature was fitted, one after temperature scaling. In each, the bars are the accuracy of the bin, the
-dashed diagonal is perfect calibration, and the shaded part of a bar is its gap to the diagonal (red: the model
-is more confident than right); the strip below shows how many predictions fall in each bin.
+dashed diagonal is perfect calibration, and the hatched part is each bin's gap between accuracy and mean confidence
+(red above the bar: more confident than right; yellow over the bar's top: less); the strip below shows the share
+of predictions in each bin.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from imgcls._files import atomic_write_bytes
 from imgcls.report.html import FigureRef, Section
 
 DPI = 110
-BLUE, VERMILION, GREY = "#0072B2", "#D55E00", "#9A9A9A"  # Okabe & Ito 2008, as in the report's other figures
+BLUE, VERMILION, YELLOW, GREY = "#0072B2", "#D55E00", "#F0E442", "#9A9A9A"  # Okabe & Ito 2008, as elsewhere
 
 
 def reliability_figure(calibration: dict, split: str = "validation") -> Figure:
@@ -33,7 +36,7 @@ def reliability_figure(calibration: dict, split: str = "validation") -> Figure:
     panels = [p for p in panels if p[1] is not None]
     side, strip, gap = 3.0, 0.7, 0.9
     width = 0.75 + len(panels) * (side + gap)
-    height = 0.75 + side + 0.35 + strip + 0.6
+    height = 0.75 + side + 0.35 + strip + 0.6 + 0.35  # the last: the legend's row under the title
     fig = Figure(figsize=(width, height))
     count = calibration.get("num_samples") or (panels[0][1].get("num_samples") if panels else 0)
     fig.text(
@@ -43,6 +46,14 @@ def reliability_figure(calibration: dict, split: str = "validation") -> Figure:
         ha="center",
         va="top",
         fontsize=11,
+    )
+    fig.legend(
+        handles=_legend_handles(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1 - 0.42 / height),
+        ncol=2 if len(panels) < 2 else 4,
+        fontsize=8,
+        frameon=False,
     )
     for k, (label, bins, ece) in enumerate(panels):
         left = 0.75 + k * (side + gap)
@@ -57,6 +68,16 @@ def reliability_figure(calibration: dict, split: str = "validation") -> Figure:
     return fig
 
 
+def _legend_handles() -> list:
+    """Explicit handles: the legend names every kind of bar, whether or not a panel has one."""
+    return [
+        Patch(facecolor=BLUE, label="bins (height: their accuracy)"),
+        Patch(facecolor=VERMILION, alpha=0.35, hatch="//", edgecolor=VERMILION, label="gap: more confident than right"),
+        Patch(facecolor=YELLOW, hatch="\\\\", edgecolor="#8a6d00", label="gap: less confident than right"),
+        Line2D([0], [0], linestyle="--", color="#333333", linewidth=1, label="perfect calibration"),
+    ]
+
+
 def _panel(ax, hist, bins: dict) -> None:
     m = int(bins.get("bins") or len(bins["counts"]))
     edges = np.linspace(0.0, 1.0, m + 1)
@@ -65,45 +86,26 @@ def _panel(ax, hist, bins: dict) -> None:
     conf = np.array([np.nan if c is None else c for c in bins["confidence"]], dtype=float)
     counts = np.asarray(bins["counts"], dtype=float)
     filled = ~np.isnan(acc)
-    w = 1.0 / m
-    ax.bar(centres[filled], acc[filled], width=w * 0.95, color=BLUE, label="accuracy", zorder=2)
-    # The gap between each bin's accuracy and its mean confidence (red: over-confident, grey: under-confident).
+    w = 0.95 / m
+    ax.bar(centres[filled], acc[filled], width=w, color=BLUE, zorder=2)
+    # The gap between each bin's accuracy and its mean confidence, drawn from one to the other: above the bar
+    # where the model is more confident than right, over the bar's top where it is less.
     low, high = np.minimum(acc, conf), np.maximum(acc, conf)
     over = filled & (conf > acc)
-    ax.bar(
-        centres[over],
-        (high - low)[over],
-        bottom=low[over],
-        width=w * 0.95,
-        color=VERMILION,
-        alpha=0.45,
-        hatch="//",
-        edgecolor=VERMILION,
-        linewidth=0,
-        label="over-confident gap",
-        zorder=3,
-    )
     under = filled & (conf <= acc)
-    ax.bar(
-        centres[under],
-        (high - low)[under],
-        bottom=low[under],
-        width=w * 0.95,
-        color=GREY,
-        alpha=0.45,
-        linewidth=0,
-        label="under-confident gap",
-        zorder=3,
-    )
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#333333", linewidth=1, label="perfect calibration", zorder=4)
+    style = dict(width=w, linewidth=0.8, zorder=3)
+    ax.bar(centres[over], (high - low)[over], bottom=low[over], color=VERMILION, alpha=0.35, hatch="//",
+           edgecolor=VERMILION, **style)  # fmt: skip
+    ax.bar(centres[under], (high - low)[under], bottom=low[under], color=YELLOW, hatch="\\\\",
+           edgecolor="#8a6d00", **style)  # fmt: skip
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#333333", linewidth=1, zorder=4)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xticklabels([])
     ax.grid(True, color="#e5e5e5", linewidth=0.8)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", fontsize=7.5, frameon=False)
     total = counts.sum() or 1.0
-    hist.bar(centres, counts / total, width=w * 0.95, color=GREY)
+    hist.bar(centres, counts / total, width=w, color=GREY)
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence (top-class probability)")
     hist.tick_params(labelsize=7.5)
