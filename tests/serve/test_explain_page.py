@@ -67,8 +67,8 @@ def test_explain_a_chosen_class_and_refusals(served, client):
 def test_a_slow_explanation_times_out_and_the_next_finds_it_busy(kit, tmp_path):
     run = kit.write_run(tmp_path / "run", num_classes=3)
     predictor = Predictor.from_run(run)
-    # A real network made slow: a forward hook that waits 0.6 s (the backward pass waits with it).
-    predictor.runner.model.register_forward_hook(lambda *_: time.sleep(0.6))
+    # A real network made slow: a forward hook that waits 0.6 s in each forward pass explain makes.
+    predictor.model.register_forward_hook(lambda *_: time.sleep(0.6))  # the module explain runs (not the engine)
     limits = ServeLimits(max_bytes=LIMITS.max_bytes, max_pixels=LIMITS.max_pixels, explain_timeout_s=0.2)
     data = kit.write_images(tmp_path / "images", 1)[0].read_bytes()
     with Server(create_app(predictor, limits), free_port()) as server, httpx.Client(base_url=server.url) as c:
