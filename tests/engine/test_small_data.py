@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -212,17 +214,23 @@ def test_unfreeze_after_trains_the_head_first_with_the_backbone_bit_identical_th
 
 
 @pytest.mark.slow
-def test_finetune_recipe_from_a_published_format_file_on_ants_and_bees(tmp_path, ants_and_bees, capsys):
+def test_finetune_recipe_from_a_published_format_file_on_ants_and_bees(tmp_path, ants_and_bees):
     # The fine-tune recipe on the real photo folder from a local torchvision-format ResNet-18 file (1000 classes:
-    # the classifier is replaced for the 2 classes): the head alone for the recipe's first stage, then all of it.
+    # the classifier is replaced for the 2 classes), as a user types it (`python -m imgcls` in a child process):
+    # the head alone for the recipe's first stage, the backbone and its BatchNorm statistics bit-identical, then all.
     weights, before = _published_format_weights(tmp_path, "resnet18", num_classes=1000)
     run = tmp_path / "run"
+    env = dict(os.environ, IMGCLS_DATA=str(tmp_path / "cache"))
+
+    def imgcls(*argv: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "imgcls", *argv], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
 
     def train(epochs: int, *extra: str) -> dict:
         argv = ["train", "--recipe", "finetune", "--data", str(ants_and_bees), "--model", "resnet18"]
         argv += ["--weights", str(weights), "--image-size", "64", "--epochs", str(epochs), "--out", str(run)]
-        argv += [*extra, *_quiet("train.save=last", f"data.cache_dir={tmp_path / 'cache'}")]
-        assert main(argv) == 0
+        imgcls(*argv, *extra, *_quiet("train.save=last"))
         return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
 
     from imgcls.engine.config import resolve_config
@@ -233,10 +241,9 @@ def test_finetune_recipe_from_a_published_format_file_on_ants_and_bees(tmp_path,
     for key, value in _backbone(before).items():
         assert torch.equal(first[key], value), f"{key} changed in the head-only stage"
     assert first["fc.weight"].shape == (2, 512)
+    assert not torch.equal(first["fc.weight"], before["fc.weight"][:2])
     last = train(stage_one + 1, "--resume")
     for key in ("conv1.weight", "bn1.running_mean", "layer4.1.bn2.running_var"):
         assert not torch.equal(last[key], before[key]), key
-    capsys.readouterr()
-    assert main(["eval", "--run", str(run), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(imgcls("eval", "--run", str(run), "--json").stdout)
     assert result["num_samples"] == 153 and 0.0 <= result["top1"] <= 100.0
