@@ -247,3 +247,14 @@ def test_finetune_recipe_from_a_published_format_file_on_ants_and_bees(tmp_path,
         assert not torch.equal(last[key], before[key]), key
     result = json.loads(imgcls("eval", "--run", str(run), "--json").stdout)
     assert result["num_samples"] == 153 and 0.0 <= result["top1"] <= 100.0
+
+
+def test_the_small_recipe_steps_often_on_a_few_hundred_photos_and_ships_its_best_epoch():
+    from imgcls.engine.config import resolve_config
+
+    cfg = resolve_config("small")
+    assert batch_size_warning(196, cfg.data.batch_size) is None  # the ants/bees training split: 12 steps per epoch
+    assert batch_size_warning(196, 128) is not None
+    assert cfg.model.weights is None and cfg.train.early_stopping > 0 and cfg.train.save == "best"
+    assert cfg.train.ema_decay and cfg.train.label_smoothing > 0 and cfg.augment.random_resized_crop
+    assert cfg.schedule.warmup_epochs > 0 and cfg.train.early_stopping < cfg.train.epochs
