@@ -1,13 +1,16 @@
 """What a run records about its data: ``config.json`` keeps ``data.spec`` absolute, so the run is evaluated (and
 resumed) from any working directory; a built-in name keeps meaning the built-in set (the rule written in
-``imgcls.engine.train.absolute_spec``)."""
+``imgcls.engine.train.absolute_spec``); ``--resume`` refuses data whose fingerprint (``Data.fingerprint``) differs
+from the checkpoint's, and takes the same files from another folder."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from imgcls.cli import main
@@ -61,3 +64,37 @@ def test_digits_means_the_bundled_set_even_beside_a_digits_folder(tmp_path, monk
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["spec"] == "digits"
     assert config["run"]["classes"] == [str(d) for d in range(10)]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_data_that_changed_and_accepts_the_same_data_moved(tmp_path, capsys):
+    photos = _photo_folder(tmp_path / "photos")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(photos), "--model", "lenet5", "--out", str(run), *_quick()]
+    assert main([*argv, "--set", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert config["run"]["data_fingerprint"] == checkpoint["data_fingerprint"]
+    assert len(checkpoint["data_fingerprint"]) == 32
+
+    moved = tmp_path / "elsewhere" / "photos"  # the same files in another folder: the same data
+    shutil.copytree(photos, moved)
+    before = _files(run)
+    pixels = np.asarray(Image.open(photos / "a" / "0.png")).copy()
+    Image.fromarray(pixels[:, ::-1].copy()).save(photos / "a" / "10.png")  # one photo more in class a
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imgcls: error:")]
+    assert errors == [
+        f"imgcls: error: --resume: the data of {photos} is not what {run / 'checkpoints' / 'last.pt'} trained on "
+        f"(fingerprint {errors[0].split('fingerprint ')[1][:32]}, the checkpoint's {checkpoint['data_fingerprint']}: "
+        "a file was added, removed, replaced or relabelled); resume with the same data, or start a new run"
+    ]
+    assert errors[0].split("fingerprint ")[1][:32] != checkpoint["data_fingerprint"]
+    assert _files(run) == before  # nothing of the run was touched
+
+    assert main(["train", "--data", str(moved), "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs

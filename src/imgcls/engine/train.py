@@ -580,6 +580,7 @@ class _Session:
             **state.state_dict(),
             "world_size": self.info.world_size,
             "classes": list(self.data.classes),
+            "data_fingerprint": self.data.fingerprint,
             "model_name": self.cfg.model.name,
         }
 
@@ -595,6 +596,12 @@ class _Session:
             raise UserError(
                 f"--resume: the classes of {self.cfg.data_spec} ({_short(self.data.classes)}) differ from the "
                 f"checkpoint's ({_short(ckpt['classes'])}): the labels would shift; use the same data"
+            )
+        if ckpt.get("data_fingerprint") and self.data.fingerprint and ckpt["data_fingerprint"] != self.data.fingerprint:
+            raise UserError(
+                f"--resume: the data of {self.cfg.data_spec} is not what {where} trained on (fingerprint "
+                f"{self.data.fingerprint}, the checkpoint's {ckpt['data_fingerprint']}: a file was added, removed, "
+                "replaced or relabelled); resume with the same data, or start a new run"
             )
         if ckpt.get("model_name", self.cfg.model.name) != self.cfg.model.name:
             raise UserError(f"--resume: {where} trained {ckpt['model_name']}, not {self.cfg.model.name}")
@@ -744,6 +751,7 @@ def _fill_run_dir(cfg: RunConfig, run: Path, data, precision: Precision, info: D
     if not cfg.train.resume:
         facts = {
             "classes": list(data.classes),
+            "data_fingerprint": data.fingerprint,
             "task": data.task,
             "num_classes": data.num_classes,
             "image_size": size,
