@@ -145,13 +145,14 @@ def run() -> str:
                 _one_run(photos, tmp / f"finetune{seed}", seed, tmp / f"cache-ft{seed}", recipe)
                 for seed in range(seeds)
             ]
+    threads = torch.get_num_threads()
     lines = [
         "## Your own photos (ants/bees, issue 14)",
         "",
         "The ants/bees folder of the PyTorch transfer-learning tutorial (398 photos, 2 classes) as a new user's "
         "folder. The run sees only `train/` and holds 20 % of it out to choose the epoch; `val/` (153 photos) is "
         "scored once at the end. Every seed is a fresh process with an empty decode cache (decoding included in "
-        f"the wall time); {torch.get_num_threads()} threads. CPU s is user + system time of the command.",
+        f"the wall time); {threads} thread{'s' if threads != 1 else ''}. CPU s is user + system time of the command.",
         "",
     ]
     lines += _table("From scratch, `--recipe small`", f"{TRAIN}; {EVAL}", scratch)
