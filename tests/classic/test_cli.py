@@ -220,3 +220,16 @@ def test_a_fit_that_fails_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
     assert main(["train", "--model", "hog_svm", "--data", str(tmp_path / "data"), "--out", str(run)]) == 2
     assert "has no training image" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_explain_says_it_does_not_apply_and_writes_nothing(digits_run, tmp_path, capsys):
+    from imgcls.data.sources import digits_arrays
+
+    images, _ = digits_arrays()
+    path = tmp_path / "three.png"
+    Image.fromarray(images[3, 0]).save(path)
+    out = tmp_path / "why"
+    assert main(["explain", "--run", str(digits_run), "--out", str(out), str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "explain (Grad-CAM, occlusion, activations) does not apply to classical" in err[0]
+    assert not out.exists()
