@@ -229,7 +229,7 @@ def explain_figure(
     per_row = max(1, min(k, 8))
     rows = -(-k // per_row) if k else 0
     width = 0.3 + side + gap + sum(side + bar_gap for shown in panels[1:] if shown) + bars_w + 0.3
-    bottom = (0.55 + rows * (tile + 0.3)) if k else 0.25
+    bottom = (0.55 + rows * (tile + 0.3)) if k else 0.55  # without channels: room for the bars' x label
     height = bottom + side + 0.95
     fig = Figure(figsize=(width, height))
     fig.text(0.3 / width, 1 - 0.22 / height, title, fontsize=12, fontweight="bold", va="top")
@@ -252,7 +252,8 @@ def explain_figure(
 
     def colour_bar(shown, left: float, label: str, ticks=None) -> None:
         cax = _axes_inches(fig, left + side + 0.08, y0 + 0.15 * side, 0.12, 0.7 * side)
-        bar = fig.colorbar(shown, cax=cax, ticks=ticks)
+        # Two significant digits on every tick: no "1e-6" offset text printed over the bar's top.
+        bar = fig.colorbar(shown, cax=cax, ticks=ticks, format="{x:.2g}")
         bar.ax.tick_params(labelsize=7.5)
         bar.set_label(label, fontsize=8)
 
@@ -278,6 +279,8 @@ def explain_figure(
     ax.barh(range(len(values)), values, color=colors, height=0.7)
     ax.set_yticks(range(len(values)), names, fontsize=8.5)
     ax.set_xlim(0, 1.0)
+    n = len(values)
+    ax.set_ylim(n - max(n, 5) - 0.5, n - 0.5)  # fewer than five classes: bars as thick as five, at the top
     ax.set_xlabel("probability", fontsize=8.5)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"top {len(values)} (green: explained)", fontsize=9.5)
