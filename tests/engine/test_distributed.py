@@ -184,3 +184,17 @@ def test_two_ranks_match_one_process(tmp_path, multi_run):
     # rank 0 wrote the whole run folder, including the final evaluation gathered from both ranks
     assert (multi / "eval.json").is_file() and (multi / "report" / "report.html").is_file()
     assert not list(multi.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_compiled_model_under_two_ranks_trains_like_the_eager_one(tmp_path, multi_run):
+    """`model.compile` compiles the DDP-wrapped model (PyTorch's documented order); same result as eager DDP."""
+    compiled = tmp_path / "compiled"
+    args = _launcher() + _train_args(compiled, 16) + ["--set", "model.compile=true", "--set", "train.report=false"]
+    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "torch.compile: first step" in done.stdout + done.stderr
+    eager, _ = multi_run
+    one, two = _rows(eager)[0], _rows(compiled)[0]
+    assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), rel=1e-3)
+    assert abs(float(two["val_top1"]) - float(one["val_top1"])) <= 100 / 179 + 1e-6

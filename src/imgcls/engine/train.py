@@ -786,10 +786,13 @@ def _build_components(s: _Session) -> TrainState:
     if tc.resume:
         s.restore(load_checkpoint(s.files.checkpoint, map_location=s.device), state)
         s.checkpointed = True
-    s.model = maybe_compile(s.net, cfg.model.compile)
+    s.model = s.net
     if s.info.enabled:
         ids = [s.info.local_rank] if s.device.startswith("cuda") else None
-        s.model = nn.parallel.DistributedDataParallel(s.model, device_ids=ids)
+        s.model = nn.parallel.DistributedDataParallel(s.net, device_ids=ids)
+    # Compiled after the DDP wrap, as PyTorch documents it: the compiler then splits the graph at DDP's bucket
+    # boundaries so that gradient all-reduces overlap the backward pass (DDPOptimizer).
+    s.model = maybe_compile(s.model, cfg.model.compile)
     D.barrier()
     return state
 
