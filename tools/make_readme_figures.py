@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from imgcls.inference import Predictor
-    from imgcls.inference.explain import ExplainOptions, explain
-    from imgcls.report.anatomy import explain_figure
+    from imgcls.inference.explain import ExplainOptions, explain, explanation_figure
     from imgcls.report.calibration import reliability_figure
     from imgcls.run_folder import RunFolder
 
@@ -54,21 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{e.path}: {e.error}", file=sys.stderr)
         return 1
     top = e.predictions[0]
-    fig = explain_figure(
-        e.image,
-        title=f"{Path(e.path).name}: {top.label} ({top.probability:.3f})",
-        predictions=[(p.label, p.probability) for p in e.predictions],
-        explained=e.explained.label,
-        cam=e.cam,
-        cam_layer=e.cam_layer,
-        occlusion=e.occlusion,
-        window=e.window,
-        stride=e.stride,
-        channels=e.channels,
-        channel_index=e.channel_index,
-        channel_layer=e.channel_layer,
-        channel_count=e.channel_count,
-    )
+    fig = explanation_figure(e, f"{Path(e.path).name}: {top.label} ({top.probability:.3f})")
     sizes = {"explain.png": _save(fig, out / "explain.png")}
     calibration = (RunFolder(args.run).read_eval() or {}).get("calibration")
     if calibration:

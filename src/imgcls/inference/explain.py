@@ -230,9 +230,30 @@ def prediction_dict(p) -> dict:
     return {"label": p.label, "index": p.index, "probability": p.probability}
 
 
+def explanation_figure(e, title: str):
+    """The one-figure view of an `Explanation`: the photo, its probabilities and every map it holds."""
+    from imgcls.report.anatomy import explain_figure
+
+    return explain_figure(
+        e.image,
+        title=title,
+        predictions=[(p.label, p.probability) for p in e.predictions],
+        explained=e.explained.label,
+        cam=e.cam,
+        cam_layer=e.cam_layer,
+        occlusion=e.occlusion,
+        window=e.window,
+        stride=e.stride,
+        channels=e.channels,
+        channel_index=e.channel_index,
+        channel_layer=e.channel_layer,
+        channel_count=e.channel_count,
+    )
+
+
 def write_one(e: Explanation, out: Path, stem: str) -> dict:
     """Write the figure and the maps of one explanation into ``out``; returns its JSON record."""
-    from imgcls.report.anatomy import explain_figure, save_figure
+    from imgcls.report.anatomy import save_figure
 
     if not e.ok:
         return {"path": e.path, "error": e.error}
@@ -249,22 +270,7 @@ def write_one(e: Explanation, out: Path, stem: str) -> dict:
     title = f"{Path(e.path).name}: {top.label} ({top.probability:.3f})"
     if e.explained.index != top.index:
         title += f"; maps explain {e.explained.label} ({e.explained.probability:.3f})"
-    fig = explain_figure(
-        e.image,
-        title=title,
-        predictions=[(p.label, p.probability) for p in e.predictions],
-        explained=e.explained.label,
-        cam=e.cam,
-        cam_layer=e.cam_layer,
-        occlusion=e.occlusion,
-        window=e.window,
-        stride=e.stride,
-        channels=e.channels,
-        channel_index=e.channel_index,
-        channel_layer=e.channel_layer,
-        channel_count=e.channel_count,
-    )
-    figure = save_figure(fig, out / f"{stem}.png")
+    figure = save_figure(explanation_figure(e, title), out / f"{stem}.png")
     record = {
         "path": e.path,
         "class": prediction_dict(e.explained),
@@ -313,6 +319,7 @@ __all__ = [
     "Explanation",
     "default_window",
     "explain",
+    "explanation_figure",
     "prepare_out",
     "write_explanations",
 ]
