@@ -209,6 +209,9 @@ def explain_figure(
     """One image explained: the network's input, its Grad-CAM and occlusion maps over it, the top predictions,
     and the strongest channels of one layer.
 
+    About 90 lines on purpose: one matplotlib layout, panel after panel in reading order, sharing the grid, the
+    colour scale and the legend; each panel is a few lines and makes no sense alone.
+
     Args:
         image: uint8 ``(H, W, C)``, the network's input (after resize and crop).
         title: the line above everything (file name and prediction).

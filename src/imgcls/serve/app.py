@@ -316,6 +316,9 @@ class MicroBatcher:
 def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastAPI:
     """The FastAPI application serving `predictor` within `limits`.
 
+    One function of ~85 lines on purpose: the routes are closures over the predictor, the limits and the
+    batcher (FastAPI's idiom), each a few lines; split apart they would need those three passed everywhere.
+
     Args:
         predictor: the model and its preprocessing.
         limits: request-size, pixel and batching limits (defaults: :class:`ServeLimits`).
