@@ -120,6 +120,7 @@ def bench_cifar(root: Path, cache_dir: Path, batch_size: int = 128) -> tuple[lis
         seed=0,
         mean=list(MEAN),
         std=list(STD),
+        require_val=False,
     )
     batches = 40
     sample = np.asarray(data.train.samples.images[:1024])
@@ -219,7 +220,7 @@ def bench_imagenet(folder: Path, workers: int) -> tuple[list[str], int]:
     paths = _photos(folder, per_class=512)
     aug = AugmentConfig(random_resized_crop=True, hflip=0.5, color_jitter=(0.4, 0.4, 0.4, 0.0))
     cfg = DataConfig(batch_size=32, cache="never", workers=workers, val_fraction=0.0)
-    data = build_data(folder, cfg, aug, image_size=224, in_chans=3, seed=0)
+    data = build_data(folder, cfg, aug, image_size=224, in_chans=3, seed=0, require_val=False)
     n = data.train.num_samples
     plain_loader = torch.utils.data.DataLoader(
         _PlainImageNet(paths), batch_size=32, num_workers=workers, drop_last=True

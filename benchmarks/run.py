@@ -22,7 +22,8 @@ HEADER = """# Benchmarks
 Measured on 2-core AMD EPYC hosts with 24 GB RAM and no GPU. The host changes between sessions (Zen 4/5 with
 AVX-512 BF16; Zen 3 with AVX2 only, where `--precision auto` is fp32), so compare figures only within a section;
 a section measured on another host than the rest says so. Every figure is a ratio or rate measured side by side
-in one run, with the load average; each section gives the command that produced it. Regenerate everything with `make bench`, or one section with `.venv/bin/python -m benchmarks.run NAME`.
+in one run, with the load average; each section gives the command that produced it.
+Regenerate everything with `make bench`, or one section with `.venv/bin/python -m benchmarks.run NAME`.
 """
 
 
