@@ -29,6 +29,31 @@ def test_round_trip_gives_the_same_model(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_loaded_tensors_are_the_saved_ones_with_a_fresh_models_properties(tmp_path):
+    """The network is built on the meta device and the saved tensors assigned: every parameter and buffer
+    (BatchNorm statistics and counters included) holds the saved value, on the CPU, with a fresh model's dtype
+    and requires_grad, and training it still changes it."""
+    torch.manual_seed(0)
+    model = create_model("resnet10t", num_classes=3)
+    model.train()(torch.randn(4, 3, 64, 64))  # running statistics away from their initial values
+    meta = ModelMeta("resnet10t", 3, ["a", "b", "c"], [3, 64, 64], [0.5] * 3, [0.25] * 3, resize=64)
+    save_bundle(tmp_path, model, meta)
+    loaded, _ = load_bundle(tmp_path)
+    fresh = create_model("resnet10t", num_classes=3)
+    saved = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.device.type == "cpu" and tensor.dtype == saved[name].dtype, name
+        assert torch.equal(tensor, saved[name]), name
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in fresh.parameters()]
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(loaded(x), model.eval()(x))
+    first = next(loaded.parameters())
+    before = first.detach().clone()
+    loaded.train()(x).sum().backward()
+    torch.optim.SGD(loaded.parameters(), lr=0.1).step()
+    assert not torch.equal(first.detach(), before)
+
+
 def test_tampered_weights_are_refused_everywhere(tmp_path):
     _bundle(tmp_path)
     weights = tmp_path / "model.safetensors"
