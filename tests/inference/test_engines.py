@@ -96,6 +96,42 @@ def test_select_measures_then_remembers(setup, cache):
     assert E.select(_source(setup), precision="fp32", batch_size=2).how == "measured"
 
 
+def test_a_clear_loser_is_dropped_after_one_round_and_never_chosen():
+    """Two callables, one ~20x slower: it runs its warm-up and one round, the fast one all rounds."""
+    import time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def engine(name, seconds):
+        def run(batch):
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    timings = E.measure({"slow": engine("slow", 0.02), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4)
+    assert calls == {"fast": 1 + 4, "slow": 1 + 1}
+    assert E.choose(timings) == "fast" and timings.seconds["slow"] > timings.seconds["fast"]
+    calls.update(fast=0, slow=0)
+    E.measure({"slow": engine("slow", 0.02), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4, drop_over=None)
+    assert calls == {"fast": 5, "slow": 5}
+
+
+def test_choice_is_remembered_per_architecture_but_per_weights_for_int8(setup, cache):
+    """Other weights of the same architecture reuse an fp32 choice; an int8 choice belongs to its weights."""
+    _, model, meta, pre, _ = setup
+    other = dataclasses.replace(meta, sha256="0" * 64)
+    source = E.EngineSource(model, meta.input_size, pre.normalise, key=other.sha256, meta=other)
+    assert E._choice_key(source, E.candidates("fp32"), 4) == E._choice_key(_source(setup), E.candidates("fp32"), 4)
+    assert E._choice_key(source, E.candidates("int8"), 4) != E._choice_key(_source(setup), E.candidates("int8"), 4)
+    wider = dataclasses.replace(meta, num_classes=meta.num_classes + 1)
+    changed = E.EngineSource(model, meta.input_size, pre.normalise, key=meta.sha256, meta=wider)
+    assert E._choice_key(changed, E.candidates("fp32"), 4) != E._choice_key(_source(setup), E.candidates("fp32"), 4)
+    first = E.select(_source(setup), precision="fp32", batch_size=4)
+    assert first.how == "measured"
+    assert E.select(source, precision="fp32", batch_size=4).how == "remembered"
+
+
 def test_forced_engine_skips_the_measurement(setup, cache):
     chosen = E.select(_source(setup), precision="fp32", engine="graph")
     assert chosen.how == "forced" and chosen.engine.name == "graph" and chosen.timings is None

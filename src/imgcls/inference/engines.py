@@ -17,10 +17,10 @@ name             precision    what runs
 Which is fastest depends on the CPU, the model, the batch size and the threads (issue 16 measured the frozen
 bf16 graph both slower and faster than eager bf16 on the same host), so nothing is assumed: :func:`select`
 builds the candidates the requested precision allows, times them alternately on a dummy batch
-(:func:`measure`, medians), and keeps the fastest (:func:`choose`). The choice is remembered per model,
-precision, batch, threads, CPU and library versions in a small JSON file in :func:`cache_dir`, next to the
-ONNX files and int8 models built on the way, so later loads build only the chosen engine. ``engine=NAME``
-forces one and skips the measurement.
+(:func:`measure`, medians, clear losers dropped after a round), and keeps the fastest (:func:`choose`). The
+choice is remembered per architecture (per weights for int8), precision, batch, threads, CPU and library
+versions in a small JSON file in :func:`cache_dir`, next to the ONNX files and int8 models built on the way, so
+later loads build only the chosen engine. ``engine=NAME`` forces one and skips the measurement.
 
 The bf16 engines are candidates only where the CPU computes bfloat16 natively (``precision="auto"``), or when
 bf16 is asked for; int8 engines only when int8 is asked for, since they change answers (calibration and the
@@ -63,6 +63,8 @@ ENGINE_PRECISION = {
 # The dummy batch the candidates are timed on: up to this many images (the Predictor's batch size when smaller).
 MEASURE_BATCH = 8
 MEASURE_ROUNDS = 3
+# An engine this many times slower than the fastest, in its fastest call, is dropped from the later rounds.
+DROP_OVER = 1.25
 
 log = logging.getLogger("imgcls.inference")
 
@@ -371,22 +373,33 @@ class Timings:
 
 
 def measure(
-    engines: Mapping[str, Callable[[Tensor], Tensor]], batch: Tensor, rounds: int = MEASURE_ROUNDS, warmup: int = 1
+    engines: Mapping[str, Callable[[Tensor], Tensor]],
+    batch: Tensor,
+    rounds: int = MEASURE_ROUNDS,
+    warmup: int = 1,
+    drop_over: float | None = DROP_OVER,
 ) -> Timings:
     """Time each engine on ``batch``: ``warmup`` untimed calls each (oneDNN and ORT build kernels on the first),
     then ``rounds`` rounds in which every engine runs once, in turn (A, B, C, A, B, C, ...); medians.
 
-    Alternating puts the load of other processes on a shared machine on every engine alike.
+    Alternating puts the load of other processes on a shared machine on every engine alike. After each round, an
+    engine whose fastest call so far is over ``drop_over`` times the fastest call of any engine is measured no
+    more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path. Its median
+    is over the rounds it ran, so it stays slower than the leader's and is never chosen.
     """
     for fn in engines.values():
         for _ in range(warmup):
             fn(batch)
     times: dict[str, list[float]] = {name: [] for name in engines}
+    running = list(engines)
     for _ in range(rounds):
-        for name, fn in engines.items():
+        for name in running:
             t0 = time.perf_counter()
-            fn(batch)
+            engines[name](batch)
             times[name].append(time.perf_counter() - t0)
+        if drop_over is not None:
+            best = min(min(times[name]) for name in running)
+            running = [name for name in running if min(times[name]) <= drop_over * best]
     return Timings({name: statistics.median(t) for name, t in times.items()}, int(batch.shape[0]), rounds)
 
 
@@ -417,12 +430,19 @@ class Selection:
 
 
 def _choice_key(source: EngineSource, names: Sequence[str], batch: int) -> str | None:
+    """The cache key of a choice. Which fp32 or bf16 engine is fastest depends on the architecture, not on the
+    values of its weights, so a new run of a known architecture reuses the choice; int8 candidates are checked for
+    accuracy on the run's own images, so a choice among them belongs to those weights."""
     if not source.key:
         return None
     import onnxruntime
 
+    model = source.key
+    if source.meta is not None and not any(ENGINE_PRECISION[name] == "int8" for name in names):
+        m = source.meta
+        model = json.dumps([m.name, m.num_classes, m.in_chans, m.model_kwargs], sort_keys=True, default=str)
     parts = [
-        source.key,
+        model,
         "x".join(map(str, source.input_size)),
         ",".join(names),
         str(batch),
