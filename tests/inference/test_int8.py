@@ -173,3 +173,23 @@ def test_cli_export_onnx_int8_then_predict_from_it(trained_run, cache, tmp_path,
     fp32 = Predictor.from_run(trained_run, precision="fp32").predict(paths, topk=1)
     same = sum(a.predictions[0].index == b.predictions[0].index for a, b in zip(from_file, fp32))
     assert same >= len(paths) - 1
+
+
+def test_quantizing_prints_nothing_to_the_user(trained_run, tmp_path, caplog):
+    """ONNX Runtime's quantizer logs advice on the root logger (which reaches a CLI user's terminal): silenced
+    while it runs, the root logger's level restored after."""
+    import logging
+
+    from imgcls.inference.export import export_onnx
+
+    model, meta = load_bundle(trained_run)
+    export_onnx(model, meta, tmp_path / "model.onnx")
+    root = logging.getLogger()
+    before = root.level
+    caplog.set_level(logging.INFO)
+    level = root.level
+    q.quantize_onnx(tmp_path / "model.onnx", [torch.randn(8, *meta.input_size)], tmp_path / "model.int8.onnx")
+    assert (tmp_path / "model.int8.onnx").is_file()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert root.level == level
+    root.setLevel(before)

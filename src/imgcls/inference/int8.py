@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -241,13 +242,7 @@ def quantize_onnx(
     16-bit sums of u8 x s8 products cannot saturate: on a LeNet-5 trained on the digits, AVX2 without it changed
     3 of 179 top-1 answers, with it none.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -258,21 +253,33 @@ def quantize_onnx(
             return None if x is None else {"input": np.ascontiguousarray(x.numpy())}
 
     out = Path(out)
+    root = logging.getLogger()  # the quantizer logs its advice on the root logger, which a CLI user would see
+    level = root.level
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_static(
-            os.fspath(fp32_onnx),
-            os.fspath(Path(tmp) / "model.onnx"),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        root.setLevel(logging.ERROR)
+        try:
+            _quantize_static(fp32_onnx, Path(tmp) / "model.onnx", Reader(), reduce_range)
+        finally:
+            root.setLevel(level)
         os.replace(Path(tmp) / "model.onnx", out)
     return out
+
+
+def _quantize_static(fp32_onnx, out: Path, reader, reduce_range: bool | None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        os.fspath(fp32_onnx),
+        os.fspath(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
