@@ -63,3 +63,18 @@ def test_table_of_one_tiny_model(peaks):
     assert all(v > 0 for v in numbers), cells
     assert cells[COLUMNS.index("train bf16/fp32")] == f"{row.ratio('train'):.2f}x"
     assert float(cells[COLUMNS.index("infer fp32 img/s")]) == pytest.approx(row.rates["infer", "fp32"], rel=0.01)
+
+
+def test_fp32_channels_last_mode_for_cpus_without_bf16(peaks):
+    """On a CPU that emulates bf16 the table compares fp32 NCHW with fp32 channels-last: no bf16 anywhere."""
+    fp32_only = measure_peaks(matmul_size=128, conv_shape=(2, 16, 16, 16), repeats=1, precisions=("fp32",))
+    assert "bf16" not in fp32_only and fp32_only["fp32"] > 0
+    row = measure_model("lenet5", batch_size=8, iterations=1, repeats=1, fast="fp32cl")
+    assert set(row.rates) == {(ph, p) for ph in ("train", "infer") for p in ("fp32", "fp32cl")}
+    header, _, line = format_table([row], fp32_only)
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert names == list(bench.columns("fp32cl")) and not any("bf16" in n for n in names)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[names.index("train fp32 CL/fp32")] == f"{row.ratio('train'):.2f}x"
+    pct = 100 * row.rates["infer", "fp32cl"] * row.flops_per_image("infer") / fp32_only["fp32"]
+    assert float(cells[names.index("infer fp32 CL % peak")]) == pytest.approx(pct, rel=0.01)
