@@ -112,3 +112,25 @@ def test_a_record_that_does_not_describe_the_weights_is_one_line(tmp_path, chang
     with pytest.raises(UserError, match=expected) as info:
         load_bundle(tmp_path)
     assert "\n" not in str(info.value) and str(meta_file.name) in str(info.value)
+
+
+def test_predict_start_up_imports_neither_dynamo_nor_the_augmentations(tmp_path):
+    """`imgcls predict` on a saved run: building the network on the meta device must not run PyTorch's Python
+    reference kernels (their first use imports torch._dynamo, ~2 s), and reading images must not import the
+    training augmentations (kornia, ~0.4 s)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _bundle(tmp_path / "run")
+    Image.new("L", (40, 36), 128).save(tmp_path / "x.png")
+    code = (
+        "import sys\n"
+        "from imgcls.cli import main\n"
+        f"assert main(['predict', '--run', {str(tmp_path / 'run')!r}, {str(tmp_path / 'x.png')!r}]) == 0\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy', 'kornia') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -132,3 +132,17 @@ def test_every_registered_model_is_covered_by_the_shape_parameter_and_golden_tes
     assert sorted(published - golden) == [], "models with published weights but no golden logits"
     # And no test table names a model that is not registered (a removed model must not pass silently).
     assert sorted((shapes | params | golden) - registered) == []
+
+
+def test_on_meta_skips_initialisers_of_meta_tensors_only():
+    """Inside `on_meta`, modules are built on the meta device without running initialisers; a real tensor
+    initialised there is still initialised (the mode only short-cuts meta tensors)."""
+    from imgcls.models import on_meta
+
+    with on_meta():
+        net = create_model("resnet10t", num_classes=3)
+        real = torch.zeros(64, device="cpu")
+        nn.init.normal_(real)
+        uniform = torch.zeros(64, device="cpu").uniform_()
+    assert all(p.is_meta for p in net.parameters())
+    assert real.std() > 0.5 and uniform.min() >= 0 and uniform.max() > 0.5

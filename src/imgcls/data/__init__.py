@@ -5,9 +5,36 @@ an evaluation reads); predict and serve read images with `load_for_eval` so that
 evaluated. Augmentation lives in `imgcls.data.augment`.
 """
 
-from imgcls.data.config import DataConfig
-from imgcls.data.loader import BatchLoader, Data, EvalData, build_data, build_eval_data
-from imgcls.data.reader import ImageError, load_for_eval, read_image
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgcls.data.config import DataConfig
+    from imgcls.data.loader import BatchLoader, Data, EvalData, build_data, build_eval_data
+    from imgcls.data.reader import ImageError, load_for_eval, read_image
+
+# Imported on first use (PEP 562): predict and serve read images through `imgcls.data.reader` alone, and the
+# loaders' augmentation stack (kornia) costs ~0.4 s of every command's start-up otherwise.
+_HOME = {
+    "DataConfig": "config",
+    "BatchLoader": "loader",
+    "Data": "loader",
+    "EvalData": "loader",
+    "build_data": "loader",
+    "build_eval_data": "loader",
+    "ImageError": "reader",
+    "load_for_eval": "reader",
+    "read_image": "reader",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"imgcls.data.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'imgcls.data' has no attribute {name!r}")
+
 
 __all__ = [
     "BatchLoader",

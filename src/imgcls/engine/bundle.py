@@ -90,26 +90,53 @@ def load_weights(
         raise UserError(f"{run.weights}: not a readable safetensors file ({type(exc).__name__})") from None
 
 
-def build_model(meta: ModelMeta, where: Path | str = RunFolder.META, device: str | None = None) -> nn.Module:
-    """The architecture ``meta`` describes, freshly initialised (on ``device``: ``"meta"`` gives shapes only, for
-    weights to be assigned). An unknown name or option, or an input size the network cannot take (checked on the
-    meta device first: nothing is allocated), is a UserError naming ``where``.
+def build_model(meta: ModelMeta, where: Path | str = RunFolder.META, meta_device: bool = False) -> nn.Module:
+    """The architecture ``meta`` describes, freshly initialised. An unknown name or option, or an input size the
+    network cannot take (checked on the meta device first: nothing is allocated), is a UserError naming ``where``.
+
+    ``meta_device``: shapes only, for weights to be assigned; the input size is then left to the caller
+    (:func:`load_bundle` checks it with the weights in), since a forward pass on the meta device imports
+    torch._dynamo on first use (about 2 s on a 2-core CPU, on the start-up path of every ``predict``).
     """
     from imgcls.classic import is_classic
-    from imgcls.models import check_model_args, create_model
+    from imgcls.models import check_model_args, create_model, on_meta
 
     args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
     try:
+        if meta_device:
+            try:
+                with on_meta():
+                    return create_model(meta.name, **args)
+            except (TypeError, ValueError):  # an option of the wrong type or range: check_model_args words it
+                check_model_args(meta.name, image_size=meta.input_size[1], training=False, **args)
+                raise
         if not is_classic(meta.name):  # a network: options and input size, shapes only; pipelines check their own
             check_model_args(meta.name, image_size=meta.input_size[1], **args)
-        if device is None:
-            return create_model(meta.name, **args)
-        with torch.device(device):
-            return create_model(meta.name, **args)
+        return create_model(meta.name, **args)
     except UserError as exc:
         if meta.model_kwargs and "option" in str(exc):  # create_model: an option this architecture does not have
             raise UserError(f"{where}: model_kwargs do not fit {meta.name} ({exc})") from None
         raise UserError(f"{where}: {exc}") from None
+
+
+def _check_input_size(model: nn.Module, meta: ModelMeta, where: Path | str) -> None:
+    """A loaded network takes the recorded input size: its native one (the registry's tests run every model
+    there) unless options or another size were recorded, which one real image through it decides. A size it
+    cannot take is check_model_args's one-line error, with the smallest size that works."""
+    from imgcls.models import check_model_args, model_entry
+
+    if not meta.model_kwargs and tuple(meta.input_size) == tuple(model_entry(meta.name).input_size):
+        return
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *meta.input_size))
+    except RuntimeError:
+        args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+        try:
+            check_model_args(meta.name, image_size=meta.input_size[1], training=False, **args)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        raise UserError(f"{where}: {meta.name} cannot run on inputs of {meta.input_size}") from None
 
 
 def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu") -> tuple[nn.Module, ModelMeta]:
@@ -125,9 +152,9 @@ def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu"
     from imgcls.classic import is_classic
 
     # A network is built on the meta device and its loaded tensors assigned: random initialisation of weights
-    # that are overwritten at once took most of a load (0.3-0.7 s for ResNet-50 on a 2-core CPU).
-    on_meta = not is_classic(meta.name)
-    model = build_model(meta, run.meta, device="meta" if on_meta else None)
+    # that are overwritten at once took most of a load (0.4 s of 1.1 s for ResNet-50 on a 2-core CPU).
+    assign = not is_classic(meta.name)
+    model = build_model(meta, run.meta, meta_device=assign)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -151,12 +178,14 @@ def load_bundle(folder: str | os.PathLike | RunFolder, map_location: str = "cpu"
         )
     # assigning keeps a tensor's dtype where copying into a parameter would cast it
     state = {k: v.to(expected[k].dtype) if v.dtype != expected[k].dtype else v for k, v in state.items()}
-    model.load_state_dict(state, assign=on_meta)
-    if on_meta and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+    model.load_state_dict(state, assign=assign)
+    if assign and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # a tensor the state dict does not hold (a non-persistent buffer) has no value on the meta device
         model = build_model(meta, run.meta)
         model.load_state_dict(state)
     model.eval()
+    if assign:
+        _check_input_size(model, meta, run.meta)
     return model, meta
 
 

@@ -405,10 +405,10 @@ def _check_model(name: str, in_chans: int, image_size: int, kwargs: dict[str, An
         UserError: an option the model does not take or a value it refuses (``model.kwargs``), or an input
             size it cannot take (with the smallest it does take).
     """
-    from imgcls.models import create_model
+    from imgcls.models import create_model, on_meta
 
     try:
-        with torch.device("meta"):
+        with on_meta():
             net = create_model(name, num_classes=2, in_chans=in_chans, **kwargs)
     except UserError as exc:  # an option the model does not have (create_model lists the ones it has)
         if not kwargs:

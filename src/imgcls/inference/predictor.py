@@ -641,11 +641,11 @@ def _per_channel(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
 
 def _stored_classes(name: str, file: str | os.PathLike) -> int | None:
     """Output size of the classifier stored in a weights file, or None when its key is not the expected one."""
-    from imgcls.models import create_model
+    from imgcls.models import create_model, on_meta
     from imgcls.models.weights import read_state_dict
 
     # The meta device builds the architecture without memory or initialisation, just to learn the key name.
-    with torch.device("meta"):
+    with on_meta():
         probe = create_model(name, num_classes=1000)
     head = getattr(probe.get_classifier(), "weight", None)
     key = next((k for k, p in probe.named_parameters() if p is head), None)

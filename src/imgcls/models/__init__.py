@@ -9,6 +9,7 @@ from imgcls.models._registry import (
     list_models,
     model_entry,
     model_options,
+    on_meta,
     register_model,
 )
 from imgcls.models.profile import profile
@@ -21,6 +22,7 @@ __all__ = [
     "list_models",
     "model_entry",
     "model_options",
+    "on_meta",
     "profile",
     "register_model",
 ]

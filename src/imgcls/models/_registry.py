@@ -6,13 +6,38 @@ import fnmatch
 import inspect
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from imgcls.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from imgcls.errors import UserError
+
+
+class _MetaInitSkipped(TorchFunctionMode):
+    """Initialisers called on meta tensors (``torch.nn.init``'s, and the tensor methods they use) return at once.
+    A meta tensor holds no values, so nothing is lost; without this, PyTorch runs its Python reference of
+    ``normal_`` on the meta device, and its first use imports torch._dynamo (about 2 s on a 2-core CPU) in every
+    command that checks or loads a model."""
+
+    METHODS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args else (kwargs or {}).get("tensor")  # torch.nn.init passes it by keyword
+        initialiser = func in self.METHODS or getattr(func, "__module__", None) == "torch.nn.init"
+        if initialiser and isinstance(first, torch.Tensor) and first.is_meta:
+            return first
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def on_meta():
+    """Build modules on the meta device (shapes only: no memory, no initialisation arithmetic)."""
+    with torch.device("meta"), _MetaInitSkipped():
+        yield
 
 
 @dataclass(frozen=True)
@@ -127,7 +152,7 @@ def model_options(name: str) -> dict[str, object]:
     """The family options of `name` (keyword arguments ``create_model`` accepts besides num_classes and in_chans)
     with their defaults, read from the model class's signature."""
     entry = model_entry(name)
-    with torch.device("meta"):  # no memory, no initialisation: only the class is wanted
+    with on_meta():  # no memory, no initialisation: only the class is wanted
         model = entry.fn(num_classes=entry.default_num_classes, in_chans=entry.input_size[0])
     fixed = {"self", "num_classes", "in_chans"}
     return {
@@ -184,7 +209,7 @@ def check_model_args(
             raise UserError(f"{label} of {name} must be an integer >= {least}: {value!r}")
     size = _pair(entry.input_size[1:] if image_size is None else image_size, name)
     try:
-        with torch.device("meta"):
+        with on_meta():
             model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (TypeError, ValueError) as exc:  # an option of the wrong type or out of range
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

@@ -254,9 +254,9 @@ def stored_in_chans(name: str, path: str | os.PathLike) -> int | None:
     ``(6, 3, 5, 5)`` one. ``None`` when the file has no such entry under the architecture's key (after the
     key mapping of :func:`map_keys`).
     """
-    from imgcls.models._registry import create_model
+    from imgcls.models._registry import create_model, on_meta
 
-    with torch.device("meta"):  # the key and rank of the first convolution only; nothing allocated
+    with on_meta():  # the key and rank of the first convolution only; nothing allocated
         target = create_model(name).state_dict()
     first = next((k for k, v in target.items() if v.dim() == 4), None)
     state, _ = map_keys(read_state_dict(path)[0], target)
