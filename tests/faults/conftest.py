@@ -7,8 +7,10 @@ runs the suite that way and turns the file into the "Reliability" section of BEN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +81,36 @@ def start(argv: list[str], **env: str) -> subprocess.Popen:
 
 def run_to_end(argv: list[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def start_group(argv: list[str], **env: str) -> subprocess.Popen:
+    """`start` in a process group of its own (a launcher and its workers): `kill_group` ends all of them."""
+    return subprocess.Popen(
+        argv,
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process left in `proc`'s group (it may have ended already; its workers may not have)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def group_members(proc: subprocess.Popen) -> list[int]:
+    """The processes still alive in `proc`'s process group (Linux: /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == proc.pid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+                members.append(int(stat.parent.name))
+    return members
 
 
 def read_checkpoint(path: Path) -> dict | None:

@@ -103,12 +103,42 @@ def join_process_group(device: str, info: DistInfo, timeout_s: float = 600.0, ba
         os.environ["GLOO_SOCKET_IFNAME"] = "lo" if sys.platform.startswith("linux") else "lo0"
     if device.startswith("cuda"):
         torch.cuda.set_device(info.local_rank)
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend=backend or backend_for(device),
+        store=_attempt_store(info, timeout),
         rank=info.rank,
         world_size=info.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
+
+
+def _attempt_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's static rendezvous, the agent's store seen through a prefix of its own for this start.
+
+    torchrun's agent hosts the store the ranks join through and, with its default static rendezvous
+    (``--master_addr``/``--master_port``), keeps it across ``--max-restarts`` restarts, while
+    ``init_process_group`` writes the same keys on every start: each rank's gloo address under
+    ``default_pg/0//cpu//0/<rank>``. The ranks of a restarted group then read the killed processes' addresses and
+    connect to a dead port ("Gloo connectFullMesh failed ... Connection refused") or wait, past any timeout, for a
+    mesh that cannot form. A prefix per start (``TORCHELASTIC_RESTART_COUNT``) keeps each group's keys apart.
+
+    The count must be the same in every rank. It is where one agent starts them all (``GROUP_WORLD_SIZE`` 1), and
+    under the static rendezvous, where the group never changes and an agent restarts only when one of its own
+    workers failed (a lost peer makes every other worker fail too). The static agent's store holds its rank
+    assignment (``<run id>/torchelastic/role_info/0``), written before any worker starts. Under the ``c10d``
+    rendezvous across nodes, an agent restarted for another node's failure does not count it, so the group joins
+    as before there. None outside torchrun: ``init_process_group`` then builds its store from the environment.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_store = dist.TCPStore(host, port, info.world_size, is_master=False, timeout=timeout)
+    one_agent = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"
+    static = agent_store.check([f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/torchelastic/role_info/0"])
+    if not (one_agent or static):
+        return None
+    return dist.PrefixStore(f"imgcls/start{elastic_restart()}/", agent_store)
 
 
 def cleanup() -> None:
