@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from tests.support import free_port  # noqa: F401 (tests reach it as kit.free_port)
+from tests.support import free_port
 
 from imgcls.engine.checkpoint import load_checkpoint
 
@@ -154,3 +154,60 @@ def vm_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+SERVE_MAX_BYTES = 256 * 1024  # --max-bytes of `served_lenet5`
+SERVE_CLASSES = 6
+
+
+class ServeProcess:
+    """``python -m imgcls serve`` on a free port of 127.0.0.1, stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self, run: Path, max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = 4_000_000):
+        import httpx
+
+        self.port, self.max_bytes = free_port(), max_bytes
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = imgcls("serve", "--run", str(run), "--port", str(self.port), "--max-bytes", str(max_bytes))
+        self.proc = subprocess.Popen(
+            [*argv, "--max-pixels", str(max_pixels)],
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def served_lenet5(folder: Path, max_bytes: int = SERVE_MAX_BYTES) -> Iterator[ServeProcess]:
+    """An untrained LeNet-5 run of `SERVE_CLASSES` classes (3x32x32) saved in ``folder/run`` and served by
+    `ServeProcess` while the block runs."""
+    from imgcls.engine.bundle import ModelMeta, save_bundle
+    from imgcls.models import create_model
+
+    run = folder / "run"
+    model = create_model("lenet5", num_classes=SERVE_CLASSES, in_chans=3)
+    names = [f"c{i}" for i in range(SERVE_CLASSES)]
+    save_bundle(run, model, ModelMeta("lenet5", SERVE_CLASSES, names, [3, 32, 32], [0.5] * 3, [0.25] * 3))
+    served = ServeProcess(run, max_bytes)
+    try:
+        yield served
+    finally:
+        served.stop()

@@ -12,7 +12,6 @@ import asyncio
 import io
 import socket
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,13 +22,8 @@ import pytest
 from PIL import Image
 from tests.support import png_declaring
 
-from imgcls.engine.bundle import ModelMeta, save_bundle
-from imgcls.models import create_model
-
 pytestmark = [pytest.mark.faults, pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")]
 
-MAX_BYTES = 256 * 1024
-CLASSES = 6
 TRAVERSALS = (
     "/static/../app.py",
     "/static/%2e%2e/app.py",
@@ -59,50 +53,10 @@ def _png(rng: np.random.Generator, w: int = 40, h: int = 30) -> bytes:
     return buf.getvalue()
 
 
-class ServeProcess:
-    """``python -m imgcls serve`` on a free port of 127.0.0.1, stopped (SIGTERM, then SIGKILL) at the end."""
-
-    def __init__(self, kit, run: Path):
-        self.port = kit.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = kit.imgcls("serve", "--run", str(run), "--port", str(self.port), "--max-bytes", str(MAX_BYTES))
-        self.proc = subprocess.Popen(
-            [*argv, "--max-pixels", "4000000"],
-            env=kit.subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            assert time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, kit):
-    run = tmp_path_factory.mktemp("http") / "run"
-    model = create_model("lenet5", num_classes=CLASSES, in_chans=3)
-    meta = ModelMeta("lenet5", CLASSES, [f"c{i}" for i in range(CLASSES)], [3, 32, 32], [0.5] * 3, [0.25] * 3)
-    save_bundle(run, model, meta)
-    served = ServeProcess(kit, run)
-    try:
+    with kit.served_lenet5(tmp_path_factory.mktemp("http")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +89,10 @@ def test_oversized_and_lying_bodies(server, client):
     lied = client.post("/predict", files={"f": ("cat.png", b"<!DOCTYPE html><script>x</script>", "image/png")})
     assert lied.status_code == 415
     # Declared too large: refused before a byte of the body is read.
+    declared = server.max_bytes * 40
     status, _ = _raw(
         server.url,
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BYTES * 40}\r\nConnection: close\r\n\r\n".encode(),
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n".encode(),
     )
     assert status == 413
     # Lying Content-Length (says small, sends more): HTTP framing reads only what was declared.

@@ -13,28 +13,17 @@ import asyncio
 import time
 
 import pytest
-from tests.faults.test_http import CLASSES, MAX_BYTES, ServeProcess
-
-from imgcls.engine.bundle import ModelMeta, save_bundle
-from imgcls.models import create_model
 
 pytestmark = pytest.mark.faults
 
 CONNECTIONS = 200
-BODY = 4 * MAX_BYTES  # over the cap, well under the drain bound
+OVER = 4  # bodies of 4x the server's --max-bytes: over the cap, well under the drain bound
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, kit):
-    run = tmp_path_factory.mktemp("linger") / "run"
-    model = create_model("lenet5", num_classes=CLASSES, in_chans=3)
-    meta = ModelMeta("lenet5", CLASSES, [f"c{i}" for i in range(CLASSES)], [3, 32, 32], [0.5] * 3, [0.25] * 3)
-    save_bundle(run, model, meta)
-    served = ServeProcess(kit, run)
-    try:
+    with kit.served_lenet5(tmp_path_factory.mktemp("linger")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 async def _upload(port: int, body: bytes, declare: bool) -> str:
@@ -59,8 +48,8 @@ async def _upload(port: int, body: bytes, declare: bool) -> str:
         return type(exc).__name__
 
 
-async def _burst(port: int, declare: bool) -> list[str]:
-    body = b"\0" * BODY
+async def _burst(port: int, size: int, declare: bool) -> list[str]:
+    body = b"\0" * size
     return await asyncio.gather(*(_upload(port, body, declare) for _ in range(CONNECTIONS)))
 
 
@@ -69,7 +58,7 @@ async def _burst(port: int, declare: bool) -> list[str]:
 )
 def test_oversized_uploads_get_413_under_200_connections(server, declare, figure):
     t0 = time.perf_counter()
-    answers = asyncio.run(_burst(server.port, declare))
+    answers = asyncio.run(_burst(server.port, OVER * server.max_bytes, declare))
     counts = {a: answers.count(a) for a in set(answers)}
     assert counts == {"413": CONNECTIONS}, counts
     figure(f"serve_413_under_load_{'declared' if declare else 'chunked'}",
