@@ -161,25 +161,27 @@ SERVE_CLASSES = 6
 
 
 class ServeProcess:
-    """``python -m imgcls serve`` on a free port of 127.0.0.1, stopped (SIGTERM, then SIGKILL) at the end."""
+    """``python -m imgcls serve`` on a free port of 127.0.0.1, stopped (SIGTERM, then SIGKILL) at the end.
+
+    Its output goes to ``serve.log`` beside the run folder, never to a pipe: nobody reads a pipe while the tests
+    run, and a server whose pipe fills (a warning per malformed request) would block on its next write.
+    """
 
     def __init__(self, run: Path, max_bytes: int = SERVE_MAX_BYTES, max_pixels: int = 4_000_000):
         import httpx
 
         self.port, self.max_bytes = free_port(), max_bytes
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = run.parent / "serve.log"
         argv = imgcls("serve", "--run", str(run), "--port", str(self.port), "--max-bytes", str(max_bytes))
-        self.proc = subprocess.Popen(
-            [*argv, "--max-pixels", str(max_pixels)],
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [*argv, "--max-pixels", str(max_pixels)], env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 120
         while True:
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            assert time.monotonic() < deadline, "the server did not start"
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not start:\n" + self.log.read_text()[-3000:]
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     break

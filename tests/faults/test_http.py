@@ -126,14 +126,16 @@ def test_multipart_floods_are_refused_cheaply(server, client):
 def test_slow_clients_do_not_stall_others(server, client):
     png = _png(np.random.default_rng(2))
     stop = threading.Event()
-    opened = []
+    opened, tried = [], threading.Semaphore(0)
 
     def slowloris():
         try:
             s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            opened.append(s)
         except OSError:
             return
-        opened.append(s)
+        finally:
+            tried.release()
         request = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Pad: " + b"a" * 1000
         for byte in request:
             if stop.is_set():
@@ -148,7 +150,9 @@ def test_slow_clients_do_not_stall_others(server, client):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        for _ in threads:  # every client has connected or failed (a loaded machine may take seconds to start them)
+            assert tried.acquire(timeout=60)
+        time.sleep(1.0)  # each has sent a few header bytes
         assert len(opened) == 64
         answers = [client.post("/predict", content=png, timeout=30).status_code for _ in range(20)]
         assert answers == [200] * 20
