@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ".venv/bin/python -m benchmarks.run reliability"
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-m", "faults", "tests/faults", "-p", "no:cacheprovider", "-rs"]
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-m", "faults", "tests/faults", "-p", "no:cacheprovider", "-rfEs"]
 
 
 def _missing(key: str) -> str:
@@ -250,7 +250,7 @@ def run() -> str:
     lines = done.stdout.strip().splitlines()
     summary = lines[-1] if lines else f"pytest exited with {done.returncode}"
     skips = [ln for ln in lines if ln.startswith("SKIPPED")]
-    failed = [ln for ln in lines if ln.startswith("FAILED")]
+    failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]  # -rfE lists them
     table = ["| scenario | figure |", "|---|---|"] + [f"| {a} | {b} |" for a, b in _rows(figures)]
     out = [
         "## Reliability",
