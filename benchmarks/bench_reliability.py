@@ -236,6 +236,16 @@ def _data_rows(f: dict) -> list[tuple[str, str]]:
             else _missing("streaming_breaks"),
         )
     )
+    small = f.get("small_things")
+    rows.append(
+        (
+            "19.8 the small things: weights file mode, a class folder `...`, AVIF/JPEG 2000 in folders, "
+            "`export --tolerance nan`, a newline in a file name, `HEAD /`",
+            f"**{small['passed']}/{small['of']}** as a user expects ({'; '.join(small['checks'])})"
+            if small
+            else _missing("small_things"),
+        )
+    )
     return sorted(rows, key=lambda row: row[0].split()[0])  # by class number; a class's rows keep their order
 
 

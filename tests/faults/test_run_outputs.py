@@ -179,3 +179,51 @@ def test_a_newline_in_a_file_or_class_name_keeps_one_line_per_answer(tmp_path, c
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith(str(folder / "two\\nlines.jpg") + ": ") and "cat\\nINJECTED" in lines[0]
+
+
+def test_class_8_the_small_things_end_to_end(tmp_path, capsys, kit, figure):
+    """Issue 19 class 8 through the real commands, counted for the Reliability table: a trained run's weights file
+    has the mode of its other files; a class folder named ``...`` and AVIF/JPEG 2000 photos in folders are
+    trained on; ``export --tolerance nan`` is one line; a newline in a file name keeps one answer per line; the
+    service answers ``HEAD /`` as ``GET /``."""
+    import httpx
+    from PIL import Image
+
+    checks: dict[str, bool] = {}
+    data = tmp_path / "photos"
+    for cls, colour in (("...", (220, 30, 30)), ("jp", (30, 30, 220))):
+        (data / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40, 36), tuple(min(255, c + 5 * i) for c in colour)).save(data / cls / f"{i}.png")
+    Image.new("RGB", (40, 36), (30, 30, 200)).save(data / "jp" / "y.jp2")
+    Image.new("RGB", (40, 36), (30, 30, 210)).save(data / "jp" / "z.avif")
+    old = os.umask(0o022)
+    try:
+        argv = ["train", "--model", "lenet5", "--data", str(data), "--image-size", "32", "--epochs", "1"]
+        argv += ["--batch-size", "4", "--out", str(tmp_path / "run"), "--set", "train.report=false"]
+        assert main([*argv, "--set", "train.progress=none"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    record = json.loads((run / "model.json").read_text())
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in run.iterdir() if p.is_file()}
+    checks["weights 0644 like every other file"] = modes == {0o644}
+    checks["class '...' kept"] = record["classes"] == ["...", "jp"]
+    assert main(["eval", "--run", str(run), "--data", str(data), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    checks["AVIF and JPEG 2000 read in folders"] = evaluated["num_samples"] == 6 + 8  # the .avif and .jp2 count
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--run", str(run), "--format", "onnx", "--out", str(out), "--tolerance", "nan"])
+    err = capsys.readouterr().err
+    checks["--tolerance nan refused in one line"] = code == 2 and err.count("\n") == 1 and not out.exists()
+    odd = tmp_path / "two\nlines.png"
+    Image.new("RGB", (40, 36), (220, 30, 30)).save(odd)
+    assert main(["predict", "--run", str(run), str(odd), str(data / "jp" / "0.png")]) == 0
+    checks["a newline in a file name: one answer per line"] = len(capsys.readouterr().out.splitlines()) == 2
+    with kit.served_lenet5(tmp_path / "served") as served:
+        head, get = httpx.head(served.url + "/", timeout=30), httpx.get(served.url + "/", timeout=30)
+        checks["HEAD / answered as GET /"] = head.status_code == get.status_code == 200 and head.content == b""
+    failed = [name for name, ok in checks.items() if not ok]
+    assert not failed, failed
+    figure("small_things", {"passed": len(checks), "of": len(checks), "checks": list(checks)})
