@@ -265,8 +265,9 @@ def run() -> str:
     out = [
         "## Reliability",
         "",
-        "Fault injection and hostile input (issue 7): every figure below is produced by a test in `tests/faults` "
-        "that fails when the property breaks (`make faults` runs them all; the quick ones run in `make test`).",
+        "Fault injection and hostile input (issues 7 and 19): every figure below is produced by a test in "
+        "`tests/faults` that fails when the property breaks (`make faults` runs them all; the quick ones run in "
+        "`make test`).",
         "",
         *table,
         "",
