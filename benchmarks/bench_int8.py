@@ -43,13 +43,20 @@ def _measure_run(run: Path) -> dict:
     model, meta = load_bundle(run)
     pre = Preprocess(tuple(meta.input_size), meta.resize or meta.input_size[1], tuple(meta.mean), tuple(meta.std))
     source = E.EngineSource(model, meta.input_size, pre.normalise, key="", run=run, max_int8_drop=100.0, meta=meta)
-    built = {name: source.build(name) for name in ("onnx", "onnx-int8", "torch-int8")}
+    built, failed = {}, {}
+    for name in ("onnx", "onnx-int8", "torch-int8"):
+        try:
+            built[name] = source.build(name)
+        except RuntimeError as exc:  # a network FX cannot trace (data-dependent control flow), an export failure
+            failed[name] = str(exc).splitlines()[0][:160]
     dummy = torch.randint(
         0, 256, (BATCH, *meta.input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     timings = E.measure(built, dummy, rounds=ROUNDS, drop_over=None)
-    row = {"run": run.name, "model": meta.name, "input": "x".join(map(str, meta.input_size[1:]))}
+    row = {"run": run.name, "model": meta.name, "input": "x".join(map(str, meta.input_size[1:])), "failed": failed}
     for name in ("onnx-int8", "torch-int8"):
+        if name not in built:
+            continue
         check = built[name].check
         row[name] = {**check.to_dict(), "speed_vs_onnx_fp32": timings.seconds["onnx"] / timings.seconds[name]}
     row["onnx_fp32_images_s"] = BATCH / timings.seconds["onnx"]
@@ -80,6 +87,12 @@ def run() -> str:
     ]
     for row in rows:
         for name in ("onnx-int8", "torch-int8"):
+            if name not in row:
+                why = row["failed"].get(name, "not built")
+                lines.append(
+                    f"| {row['run']} | `{row['model']}` | {row['input']} | {name} | not available: {why} | | | | | |"
+                )
+                continue
             c = row[name]
             lines.append(
                 f"| {row['run']} | `{row['model']}` | {row['input']} | {name} | {c['images']} | {c['fp32_top1']:.2f} "

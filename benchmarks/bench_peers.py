@@ -83,10 +83,19 @@ def run_process(argv: Sequence[str], cwd: Path | None = None, extra_env: dict | 
 
 
 def last_json(text: str):
+    """The output's JSON: the whole of it (``imgcls predict --json`` indents its list over many lines), else its
+    last line that is JSON (scripts that log before their one-line answer)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line.startswith(("{", "[")):
-            return json.loads(line)
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
     raise ValueError("no JSON line in the output")
 
 

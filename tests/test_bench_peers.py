@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
@@ -23,6 +24,9 @@ def test_alternate_runs_the_sides_in_turn():
 def test_last_json_takes_the_final_object():
     assert B.last_json('log line\n{"top1": 1.5}\nmore\n{"top1": 2.5, "x": [1]}\n') == {"top1": 2.5, "x": [1]}
     assert B.last_json("[1, 2]\n") == [1, 2]
+    # imgcls predict --json: one indented list over many lines, whose inner lines start with "{" too
+    answers = [{"path": "a.jpg", "predictions": [{"index": 3, "label": "c3"}]}]
+    assert B.last_json(json.dumps(answers, indent=2)) == answers
     with pytest.raises(ValueError):
         B.last_json("no json here\n")
 
