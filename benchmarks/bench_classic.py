@@ -158,17 +158,22 @@ def _table(name: str, block: dict) -> list[str]:
         if model not in measured:
             kind = "classic" if model in CLASSIC else "CNN"
             lines.append(f"| `{model}` | {kind} | not measured yet | | | |")
+    notes = []
     for r in sorted(block["rows"], key=lambda r: order.get(r["model"], 99)):
         kind = "classic" if r["model"] in CLASSIC else "CNN"
+        if r.get("note"):  # how a figure was read, where it is not the run's own final evaluation
+            notes.append(f"{'*' * (len(notes) + 1)} `{r['model']}`: {r['note']}.")
         args = f" `{' '.join(r['args'])}`" if r["args"] else ""
         if "error" in r:
             lines.append(f"| `{r['model']}`{args} | {kind} | failed: {r['error']} | | {r['wall_s']} | |")
             continue
         top5 = "—" if r.get("top5") is None else f"{r['top5']:.2f}"
+        mark = "*" * len(notes) if r.get("note") else ""
         lines.append(
-            f"| `{r['model']}`{args} | {kind} | {r['top1']:.2f} | {top5} | {r['wall_s']:.0f} | {r['load'][0]:.1f} |"
+            f"| `{r['model']}`{args} | {kind} | {r['top1']:.2f}{mark} | {top5} | {r['wall_s']:.0f} "
+            f"| {r['load'][0]:.1f} |"
         )
-    return [*lines, ""]
+    return [*lines, "", *(f"{n}  " for n in notes), *([""] if notes else [])]
 
 
 def run() -> str:
@@ -180,7 +185,7 @@ def run() -> str:
         "digits": "digits (1,618 train / 179 validation, 8×8 upsampled)",
         "cifar10": f"CIFAR-10, {10 * (results.get('cifar10', {}).get('per_class') or 1000):,} training images "
         "(the first per class by file name) / the full 10,000 test images",
-        "hymenoptera": "ants/bees photos (244 train / 153 validation), 128 px",
+        "hymenoptera": "ants/bees photos (244 train / 153 validation)",
     }
     out = [
         "## Classic pipelines next to CNNs (issue 18)",
