@@ -97,7 +97,8 @@ def test_select_measures_then_remembers(setup, cache):
 
 
 def test_a_clear_loser_is_dropped_after_one_round_and_never_chosen():
-    """Two callables, one ~20x slower: it runs its warm-up and one round, the fast one all rounds."""
+    """Two callables, one ~50x slower: it runs its warm-up and one round, the fast one all rounds (a 60 ms
+    stall of a 1 ms call would be needed to drop the wrong one)."""
     import time
 
     calls = {"fast": 0, "slow": 0}
@@ -109,11 +110,11 @@ def test_a_clear_loser_is_dropped_after_one_round_and_never_chosen():
 
         return run
 
-    timings = E.measure({"slow": engine("slow", 0.02), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4)
+    timings = E.measure({"slow": engine("slow", 0.05), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4)
     assert calls == {"fast": 1 + 4, "slow": 1 + 1}
     assert E.choose(timings) == "fast" and timings.seconds["slow"] > timings.seconds["fast"]
     calls.update(fast=0, slow=0)
-    E.measure({"slow": engine("slow", 0.02), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4, drop_over=None)
+    E.measure({"slow": engine("slow", 0.05), "fast": engine("fast", 0.001)}, torch.zeros(1), rounds=4, drop_over=None)
     assert calls == {"fast": 5, "slow": 5}
 
 

@@ -90,6 +90,11 @@ def load_weights(
         raise UserError(f"{run.weights}: not a readable safetensors file ({type(exc).__name__})") from None
 
 
+def _model_args(meta: ModelMeta) -> dict:
+    """``create_model`` / ``check_model_args`` keyword arguments of the architecture ``meta`` records."""
+    return dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+
+
 def build_model(meta: ModelMeta, where: Path | str = RunFolder.META, meta_device: bool = False) -> nn.Module:
     """The architecture ``meta`` describes, freshly initialised. An unknown name or option, or an input size the
     network cannot take (checked on the meta device first: nothing is allocated), is a UserError naming ``where``.
@@ -101,7 +106,7 @@ def build_model(meta: ModelMeta, where: Path | str = RunFolder.META, meta_device
     from imgcls.classic import is_classic
     from imgcls.models import check_model_args, create_model, on_meta
 
-    args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
+    args = _model_args(meta)
     try:
         if meta_device:
             try:
@@ -131,9 +136,8 @@ def _check_input_size(model: nn.Module, meta: ModelMeta, where: Path | str) -> N
         with torch.inference_mode():
             model(torch.zeros(1, *meta.input_size))
     except RuntimeError:
-        args = dict(num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs)
         try:
-            check_model_args(meta.name, image_size=meta.input_size[1], training=False, **args)
+            check_model_args(meta.name, image_size=meta.input_size[1], training=False, **_model_args(meta))
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
         raise UserError(f"{where}: {meta.name} cannot run on inputs of {meta.input_size}") from None

@@ -242,7 +242,13 @@ def quantize_onnx(
     16-bit sums of u8 x s8 products cannot saturate: on a LeNet-5 trained on the digits, AVX2 without it changed
     3 of 179 top-1 answers, with it none.
     """
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -254,32 +260,31 @@ def quantize_onnx(
 
     out = Path(out)
     root = logging.getLogger()  # the quantizer logs its advice on the root logger, which a CLI user would see
-    level = root.level
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        root.setLevel(logging.ERROR)
+        root.addFilter(_quantizer_advice)
         try:
-            _quantize_static(fp32_onnx, Path(tmp) / "model.onnx", Reader(), reduce_range)
+            quantize_static(
+                os.fspath(fp32_onnx),
+                os.fspath(Path(tmp) / "model.onnx"),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
         finally:
-            root.setLevel(level)
+            root.removeFilter(_quantizer_advice)
         os.replace(Path(tmp) / "model.onnx", out)
     return out
 
 
-def _quantize_static(fp32_onnx, out: Path, reader, reduce_range: bool | None) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    quantize_static(
-        os.fspath(fp32_onnx),
-        os.fspath(out),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=(not has_vnni()) if reduce_range is None else reduce_range,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+def _quantizer_advice(record: logging.LogRecord) -> bool:
+    """False for ONNX Runtime's own warnings below ERROR (its "pre-processing" advice), which go to the root
+    logger; every other record, other threads' included, passes."""
+    return record.levelno >= logging.ERROR or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
