@@ -30,8 +30,9 @@ def main() -> None:
     name = session.get_inputs()[0].name
     paths = []
     for item in args.paths:
-        if os.path.isdir(item):
-            paths += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith((".jpg", ".png")))
+        if os.path.isdir(item):  # the whole tree, as `imgcls predict` reads a folder of class subfolders
+            found = (os.path.join(d, f) for d, _, files in os.walk(item) for f in files)
+            paths += sorted(f for f in found if f.lower().endswith((".jpg", ".jpeg", ".png")))
         else:
             paths.append(item)
     out = []

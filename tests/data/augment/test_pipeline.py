@@ -10,7 +10,7 @@ import imgcls.data.augment.colour as colour
 from imgcls.data.augment import AugmentConfig, build_batch_transform, mean_image
 from imgcls.data.augment.colour import adjust_brightness, adjust_contrast, adjust_hue_turns, adjust_saturation
 from imgcls.data.augment.erase import cutout_keep, cutout_mask
-from imgcls.data.augment.geometry import crop_flip, sample_resized_crop, sample_resized_crops
+from imgcls.data.augment.geometry import crop_flip, resized_crop_flip, sample_resized_crop, sample_resized_crops
 from imgcls.errors import UserError
 
 MEAN = (0.5, 0.4, 0.3)
@@ -401,6 +401,23 @@ def test_random_resized_crop_takes_the_box_it_drew_on_a_non_square_image():
     assert (boxes[:, 2:] == 16).all() and boxes[:, 1].max() > 16, "boxes are 16 x 16 and reach past column 16"
     for i, (top, left, _, _) in enumerate(boxes.tolist()):
         assert torch.allclose(y[i], normalised(x[i : i + 1, :, top : top + 16, left : left + 16])[0], atol=1e-4)
+
+
+def test_resized_crop_antialiases_a_shrinking_box_and_matches_a_float_resize():
+    # One-pixel stripes, 0 and 255: a 64-px box shrunk to 16 px must come out mid-grey (antialiased, as
+    # torchvision's RandomResizedCrop), not a sampled subset of the stripes; and the uint8 path must agree with a
+    # float resize of the same box to within the uint8 rounding.
+    stripes = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    stripes[..., ::2] = 255
+    boxes = torch.tensor([[0, 0, 64, 64], [8, 4, 40, 48]])
+    out = resized_crop_flip(stripes, boxes, 16, hflip=torch.tensor([False, True]))
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 16, 16)
+    assert (out[0, :, :, 1:-1] - 127.5).abs().max() <= 1.0, "interior columns mid-grey (the edges see half a filter)"
+    as_float = resized_crop_flip(stripes.float(), boxes, 16, hflip=torch.tensor([False, True]))
+    assert (out - as_float).abs().max() <= 1.0
+    ramp = torch.arange(64, dtype=torch.uint8).expand(1, 3, 64, 64).contiguous() * 4
+    flipped = resized_crop_flip(ramp, torch.tensor([[0, 0, 64, 64]]), 32, hflip=torch.tensor([True]))
+    assert flipped[0, 0, 0, 0] > flipped[0, 0, 0, -1], "the mirrored ramp falls from left to right"
 
 
 def test_random_resized_crop_boxes_span_the_scale_and_ratio_bounds():
