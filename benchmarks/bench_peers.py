@@ -22,7 +22,8 @@ The peers live in their own venv, made by ``bash benchmarks/peers_setup.sh`` (``
 (``$IMGCLS_CIFAR10_PNG``, ``$IMGCLS_HYMENOPTERA``: an archive or an unpacked folder).
 
 Command: ``bash benchmarks/peers_setup.sh && .venv/bin/python -m benchmarks.run peers``; ``IMGCLS_BENCH_QUICK=1``
-runs every part on a few images for one round, to check that it works (its figures mean nothing).
+runs every part on a few images for one round, to check that it works (its figures mean nothing);
+``IMGCLS_BENCH_PEERS_ROUNDS`` sets the alternating rounds (3), ``IMGCLS_BENCH_PEERS_PARTS`` the parts.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ PEERS_VENV = Path(os.environ.get("IMGCLS_PEERS_VENV", Path.home() / ".cache" / "
 QUICK = os.environ.get("IMGCLS_BENCH_QUICK") == "1"
 THREADS = int(os.environ.get("IMGCLS_BENCH_THREADS", str(min(2, os.cpu_count() or 1))))
 WORKERS = THREADS
-ROUNDS = 1 if QUICK else 3
+ROUNDS = 1 if QUICK else int(os.environ.get("IMGCLS_BENCH_PEERS_ROUNDS", "3"))
 COMMAND = "bash benchmarks/peers_setup.sh && .venv/bin/python -m benchmarks.run peers"
 
 
@@ -587,7 +588,7 @@ def data_part(tmp: Path) -> list[str]:
 
 
 def run(parts: Sequence[str] | None = None) -> str:
-    parts = parts or os.environ.get("IMGCLS_BENCH_PEERS_PARTS", "predict,train,data").split(",")
+    parts = parts or os.environ.get("IMGCLS_BENCH_PEERS_PARTS", "predict,data,train").split(",")
     start = uptime()
     lines = [
         "## Against peers",

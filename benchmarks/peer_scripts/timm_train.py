@@ -1,8 +1,9 @@
 """The baseline of timm's `train.py`, built from the timm wheel's own API as `train.py` builds it: `create_model`,
-`create_dataset`, `create_loader` (its prefetcher, workers, RandomResizedCrop/flip/colour-jitter pipeline),
-`create_optimizer_v2`, `create_scheduler_v2` stepped per update, `--channels-last`, `--amp --amp-dtype bfloat16`
-(where asked). For the CIFAR-stem model the ImageNet stem of timm's resnet18 is replaced by the 3x3 stride-1 conv
-without max-pool, which makes it the same network as imgcls's `resnet18_cifar` (same compute)."""
+`create_dataset`, `create_loader` (its prefetcher, workers, RandomResizedCrop/flip pipeline; colour jitter off, as
+on the other sides), `create_optimizer_v2`, `create_scheduler_v2` stepped per update, `--channels-last`, `--amp
+--amp-dtype bfloat16` (where asked). For the CIFAR-stem model the ImageNet stem of timm's resnet18 is replaced by
+the 3x3 stride-1 conv without max-pool, which makes it the same network as imgcls's `resnet18_cifar` (same
+compute)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,17 @@ def main() -> None:
     model.to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     common = dict(mean=mean, std=std, num_workers=args.workers, device=device, use_prefetcher=True)
-    # train.py's defaults: RandomResizedCrop scale (0.08, 1), hflip 0.5, colour jitter 0.4; at CIFAR size a
-    # milder scale, as its users pass with --scale.
+    # train.py's RandomResizedCrop + hflip 0.5, with the scale the other sides use (as its users pass --scale)
+    # and --color-jitter 0: the other sides do no colour jitter, so timm's loader does not do more work.
     scale = (0.35, 1.0)
     loader = create_loader(
-        train_set, (3, args.size, args.size), args.batch_size, is_training=True, scale=scale, **common
+        train_set,
+        (3, args.size, args.size),
+        args.batch_size,
+        is_training=True,
+        scale=scale,
+        color_jitter=0.0,
+        **common,
     )
     val_loader = create_loader(
         val_set, (3, args.size, args.size), 256, is_training=False, crop_pct=1.0 if cifar else 0.875, **common

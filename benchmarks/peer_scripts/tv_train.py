@@ -41,9 +41,8 @@ def main() -> None:
     val_loader = DataLoader(val_set, 256, num_workers=args.workers)
     model = create_model(args.model, num_classes=len(train_set.classes)).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, args.lr, total_steps=args.epochs * len(loader), pct_start=0.15, anneal_strategy="cos"
-    )
+    # Cosine from the peak to zero over every step, no warm-up: the schedule of the imgcls and timm sides.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * len(loader))
     loss_fn = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     epoch_seconds = []

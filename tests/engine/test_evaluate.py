@@ -250,6 +250,41 @@ def test_finalize_run_writes_valid_files(tmp_path):
         assert list(npz["classes"]) == data.classes and str(npz["task"]) == "multiclass"
 
 
+class CountingNet(nn.Module):
+    """A wrapper that counts the images its forward sees."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.num_classes, self.seen = net, net.num_classes, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_finalize_run_reuses_the_last_validation_and_writes_the_same_files(tmp_path, tta):
+    torch.manual_seed(7)
+    data, _ = _fake_data()
+    model = CountingNet(TinyConvNet(num_classes=5))
+    fresh = finalize_run(tmp_path / "fresh", model, data, tta=tta)
+    passes = model.seen
+    model.seen = 0
+    validated = evaluate_model(model, data.val, task="multiclass")
+    model.seen = 0
+    reused = finalize_run(tmp_path / "reused", model, data, tta=tta, validated=validated)
+    # tta none: no pass of the model at all; flip: the TTA pass (2 views), not the single-view one for calibration.
+    assert passes == 23 * (1 if tta == "none" else 3)
+    assert model.seen == (0 if tta == "none" else 23 * 2)
+    assert reused == fresh
+    fresh_run, reused_run = RunFolder(tmp_path / "fresh"), RunFolder(tmp_path / "reused")
+    assert fresh_run.predictions.read_bytes() == reused_run.predictions.read_bytes()
+    with np.load(fresh_run.samples) as f, np.load(reused_run.samples) as r:
+        assert sorted(f.files) == sorted(r.files)
+        for key in f.files:
+            assert np.array_equal(f[key], r[key]), key
+
+
 def test_finalize_run_multilabel(tmp_path):
     torch.manual_seed(8)
     data, _ = _fake_data(n=10, k=4)

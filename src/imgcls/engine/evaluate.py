@@ -327,6 +327,10 @@ class _SampleKeeper:
             self.images.append(_to_uint8_hwc(x[local], self.mean, self.std))
             self.index.extend(i + offset for i in local)
 
+    def take(self, images: np.ndarray) -> None:
+        """The images at every wanted position, gathered without the model (`_gather_images`)."""
+        self.images, self.index = [images], list(self.wanted)
+
 
 def _topk(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
     k = min(k, probs.shape[1])
@@ -392,6 +396,7 @@ def finalize_run(
     tta: str = "none",
     tune_thresholds: bool = True,
     calibrate: bool = True,
+    validated: EvalResult | None = None,
 ) -> dict:
     """Evaluate the final model on the validation split (and a separate test split, when the data has one) and
     write what the report reads.
@@ -430,26 +435,35 @@ def finalize_run(
             ``train.final_tta``).
         tune_thresholds: multi-label only — tune per-class thresholds on validation (else 0.5 stays).
         calibrate: multi-class and binary — fit the temperature on validation (else ``model.json`` has none).
+        validated: the single-view pass of these weights over ``data.val`` that training already made (its last
+            validation, by :func:`evaluate_model` with the same precision and loss): used instead of a second
+            identical pass, in one process — for everything when ``tta`` is ``"none"``, for the calibration's
+            single views otherwise. The report's images then come from a pass over the loader without the model.
 
     Returns:
         The contents of ``eval.json`` as a dict.
     """
     run = RunFolder(run_dir)
     total = getattr(data.val, "num_samples", None)
+    reuse = validated if validated is not None and not distributed and total else None
     keeper = _SampleKeeper(total if not distributed else None, data.mean, data.std)
-    result = _evaluate(
-        model,
-        data.val,
-        task=data.task,
-        loss_fn=loss_fn,
-        precision=precision,
-        device=device,
-        distributed=distributed,
-        tta=tta,
-        crop_size=None,
-        threshold=0.5,
-        on_batch=keeper,
-    )
+    if reuse is not None and tta == "none":
+        result = reuse
+        keeper.take(_gather_images(data.val, np.asarray(keeper.wanted), data.mean, data.std))
+    else:
+        result = _evaluate(
+            model,
+            data.val,
+            task=data.task,
+            loss_fn=loss_fn,
+            precision=precision,
+            device=device,
+            distributed=distributed,
+            tta=tta,
+            crop_size=None,
+            threshold=0.5,
+            on_batch=keeper,
+        )
     payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
     thresholds = None
     if data.task == "multilabel" and tune_thresholds:
@@ -458,7 +472,11 @@ def finalize_run(
     passes = dict(task=data.task, loss_fn=loss_fn, precision=precision, device=device, distributed=distributed)
 
     def single_view(loader, done: EvalResult) -> EvalResult:  # the logits predict computes
-        return done if tta == "none" else _evaluate(model, loader, tta="none", crop_size=None, threshold=0.5, **passes)
+        if tta == "none":
+            return done
+        if loader is data.val and reuse is not None:
+            return reuse
+        return _evaluate(model, loader, tta="none", crop_size=None, threshold=0.5, **passes)
 
     temperature = None
     if data.task != "multilabel" and calibrate:

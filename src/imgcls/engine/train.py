@@ -556,6 +556,7 @@ class _Session:
     last_checkpoint: float = field(default_factory=time.monotonic)
     lock: FileLock | None = None  # rank 0: the run folder's lock, held until the run ends
     compile_clock: CompileClock = field(default_factory=lambda: CompileClock(False))  # torch.compile's time
+    validated: tuple[int, Any] | None = None  # (epoch, EvalResult) of the latest validation of the shipped model
 
     @property
     def task(self) -> str:
@@ -1414,6 +1415,7 @@ def _validate(s: _Session, epoch: int) -> dict[str, Any]:
         device=s.device,
         distributed=s.info.enabled,
     )
+    s.validated = (epoch, result)  # the final evaluation reuses it when these weights ship (`_finish`)
     s.schedule.observe(result.loss if result.loss is not None else math.inf)
     mAP = result.metrics.get("mAP")
     return {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5, "val_mAP": mAP}
@@ -1452,7 +1454,8 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
     tc, info, run = s.cfg.train, s.info, s.run
     final = s.shipped()
     best = state.best
-    if tc.save == "best" and best is not None and best["epoch"] != len(state.history):
+    shipped_epoch = best["epoch"] if tc.save == "best" and best is not None else len(state.history)
+    if shipped_epoch != len(state.history):
         from imgcls.engine.bundle import load_weights
 
         final.load_state_dict(D.on_main(lambda: load_weights(run)))
@@ -1460,6 +1463,8 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
     if tc.report:
         from imgcls.engine.evaluate import finalize_run
 
+        # The last epoch's validation of the weights that ship (in memory, unchanged since) is not run again.
+        last = s.validated is not None and s.validated[0] == shipped_epoch == len(state.history)
         summary = finalize_run(
             run,
             final,
@@ -1469,9 +1474,9 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
             distributed=info.enabled,
             loss_fn=s.val_loss_fn,
             tta=tc.final_tta,
+            validated=s.validated[1] if last else None,
         )
     metric, column, _ = s.select
-    shipped_epoch = best["epoch"] if tc.save == "best" and best is not None else len(state.history)
     elapsed = time.perf_counter() - t_start  # recorded, shown by the report and printed below: one figure
     if info.is_main:
         rule = "best" if tc.save == "best" else "last"

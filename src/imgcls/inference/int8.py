@@ -48,6 +48,8 @@ CHECK_IMAGES = 2000
 # Largest top-1 drop accepted by default, in percentage points of the fp32 accuracy.
 DEFAULT_MAX_DROP = 1.0
 CHECK_BATCH = 64
+# Images per calibration run of ONNX Runtime's min/max calibrator (its memory grows with it, its result does not).
+CALIBRATION_RUN = 8
 # Bumped whenever the quantizers' settings change, so that cached int8 models are rebuilt.
 QUANTIZER_VERSION = 1
 
@@ -251,8 +253,11 @@ def quantize_onnx(
     )
 
     class Reader(CalibrationDataReader):
+        # Small runs: the calibrator's model outputs only each tensor's min and max, but every activation of a
+        # run is alive at once (9.4 GB resident for ResNet-50 at 224 in runs of 64 images); ranges do not depend
+        # on how the images are grouped.
         def __init__(self) -> None:
-            self.batches = iter(calibration)
+            self.batches = (part for x in calibration for part in x.split(CALIBRATION_RUN))
 
         def get_next(self) -> dict | None:
             x = next(self.batches, None)

@@ -1,7 +1,8 @@
 """Geometric augmentation and the evaluation geometry.
 
 - RandomResizedCrop boxes (Szegedy et al. 2015, "Going deeper with convolutions", §6; torchvision's algorithm):
-  `sample_resized_crops` for a batch, `sample_resized_crop` for one streamed image (the same draws).
+  `sample_resized_crops` for a batch, `sample_resized_crop` for one streamed image (the same draws);
+  `resized_crop_flip` resizes each box with torch's antialiased bilinear kernel, in uint8 on the CPU.
 - Random crop of the input size from a padded and/or larger image (Krizhevsky et al. 2012, §4.1; the CIFAR "pad 4
   and crop", He et al. 2016, §4.2) with zero/reflect/edge padding, translation and flips: `crop_flip`, one index
   computation and one ``gather`` on the uint8 batch (flips are the index order reversed). With zero padding and
