@@ -44,6 +44,9 @@ def _console_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user mistakes become a one-line message and exit status 2."""
+    from imgcls._memory import keep_freed_memory
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting it in again (imgcls._memory)
     _console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
