@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
-    from imgcls.inference.engines import ENGINES
+    from imgcls.inference.catalog import ENGINES
 
     p.add_argument(
         "--precision",
@@ -93,7 +93,7 @@ def _say_engine(predictor) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from imgcls.inference import Predictor, expand_inputs
+    from imgcls.inference.results import expand_inputs
 
     if args.run and (args.model or args.weights):
         raise UserError("give either --run RUN or --model NAME --weights FILE, not both")
@@ -105,11 +105,7 @@ def predict(args: argparse.Namespace) -> int:
     if args.csv:  # before anything is loaded or written: an output that is an input would be truncated
         protected = [RunFolder(args.run)] if args.run else []
         refuse_output(args.csv, "--csv", inputs=[*paths, *([args.weights] if args.weights else [])], runs=protected)
-    options = dict(backend=args.backend, batch_size=args.batch_size, precision=args.precision, engine=args.engine)
-    if args.run:
-        predictor = Predictor.from_run(args.run, max_int8_drop=args.max_int8_drop, **options)
-    else:
-        predictor = Predictor.from_weights(args.model, args.weights, **options)
+    predictor = _predictor(args)
     results = predictor.iter_predict(paths, topk=args.topk)
     if args.json:
         failed = _write_json(results, sys.stdout)
@@ -121,6 +117,23 @@ def predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"imgcls: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predictor(args: argparse.Namespace):
+    """The run's remembered ONNX Runtime engine without PyTorch where it applies (imgcls.inference.fastpath),
+    else the Predictor, which measures the engines (and records an ONNX Runtime choice for the next time)."""
+    options = dict(batch_size=args.batch_size, precision=args.precision, engine=args.engine)
+    if args.run and args.backend == "torch":
+        from imgcls.inference.fastpath import open_remembered
+
+        fast = open_remembered(args.run, max_int8_drop=args.max_int8_drop, **options)
+        if fast is not None:
+            return fast
+    from imgcls.inference import Predictor
+
+    if args.run:
+        return Predictor.from_run(args.run, backend=args.backend, max_int8_drop=args.max_int8_drop, **options)
+    return Predictor.from_weights(args.model, args.weights, backend=args.backend, **options)
 
 
 def _visible(text: str) -> str:

@@ -32,8 +32,7 @@ FLAG_TARGETS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `train` and `eval` to the `imgcls` parser."""
-    from imgcls.engine.config import DEVICES
-    from imgcls.engine.evaluate import TTA_MODES
+    from imgcls.engine.config import DEVICES, TTA_MODES
 
     p = sub.add_parser(
         "train",

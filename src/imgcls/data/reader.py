@@ -34,13 +34,15 @@ import math
 import os
 import struct
 import warnings
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from imgcls.errors import UserError
+
+if TYPE_CHECKING:  # predict's PyTorch-free path (imgcls.inference.fastpath) reads images through this module
+    import torch
 
 BACKGROUND = 255  # white, for compositing transparent pixels
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -371,12 +373,19 @@ def center_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    """``"RGB"``/``"L"`` PIL image -> uint8 tensor ``(C, H, W)``."""
+def pil_to_array(im: Image.Image) -> np.ndarray:
+    """``"RGB"``/``"L"`` PIL image -> uint8 array ``(C, H, W)``, contiguous and writable."""
     a = np.asarray(im, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
-    return torch.from_numpy(a.transpose(2, 0, 1).copy())  # a copy: PIL buffers are read-only
+    return a.transpose(2, 0, 1).copy()  # a copy: PIL's buffers are read-only
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """``"RGB"``/``"L"`` PIL image -> uint8 tensor ``(C, H, W)``."""
+    import torch
+
+    return torch.from_numpy(pil_to_array(im))
 
 
 def eval_view(im: Image.Image, size: int, resize: int, in_chans: int) -> Image.Image:
@@ -413,11 +422,31 @@ def load_for_eval(
     Raises:
         ImageError: the file cannot be used (see `read_image`; thin images are refused from the header).
     """
+    import torch
+
+    limits = _limits(max_pixels, max_file_bytes, max_aspect)
+    return torch.from_numpy(load_array_for_eval(src, size, resize, in_chans, **limits))
+
+
+def load_array_for_eval(
+    src: Source,
+    size: int,
+    resize: int,
+    in_chans: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+) -> np.ndarray:
+    """`load_for_eval` as a uint8 NumPy array ``(in_chans, size, size)`` (for predict without PyTorch)."""
     if resize < size:
         raise UserError(f"resize ({resize}) must be at least the crop size ({size})")
-    limits = {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes, "max_aspect": max_aspect}
-    im = read_image(src, min_side=resize, **limits)
-    return pil_to_tensor(eval_view(im, size, resize, in_chans))
+    im = read_image(src, min_side=resize, **_limits(max_pixels, max_file_bytes, max_aspect))
+    return pil_to_array(eval_view(im, size, resize, in_chans))
+
+
+def _limits(max_pixels: int, max_file_bytes: int, max_aspect: float) -> dict:
+    return {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes, "max_aspect": max_aspect}
 
 
 def header_size(path: str | os.PathLike, **limits) -> tuple[int, int]:

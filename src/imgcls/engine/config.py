@@ -33,6 +33,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("multiclass", "multilabel", "binary")
 FINAL_TTA = ("none", "flip", "flip-translate")
+TTA_MODES = (*FINAL_TTA, "ten-crop")  # `imgcls eval --tta`; ten-crop needs images larger than the crop
 # What the shipped weights are chosen by (``train.select_metric``): "auto" is mAP for multi-label data, top-1
 # otherwise; "loss" picks the lowest validation loss, the others the highest value.
 SELECT_METRICS = ("auto", "top1", "top5", "mAP", "loss")

@@ -45,11 +45,11 @@ from torch import Tensor, nn
 from imgcls._files import atomic_write_text
 from imgcls.engine import distributed as D
 from imgcls.engine import metrics as M
+from imgcls.engine.config import TTA_MODES
 from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
-TTA_MODES = ("none", "flip", "flip-translate", "ten-crop")
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
 TOPK = 5
 

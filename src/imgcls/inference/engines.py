@@ -48,20 +48,8 @@ from torch import Tensor, nn
 
 from imgcls.errors import UserError
 from imgcls.inference import int8 as q
+from imgcls.inference.catalog import ENGINE_PRECISION, ENGINES, PRECISIONS, cache_dir, measure_batch
 
-ENGINES = ("eager", "graph", "eager-bf16", "graph-bf16", "onnx", "onnx-int8", "torch-int8")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-ENGINE_PRECISION = {
-    "eager": "fp32",
-    "graph": "fp32",
-    "eager-bf16": "bf16",
-    "graph-bf16": "bf16",
-    "onnx": "fp32",
-    "onnx-int8": "int8",
-    "torch-int8": "int8",
-}
-# The dummy batch the candidates are timed on: up to this many images (the Predictor's batch size when smaller).
-MEASURE_BATCH = 8
 MEASURE_ROUNDS = 3
 # An engine this many times slower than the fastest, in its fastest call, is dropped from the later rounds.
 DROP_OVER = 1.25
@@ -98,15 +86,6 @@ def check_engine(engine: str) -> None:
         raise UserError(f"unknown engine: {engine} (choose from {', '.join(ENGINES)})")
 
 
-def cache_dir() -> Path:
-    """Where exported ONNX files, int8 models and measured choices are kept: ``$IMGCLS_INFERENCE_CACHE``, else
-    ``$XDG_CACHE_HOME/imgcls/inference`` (``~/.cache/imgcls/inference``)."""
-    if os.environ.get("IMGCLS_INFERENCE_CACHE"):
-        return Path(os.environ["IMGCLS_INFERENCE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imgcls" / "inference"
-
-
 def cpu_description() -> str:
     """The CPU as the benchmarks print it: model name, torch's vector capability, core count."""
     name = platform.processor() or ""
@@ -131,6 +110,7 @@ class Engine:
         normalise: uint8 -> normalised float (the run's mean/std).
         channels_last: the input is handed over channels-last.
         check: for int8 engines, how they compared with fp32 on the validation images.
+        file: for ONNX Runtime engines, the ONNX file they run (predict's PyTorch-free path reopens it).
     """
 
     name: str
@@ -138,6 +118,7 @@ class Engine:
     normalise: Callable[[Tensor], Tensor]
     channels_last: bool = False
     check: q.Int8Check | None = None
+    file: Path | None = None
 
     @property
     def precision(self) -> str:
@@ -287,8 +268,8 @@ class EngineSource:
         )
 
     def _onnx(self) -> Engine:
-        session = q.onnx_session(self.fp32_onnx())
-        return Engine("onnx", q.onnx_function(session), self.normalise)
+        path = self.fp32_onnx()
+        return Engine("onnx", q.onnx_function(q.onnx_session(path)), self.normalise, file=path)
 
     def validation(self) -> list:
         if self.run is None:
@@ -317,7 +298,7 @@ class EngineSource:
             forward = load()
         log.debug("%s", check.summary())
         q.check_drop(check, self.max_int8_drop, str(self.run or "the model"))
-        return Engine(name, forward, self.normalise, check=check)
+        return Engine(name, forward, self.normalise, check=check, file=path)
 
     def _onnx_int8(self) -> Engine:
         path = self.folder() / "model.int8.onnx"
@@ -505,7 +486,7 @@ def select(
         except RuntimeError as exc:
             raise UserError(f"--engine {engine}: cannot run this model ({q._one_line(exc)})") from None
     names = candidates(precision)
-    batch = max(1, min(batch_size, MEASURE_BATCH))
+    batch = measure_batch(batch_size)
     key = _choice_key(source, names, batch) if remember else None
     remembered = _remembered(key)
     if remembered is not None:

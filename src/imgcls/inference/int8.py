@@ -32,12 +32,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from imgcls.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: predict's PyTorch-free path reads Int8Check records through this module
+    import torch
+    from torch import Tensor, nn
 
 INT8_ENGINES = ("onnx-int8", "torch-int8")
 # Calibration images: min/max of activations settle within a few hundred images (more only costs time).
@@ -193,6 +196,8 @@ def calibration_slice(batches: Sequence[tuple[Tensor, Tensor]], images: int = CA
 def has_vnni() -> bool:
     """True where the CPU has 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI), so 8-bit activations
     cannot saturate FBGEMM's 16-bit intermediate sums."""
+    import torch
+
     try:
         return bool(torch.cpu._is_avx512_vnni_supported() or torch.cpu._is_avx_vnni_supported())
     except AttributeError:
@@ -206,6 +211,7 @@ def quantize_torch(model: nn.Module, calibration: Sequence[Tensor]) -> torch.jit
     Raises:
         RuntimeError: the model cannot be traced symbolically or quantized (the caller skips this engine).
     """
+    import torch
     from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -296,14 +302,20 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads (default: torch's)."""
     import onnxruntime as ort
 
+    if not threads:
+        import torch
+
+        threads = torch.get_num_threads()
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_function(session) -> Callable[[Tensor], Tensor]:
     """Normalised float ``(N, C, H, W)`` -> float32 logits through an ONNX Runtime session."""
+    import torch
+
     name = session.get_inputs()[0].name
 
     def run(x: Tensor) -> Tensor:
@@ -327,6 +339,8 @@ def compare(
 
     Multi-label and soft targets count the argmax target as the label (top-1 of the strongest label).
     """
+    import torch
+
     n = hits32 = hits8 = same = 0
     with torch.inference_mode():
         for x, y in batches:

@@ -18,13 +18,11 @@ Two backends run the network:
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from imgcls._files import sha256_file
 from imgcls.engine.metrics import probabilities
 from imgcls.engine.precision import cpu_has_bf16
 from imgcls.errors import UserError
+from imgcls.inference.results import BatchedPredictor, Prediction, Result, check_input, expand_inputs
 from imgcls.run_folder import RunFolder
 
 BACKENDS = ("torch", "onnx")
@@ -72,63 +71,6 @@ class Preprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         inv_std = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
         return (x.to(torch.float32) - mean) * inv_std
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One of the top-k answers for an image."""
-
-    label: str
-    index: int
-    probability: float
-
-
-@dataclass(frozen=True)
-class Result:
-    """The answer for one input: its top-k predictions (and, for multi-label, the label set), or the one-line
-    reason it could not be answered."""
-
-    path: str
-    predictions: tuple[Prediction, ...] = ()
-    error: str | None = None
-    labels: tuple[str, ...] | None = None  # multi-label: every class at or above its threshold, most probable first
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        """The JSON object of DESIGN.md: ``{"path", "predictions": [...]}`` (plus ``"labels"`` for multi-label)
-        or ``{"path", "error"}``."""
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        preds = [{"label": p.label, "index": p.index, "probability": p.probability} for p in self.predictions]
-        out = {"path": self.path, "predictions": preds}
-        if self.labels is not None:
-            out["labels"] = list(self.labels)
-        return out
-
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Turn command-line inputs (files, folders, globs) into a list of paths, each input in the order given.
-
-    A folder contributes its image files (by extension, as the data layer recognises them; recursively, sorted),
-    a glob its matches (sorted). An input that yields nothing is kept as it is, so that it gets an answer of its
-    own (an error) instead of vanishing.
-    """
-    from imgcls.data.reader import is_image_file
-
-    paths: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        if os.path.isdir(text):
-            found = sorted(str(p) for p in Path(text).rglob("*") if is_image_file(p) and p.is_file())
-        elif not os.path.exists(text) and glob.has_magic(text):
-            found = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
-        else:
-            found = []
-        paths.extend(found or [text])
-    return paths
 
 
 def resolve_precision(precision: str) -> str:
@@ -215,7 +157,7 @@ class OnnxRunner:
         return torch.from_numpy(logits).float()
 
 
-class Predictor:
+class Predictor(BatchedPredictor):
     """Classify images with a trained model, preprocessing them exactly as at evaluation.
 
     Build one with :meth:`from_run`, :meth:`from_weights` or :meth:`from_onnx`, then call :meth:`predict`.
@@ -345,6 +287,12 @@ class Predictor:
         common["model"] = model.float().eval()
         predictor = cls(selection.engine, preprocess, meta.classes, sha256=meta.sha256, **common)
         predictor.selection = selection
+        if selection.engine.file is not None:  # an ONNX Runtime engine: the next predict may go without PyTorch
+            from imgcls.inference import fastpath
+
+            check = selection.engine.check.to_dict() if selection.engine.check is not None else None
+            chosen, threads = selection.engine.name, torch.get_num_threads()
+            fastpath.remember(meta, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
         return predictor
 
     @classmethod
@@ -476,18 +424,13 @@ class Predictor:
         Raises:
             ImageError: the file is missing, unreadable, not an image or too large.
         """
-        from imgcls.data.reader import ImageError, eval_view, load_for_eval, pil_to_tensor, to_standard_mode
+        from imgcls.data.reader import eval_view, load_for_eval, pil_to_tensor, to_standard_mode
 
         c, h, _ = self.preprocess.input_size
         if isinstance(item, Image.Image):
             # The reader's own mode conversion, so odd modes (alpha, 16-bit, CMYK) convert exactly as for files.
             return pil_to_tensor(eval_view(to_standard_mode(item), h, self.preprocess.resize, c))
-        if isinstance(item, (str, os.PathLike)):
-            text = os.fspath(item)
-            if os.path.isdir(text):
-                raise ImageError(text, "folder holds no image files")
-            if not os.path.exists(text):
-                raise ImageError(text, "no file matches this pattern" if glob.has_magic(text) else "file not found")
+        check_input(item)
         limits = {} if max_pixels is None else {"max_pixels": max_pixels}
         return load_for_eval(item, size=h, resize=self.preprocess.resize, in_chans=c, **limits)
 
@@ -527,49 +470,12 @@ class Predictor:
 
         return list(explain(self, inputs, ExplainOptions(**options)))
 
-    def predict(self, inputs: Iterable[PathOrImage], topk: int = 5) -> list[Result]:
-        """Top-k answers for image files, encoded bytes or PIL images, one :class:`Result` per input, in order.
+    def stack(self, arrays: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(arrays)
 
-        An input that cannot be read gets a Result with its error; the others are unaffected.
-        """
-        return list(self.iter_predict(inputs, topk))
-
-    def iter_predict(self, inputs: Iterable[PathOrImage], topk: int = 5) -> Iterator[Result]:
-        """Like :meth:`predict`, but yields each batch's answers as soon as they are ready (for long folders)."""
-        if topk < 1:
-            raise UserError(f"--topk must be at least 1 (got {topk})")
-        items = list(inputs)
-        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="imgcls-decode") as pool:
-            # Decode one batch ahead so that reading files overlaps with the model's work.
-            pending = [pool.submit(self._load_or_error, item) for item in chunks[0]] if chunks else []
-            offset = 0
-            for k, chunk in enumerate(chunks):
-                current = pending
-                if k + 1 < len(chunks):
-                    pending = [pool.submit(self._load_or_error, item) for item in chunks[k + 1]]
-                yield from self._answer(chunk, current, offset, topk)
-                offset += len(chunk)
-
-    def _load_or_error(self, item: PathOrImage) -> torch.Tensor | str:
-        from imgcls.data.reader import ImageError
-
-        try:
-            return self.load(item)
-        except ImageError as exc:
-            return _one_line(getattr(exc, "reason", None) or str(exc))
-
-    def _answer(self, chunk: list, loaded: list[Future], offset: int, topk: int) -> Iterator[Result]:
-        decoded = [f.result() for f in loaded]
-        good = [i for i, d in enumerate(decoded) if isinstance(d, torch.Tensor)]
-        probs = self.probabilities(torch.stack([decoded[i] for i in good])) if good else None
-        row = dict(zip(good, range(len(good))))
-        for i, (item, d) in enumerate(zip(chunk, decoded, strict=True)):
-            label = _describe(item, offset + i)
-            if i in row:
-                yield self.answer(label, probs[row[i]], topk)
-            else:
-                yield Result(label, error=d)
+    def answer_batch(self, labels: list[str], batch: torch.Tensor, topk: int) -> list[Result]:
+        probs = self.probabilities(batch)
+        return [self.answer(label, row, topk) for label, row in zip(labels, probs, strict=True)]
 
 
 def read_onnx_metadata(file: str | os.PathLike) -> dict:
@@ -656,16 +562,6 @@ def _stored_classes(name: str, file: str | os.PathLike) -> int | None:
         if candidate in state:
             return int(state[candidate].shape[0])
     return None
-
-
-def _describe(item: PathOrImage, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    return f"<input {index}>"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 __all__ = [

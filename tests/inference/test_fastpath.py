@@ -1,0 +1,139 @@
+"""predict without PyTorch (imgcls.inference.fastpath): the full path records an ONNX Runtime choice, a later
+request that matches it answers the same from the same ONNX file with NumPy, and anything that differs takes the
+full path again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.inference import helpers
+
+from imgcls.inference import Predictor, fastpath
+from imgcls.run_folder import RunFolder
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "inference-cache"
+    monkeypatch.setenv("IMGCLS_INFERENCE_CACHE", str(folder))
+    return folder
+
+
+def _same_answers(full, fast) -> None:
+    assert len(full) == len(fast)
+    for a, b in zip(full, fast, strict=True):
+        assert (a.path, a.error, a.labels) == (b.path, b.error, b.labels)
+        assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
+        assert [p.label for p in a.predictions] == [p.label for p in b.predictions]
+        np.testing.assert_allclose(
+            [p.probability for p in a.predictions], [p.probability for p in b.predictions], atol=2e-6
+        )
+
+
+def _inputs(tmp_path) -> list[str]:
+    paths = [str(p) for p in helpers.write_images(tmp_path / "images", 11)]
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return [*paths, str(broken), str(tmp_path / "missing.png")]
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_recorded_onnx_choice_answers_the_same_without_the_full_path(tmp_path, cache, task):
+    run = helpers.write_run(tmp_path / "run", task=task, num_classes=6)
+    if task == "multiclass":  # a fitted temperature divides the logits on both paths
+        record = json.loads(RunFolder(run).meta.read_text())
+        record["temperature"] = 1.7
+        RunFolder(run).meta.write_text(json.dumps(record))
+    else:  # thresholds of the label sets, one per class, some of them on the high side
+        record = json.loads(RunFolder(run).meta.read_text())
+        record["thresholds"] = [0.2, 0.5, 0.9, 0.1, 0.6, 0.3]
+        RunFolder(run).meta.write_text(json.dumps(record))
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=4) is None, "nothing recorded yet"
+    full = Predictor.from_run(run, engine="onnx", batch_size=4)
+    assert full.selection.engine.name == "onnx"
+    fast = fastpath.open_remembered(run, engine="onnx", batch_size=4)
+    assert fast is not None and fast.task == task
+    assert "PyTorch not imported" in fast.selection.describe()
+    inputs = _inputs(tmp_path)
+    full_answers, fast_answers = full.predict(inputs, topk=4), fast.predict(inputs, topk=4)
+    _same_answers(full_answers, fast_answers)
+    assert sum(not r.ok for r in fast_answers) == 2, "the broken and the missing file are answered by their error"
+    if task == "multilabel":
+        label_sets = {r.labels for r in fast_answers if r.ok}
+        assert len(label_sets) > 1, "the label sets differ between images (so their agreement means something)"
+
+
+def test_anything_that_differs_takes_the_full_path(tmp_path, cache, monkeypatch):
+    run = helpers.write_run(tmp_path / "run")
+    Predictor.from_run(run, engine="onnx", batch_size=8)
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is not None
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=32) is not None, "same timing batch (min(b, 8))"
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=4) is None, "timed on another batch"
+    assert fastpath.open_remembered(run, batch_size=8) is None, "a measured choice is another request"
+    assert fastpath.open_remembered(run, engine="eager", batch_size=8) is None
+    assert fastpath.open_remembered(run, precision="bf16", engine="onnx", batch_size=8) is None
+    with monkeypatch.context() as m:
+        m.setenv("OMP_NUM_THREADS", "1")
+        assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is None, "other threads"
+    (entry,) = json.loads((cache / fastpath.RECORDS).read_text()).values()
+    onnx_file = Path(entry["file"])
+    os.utime(onnx_file, ns=(onnx_file.stat().st_atime_ns, onnx_file.stat().st_mtime_ns + 10**9))
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is None, "the ONNX file changed"
+    Predictor.from_run(run, engine="onnx", batch_size=8)  # records it again
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is not None
+    weights = RunFolder(run).weights
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is None, "weights that fail their SHA-256"
+
+
+def test_an_int8_record_over_the_allowed_drop_takes_the_full_path(tmp_path, cache):
+    run = helpers.write_run(tmp_path / "run")
+    full = Predictor.from_run(run, engine="onnx", batch_size=4)
+    meta = RunFolder(run).read_meta()
+    check = {
+        "engine": "onnx-int8",
+        "images": 200,
+        "fp32_top1": 80.0,
+        "int8_top1": 77.5,
+        "agreement": 95.0,
+        "calibration_images": 64,
+        "drop": 2.5,
+    }
+    fastpath.remember(meta, "int8", None, 4, "onnx-int8", full.selection.engine.file, 2, check)
+    assert fastpath.open_remembered(run, precision="int8", batch_size=4, max_int8_drop=1.0) is None
+    fast = fastpath.open_remembered(run, precision="int8", batch_size=4, max_int8_drop=3.0)
+    assert fast is not None and fast.precision == "int8"
+    assert "drop +2.50 points" in fast.selection.describe()
+
+
+def test_the_command_answers_without_importing_pytorch_the_second_time(tmp_path, cache):
+    run = helpers.write_run(tmp_path / "run")
+    inputs = _inputs(tmp_path)
+    probe = (
+        "import json, sys; from imgcls.cli import main; code = main(sys.argv[1:]); "
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'code': code}), file=sys.stderr)"
+    )
+    command = [sys.executable, "-c", probe, "predict", "--run", str(run), "--engine", "onnx", "--json", *inputs]
+    env = dict(os.environ, IMGCLS_INFERENCE_CACHE=str(cache))
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    for done, torch_loaded in ((first, True), (second, False)):
+        status = json.loads(done.stderr.strip().splitlines()[-1])
+        assert status == {"torch": torch_loaded, "code": 1}, done.stderr  # 1: two inputs could not be read
+    assert "engine onnx (forced)" in first.stderr
+    assert "engine onnx (remembered; PyTorch not imported)" in second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert [r.get("error") for r in a] == [r.get("error") for r in b]
+    assert [[p["index"] for p in r.get("predictions", [])] for r in a] == [
+        [p["index"] for p in r.get("predictions", [])] for r in b
+    ]
