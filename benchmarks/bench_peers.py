@@ -286,8 +286,15 @@ def predict_part(tmp: Path) -> list[str]:
 
     agree, agree8 = agreement("imgcls predict"), agreement("imgcls predict --precision int8")
     one = [paths[0]]
+    # An ONNX Runtime choice answers without importing PyTorch (imgcls.inference.fastpath): fp32 where ORT won the
+    # measurement above, int8 always; the default (auto) row is whatever this CPU chose.
+    run_process([*imgcls, "--precision", "fp32", *one], extra_env=cache)  # records fp32's own choice, untimed
     start_sides = {
         "imgcls predict": lambda: run_process([*imgcls, *one], extra_env=cache),
+        "imgcls predict --precision fp32": lambda: run_process([*imgcls, "--precision", "fp32", *one], extra_env=cache),
+        "imgcls predict --precision int8": lambda: run_process(
+            [*imgcls, "--precision", "int8", "--max-int8-drop", 100, *one], extra_env=cache
+        ),
         "PIL + ORT fp32 script": lambda: run_process([*plain, "--onnx", fp32_onnx, *one]),
         "python -c 'import torch'": lambda: run_process([sys.executable, "-c", "import torch"]),
     }

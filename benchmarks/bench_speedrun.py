@@ -16,7 +16,9 @@ Environment: ``IMGCLS_CIFAR10_FOLDER`` (``train/`` and ``test/`` class folders),
 ``IMGCLS_BENCH_SPEEDRUN_SEEDS`` (default 5); ``IMGCLS_BENCH_SPEEDRUN_RECIPES`` (default ``speedrun``; a comma list
 such as ``speedrun,speedrun_airbench94`` runs each recipe over the same seeds, the ablation of the optimiser);
 ``IMGCLS_BENCH_SPEEDRUN_CURVE=1`` adds one run of the first recipe validated after every epoch (no TTA), for the
-epoch at which the running evaluation crosses 94 %.
+epoch at which the running evaluation crosses 94 %; ``IMGCLS_BENCH_SPEEDRUN_ABLATIONS`` (a comma list of
+``ABLATIONS``' names, or ``all``) adds one seed-0 run of the first recipe per lever switched off, for the table of
+Δ time and Δ accuracy against seed 0.
 Command: ``.venv/bin/python -m benchmarks.run speedrun``.
 """
 
@@ -36,10 +38,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = Path(os.environ.get("IMGCLS_CIFAR10_PNG", REPO.parent / "shared" / "datasets" / "cifar10-png.tar.gz"))
-COMMAND = "IMGCLS_BENCH_SPEEDRUN_SEEDS=5 .venv/bin/python -m benchmarks.run speedrun"
+COMMAND = ".venv/bin/python -m benchmarks.run speedrun"
 TRAIN = "imgcls train --recipe RECIPE --data CIFAR10_PNG_FOLDER --out RUN --seed SEED"
 TEST_IMAGES = 10_000
 TTA_VIEWS = 6  # flip × (no shift, two 1-pixel shifts)
+# Each lever of the recipe's time, switched off: (what it is, extra arguments, extra environment).
+ABLATIONS = {
+    "allocator": ("glibc's malloc defaults (freed memory not kept)", [], {"IMGCLS_KEEP_FREED_MEMORY": "0"}),
+    "tta": ("no TTA (the final evaluation on the plain test images)", ["--set", "train.final_tta=none"], {}),
+    "bf16": ("fp32 instead of bf16 autocast", ["--precision", "fp32"], {}),
+}
 
 
 def _cifar_folder(tmp: Path) -> Path:
@@ -107,8 +115,16 @@ def recipe_flops(macs: float, images_trained: int) -> float:
     return 6.0 * macs * images_trained + 2.0 * macs * TEST_IMAGES * (1 + TTA_VIEWS)
 
 
-def _one_run(data: Path, out: Path, recipe: str, seed: int, cache: Path, extra: list[str] | None = None) -> dict:
-    env = dict(os.environ, IMGCLS_DATA=str(cache))
+def _one_run(
+    data: Path,
+    out: Path,
+    recipe: str,
+    seed: int,
+    cache: Path,
+    extra: list[str] | None = None,
+    extra_env: dict | None = None,
+) -> dict:
+    env = dict(os.environ, IMGCLS_DATA=str(cache), **(extra_env or {}))
     cmd = [sys.executable, "-m", "imgcls", "train", "--recipe", recipe, "--data", str(data)]
     cmd += ["--out", str(out), "--seed", str(seed), *(extra or [])]
     load_before = _load_average()
@@ -146,6 +162,11 @@ def run() -> str:
     seeds = int(os.environ.get("IMGCLS_BENCH_SPEEDRUN_SEEDS", "5"))
     recipes = [r.strip() for r in os.environ.get("IMGCLS_BENCH_SPEEDRUN_RECIPES", "speedrun").split(",") if r.strip()]
     curve = os.environ.get("IMGCLS_BENCH_SPEEDRUN_CURVE") == "1"
+    asked = [a.strip() for a in os.environ.get("IMGCLS_BENCH_SPEEDRUN_ABLATIONS", "").split(",") if a.strip()]
+    ablations = list(ABLATIONS) if asked == ["all"] else asked
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"bench speedrun: unknown ablation {', '.join(unknown)} (choose from {', '.join(ABLATIONS)})")
     macs = profile(create_model("airbench94", num_classes=10), (3, 32, 32)).macs
     precision = resolve_precision("auto", "cpu").name
     peak = peak_flops(precision)
@@ -160,6 +181,10 @@ def run() -> str:
         curve_run = None
         if curve:
             curve_run = _one_run(data, tmp / "curve", recipes[0], 0, cache, ["--set", "train.val_every=1"])
+        ablated = {}
+        for name in ablations:
+            _, args, env = ABLATIONS[name]
+            ablated[name] = _one_run(data, tmp / f"ablation-{name}", recipes[0], 0, cache, args, env)
 
     lines = [
         "## The CPU speedrun (exact CIFAR-10, issue 13)",
@@ -202,7 +227,27 @@ def run() -> str:
             f"- Per-epoch validation (no TTA) of `{recipes[0]}`, seed 0: {cells} %; "
             + (f"first ≥ 94 % after epoch {crossed}." if crossed else "never ≥ 94 % without TTA.")
         )
-    lines += ["", f"Command: `{COMMAND}`", ""]
+    if ablated:
+        runs = results[recipes[0]]
+        warm = statistics.mean([r["wall"] for r in runs[1:]] or [runs[0]["wall"]])
+        lines += [
+            "",
+            f"Levers of `{recipes[0]}`, each switched off in one more run of seed 0 with the warm cache: Δ time "
+            f"against the mean warm wall time above ({warm:.0f} s), Δ top-1 against seed 0 ({runs[0]['top1']:.2f} %).",
+            "",
+            "| switched off | wall s | Δ time s | top-1 % (TTA) | Δ top-1 points |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in ablated.items():
+            lines.append(
+                f"| {ABLATIONS[name][0]} | {r['wall']:.0f} | {r['wall'] - warm:+.0f} | {r['top1']:.2f} | "
+                f"{r['top1'] - runs[0]['top1']:+.2f} |"
+            )
+    settings = [f"IMGCLS_BENCH_SPEEDRUN_SEEDS={seeds}"]
+    settings += [f"IMGCLS_BENCH_SPEEDRUN_RECIPES={','.join(recipes)}"] if recipes != ["speedrun"] else []
+    settings += ["IMGCLS_BENCH_SPEEDRUN_CURVE=1"] if curve else []
+    settings += [f"IMGCLS_BENCH_SPEEDRUN_ABLATIONS={','.join(ablations)}"] if ablations else []
+    lines += ["", f"Command: `{' '.join(settings)} {COMMAND}`", ""]
     return "\n".join(lines)
 
 

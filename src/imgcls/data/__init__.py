@@ -7,8 +7,9 @@ evaluated. Augmentation lives in `imgcls.data.augment`.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from imgcls._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from imgcls.data.config import DataConfig
@@ -30,10 +31,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"imgcls.data.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'imgcls.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOME)
 
 
 __all__ = [

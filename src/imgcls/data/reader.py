@@ -398,33 +398,10 @@ def storage_view(im: Image.Image, side: int, in_chans: int) -> Image.Image:
     return to_channels(center_crop(resize_shorter(im, side), side), in_chans)
 
 
-def load_for_eval(
-    src: Source,
-    size: int,
-    resize: int,
-    in_chans: int,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    max_aspect: float = DEFAULT_MAX_ASPECT,
-) -> torch.Tensor:
-    """Read an image as predict, serve and validation see it.
-
-    Args:
-        src: path, bytes or binary file object.
-        size: side of the center crop (the model's input size).
-        resize: shorter side before the crop (``== size`` for no crop).
-        in_chans: 1 (grayscale) or 3 (RGB).
-
-    Returns:
-        uint8 tensor ``(in_chans, size, size)``.
-
-    Raises:
-        ImageError: the file cannot be used (see `read_image`; thin images are refused from the header).
-    """
+def load_for_eval(src: Source, size: int, resize: int, in_chans: int, **limits) -> torch.Tensor:
+    """Read an image as predict, serve and validation see it: `load_array_for_eval` as a uint8 tensor."""
     import torch
 
-    limits = _limits(max_pixels, max_file_bytes, max_aspect)
     return torch.from_numpy(load_array_for_eval(src, size, resize, in_chans, **limits))
 
 
@@ -438,15 +415,26 @@ def load_array_for_eval(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> np.ndarray:
-    """`load_for_eval` as a uint8 NumPy array ``(in_chans, size, size)`` (for predict without PyTorch)."""
+    """Read an image as predict, serve and validation see it (predict's PyTorch-free path uses it directly).
+
+    Args:
+        src: path, bytes or binary file object.
+        size: side of the center crop (the model's input size).
+        resize: shorter side before the crop (``== size`` for no crop).
+        in_chans: 1 (grayscale) or 3 (RGB).
+        max_pixels, max_file_bytes, max_aspect: the limits of `read_image`.
+
+    Returns:
+        uint8 array ``(in_chans, size, size)``.
+
+    Raises:
+        ImageError: the file cannot be used (see `read_image`; thin images are refused from the header).
+    """
     if resize < size:
         raise UserError(f"resize ({resize}) must be at least the crop size ({size})")
-    im = read_image(src, min_side=resize, **_limits(max_pixels, max_file_bytes, max_aspect))
+    limits = {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes, "max_aspect": max_aspect}
+    im = read_image(src, min_side=resize, **limits)
     return pil_to_array(eval_view(im, size, resize, in_chans))
-
-
-def _limits(max_pixels: int, max_file_bytes: int, max_aspect: float) -> dict:
-    return {"max_pixels": max_pixels, "max_file_bytes": max_file_bytes, "max_aspect": max_aspect}
 
 
 def header_size(path: str | os.PathLike, **limits) -> tuple[int, int]:

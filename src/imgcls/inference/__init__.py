@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from imgcls._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from imgcls.inference.export import ExportMismatch, ExportReport, export_onnx, export_run, export_torchscript
@@ -26,10 +27,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"imgcls.inference.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'imgcls.inference' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOME)
 
 
 __all__ = [
