@@ -89,6 +89,12 @@ def test_anything_that_differs_takes_the_full_path(tmp_path, cache, monkeypatch)
     assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is None, "the ONNX file changed"
     Predictor.from_run(run, engine="onnx", batch_size=8)  # records it again
     assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is not None
+    meta_file = RunFolder(run).meta
+    original = meta_file.read_text()
+    meta_file.write_text(json.dumps({**json.loads(original), "name": "resnet18_cifar"}))
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is None, "model.json edited by hand"
+    meta_file.write_text(original)
+    assert fastpath.open_remembered(run, engine="onnx", batch_size=8) is not None
     weights = RunFolder(run).weights
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1

@@ -8,10 +8,11 @@ Runtime. So the full path records that choice here (:func:`remember`): which eng
 threads, and for int8 its accuracy check. A later ``predict`` that asks for the same thing on the same machine
 (:func:`open_remembered`) opens that file directly and answers exactly as the full path would, without PyTorch.
 
-"The same thing on the same machine" is a key over the weights' SHA-256, the input size, the requested precision
-and engine, the batch the candidates were timed on, and what decides which engine is fastest: the CPU (its model
-name and flags), the cores this process may use, the thread settings in the environment, and the versions of
-PyTorch, ONNX Runtime and imgcls. Anything that does not match — no record, a different request, a changed ONNX
+"The same thing on the same machine" is a key over the weights' SHA-256, the whole ``model.json`` (a record
+edited by hand takes the full path, which checks it against the weights), the requested precision and engine,
+the batch the candidates were timed on, and what decides which engine is fastest: the CPU (its model name and
+flags), the cores this process may use, the thread settings in the environment, and the versions of PyTorch,
+ONNX Runtime and imgcls. Anything that does not match — no record, a different request, a changed ONNX
 file, weights whose SHA-256 is not the one ``model.json`` records, an int8 drop over ``--max-int8-drop`` — falls
 back to the full path, which measures (or refuses) as before and records again.
 
@@ -26,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -91,11 +91,14 @@ def environment() -> list[str]:
     ]
 
 
-def request_key(weights_sha256: str, input_size: Sequence[int], precision: str, engine: str | None, batch: int) -> str:
-    """The key of a request (module docstring); ``batch`` is the Predictor's batch size."""
+def request_key(meta: ModelMeta, precision: str, engine: str | None, batch: int) -> str:
+    """The key of a request (module docstring); ``batch`` is the Predictor's batch size. The whole ``model.json``
+    is in it, so a record edited by hand (another architecture, other classes) takes the full path, which checks
+    it against the weights."""
+    record = json.dumps(meta.to_dict(), sort_keys=True, default=str)
     parts = [
-        weights_sha256,
-        "x".join(str(int(s)) for s in input_size),
+        meta.sha256,
+        hashlib.sha256(record.encode()).hexdigest(),
         precision,
         engine or "",
         str(measure_batch(batch)),
@@ -140,7 +143,7 @@ def remember(
     if chosen not in ORT_ENGINES or not meta.sha256:
         return
     file = Path(file).resolve()
-    key = request_key(meta.sha256, meta.input_size, precision, engine, batch_size)
+    key = request_key(meta, precision, engine, batch_size)
     entry = {"engine": chosen, "file": str(file), "stamp": _stamp(file), "threads": int(threads), "check": check}
     path = _records_path()
     try:
@@ -173,7 +176,7 @@ def open_remembered(
         meta = folder.read_meta()
     except UserError:
         return None  # the full path says what is wrong with it
-    entry = _read_records().get(request_key(meta.sha256, meta.input_size, precision, engine, batch_size))
+    entry = _read_records().get(request_key(meta, precision, engine, batch_size))
     if not isinstance(entry, dict) or entry.get("engine") not in ORT_ENGINES:
         return None
     file = Path(str(entry.get("file", "")))

@@ -292,7 +292,10 @@ class Predictor(BatchedPredictor):
 
             check = selection.engine.check.to_dict() if selection.engine.check is not None else None
             chosen, threads = selection.engine.name, torch.get_num_threads()
-            fastpath.remember(meta, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
+            # keyed by model.json as the fast path reads it (load_bundle may fill in what the file leaves out)
+            fastpath.remember(
+                run.read_meta(), precision, engine, batch_size, chosen, selection.engine.file, threads, check
+            )
         return predictor
 
     @classmethod
