@@ -196,13 +196,10 @@ def open_remembered(
             return None
         if check.drop > max_int8_drop:
             return None  # the full path refuses it, with the figures
-    import onnxruntime as ort
+    from imgcls.inference.int8 import onnx_session  # the full path's session options (int8 imports no torch)
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(entry["threads"])
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        session = ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = onnx_session(file, threads=int(entry["threads"]))
     except Exception as exc:  # a damaged file: ONNX Runtime raises its own types
         log.debug("fast path: %s not opened (%s); taking the full path", file, exc)
         return None

@@ -142,12 +142,9 @@ class OnnxRunner:
     precision = "fp32"
 
     def __init__(self, path: str | os.PathLike, preprocess: Preprocess, threads: int | None = None):
-        import onnxruntime as ort
+        from imgcls.inference.int8 import onnx_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.preprocess = preprocess
 
@@ -239,7 +236,7 @@ class Predictor(BatchedPredictor):
 
         _check_backend(backend)
         run = RunFolder(run)
-        meta = run.read_meta()
+        meta = as_read = run.read_meta()  # as_read: model.json as the fast path will read it (fastpath.remember)
         from imgcls.classic import is_classic, not_applicable
 
         if is_classic(meta.name):  # NumPy/scikit-learn pipelines: no graph to export, no bf16 kernels
@@ -293,9 +290,7 @@ class Predictor(BatchedPredictor):
             check = selection.engine.check.to_dict() if selection.engine.check is not None else None
             chosen, threads = selection.engine.name, torch.get_num_threads()
             # keyed by model.json as the fast path reads it (load_bundle may fill in what the file leaves out)
-            fastpath.remember(
-                run.read_meta(), precision, engine, batch_size, chosen, selection.engine.file, threads, check
-            )
+            fastpath.remember(as_read, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
         return predictor
 
     @classmethod
