@@ -149,3 +149,16 @@ def test_muon_config_errors_are_one_line():
         parameter_groups(model, OptimConfig(name="muon", lr=0.24))
     with pytest.raises(UserError, match="freeze-backbone"):
         parameter_groups(model, OptimConfig(name="muon", lr=0.24, sgd_lr=1.0, freeze_backbone=True))
+
+
+def test_end_at_freeze_gives_the_whitening_bias_a_group_of_its_own():
+    cfg = resolve_config("speedrun")
+    model = create_model(cfg.model.name, num_classes=10, **cfg.model.kwargs)
+    plain = {g["group_name"]: g for g in build_optimizer(model, cfg.optim).param_groups}
+    split = {g["group_name"]: g for g in build_optimizer(model, cfg.optim, {"whiten.bias": 3}).param_groups}
+    assert set(split) == {"muon", "head", "bias", "bias@3"}
+    assert split["bias@3"]["params"] == [model.whiten.bias] and split["bias@3"]["end_epoch"] == 3
+    assert id(model.whiten.bias) not in {id(p) for p in split["bias"]["params"]} and len(split["bias"]["params"]) == 6
+    for key in ("lr", "base_lr", "momentum", "weight_decay", "muon"):
+        assert split["bias@3"][key] == plain["bias"][key], key
+    assert "end_epoch" not in split["bias"] and split["muon"]["params"] == plain["muon"]["params"]

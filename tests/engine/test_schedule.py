@@ -107,3 +107,34 @@ def test_state_dict_resumes_the_same_curve():
     resumed.load_state_dict(state)
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_group_with_an_end_epoch_runs_the_schedule_over_its_own_epochs():
+    # airbench94_muon: the whitening bias falls 1 -> 0 over its 3 epochs while the rest falls over all 8.
+    opt = _optimizer(0.1, 0.05)
+    opt.param_groups[1]["end_epoch"] = 3
+    sched = LRSchedule(opt, ScheduleConfig(name="linear", min_lr_ratio=0.0), steps_per_epoch=5, epochs=8)
+    common, own = [], []
+    for _ in range(40):
+        common.append(opt.param_groups[0]["lr"])
+        own.append(opt.param_groups[1]["lr"])
+        sched.step()
+    assert common == pytest.approx([0.1 * (1 - k / 40) for k in range(40)])
+    assert own == pytest.approx([0.05 * max(0.0, 1 - k / 15) for k in range(40)])
+    # A resumed schedule continues both curves.
+    opt2 = _optimizer(0.1, 0.05)
+    opt2.param_groups[1]["end_epoch"] = 3
+    resumed = LRSchedule(opt2, ScheduleConfig(name="linear"), steps_per_epoch=5, epochs=8)
+    resumed.load_state_dict({**sched.state_dict(), "step_count": 7})
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx([0.1 * (1 - 7 / 40), 0.05 * (1 - 7 / 15)])
+
+
+def test_an_end_epoch_compresses_warmup_and_cosine_alike():
+    opt = _optimizer(1.0, 1.0)
+    opt.param_groups[1]["end_epoch"] = 2
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=2, warmup_start=0.0)
+    sched = LRSchedule(opt, cfg, steps_per_epoch=10, epochs=8)
+    for _ in range(5):  # a quarter of the way through the group's 2 epochs = step 20 of the run's 80
+        sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(sched.factor(20)) and sched.factor(20) == pytest.approx(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)  # still warming up

@@ -134,6 +134,22 @@ def test_freeze_after_stops_a_parameter_and_val_every_skips_epochs(tmp_path):
     assert all(r["train_loss"] for r in rows)
 
 
+def test_end_at_freeze_lowers_the_frozen_parameters_rate_to_zero_as_it_freezes(tmp_path):
+    # Linear schedule over 2 epochs, c1 frozen after 1: with end_at_freeze, c1's group reaches lr 0 at the end of
+    # epoch 1, so its last step of epoch 1 is tiny; the checkpoint keeps the split group.
+    base = ("schedule.name=linear", "train.freeze_after={c1: 1}")
+    assert main(_digits_argv(tmp_path / "plain", 2, *base)) == 0
+    assert main(_digits_argv(tmp_path / "own", 2, *base, "schedule.end_at_freeze=true")) == 0
+    state = load_checkpoint(tmp_path / "own" / "checkpoints" / "last.pt")
+    groups = {g["group_name"]: g for g in state["optimizer"]["param_groups"]}
+    own = [g for name, g in groups.items() if name.endswith("@1")]
+    assert own and all(g["end_epoch"] == 1 and g["lr"] == 0.0 for g in own)
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert not any("end_epoch" in g for g in plain)
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "own" / "model.safetensors")
+    assert not torch.equal(a["c1.weight"], b["c1.weight"])
+
+
 def test_freeze_after_names_an_unknown_parameter(tmp_path, capsys):
     code = main(_digits_argv(tmp_path / "run", 1, "train.freeze_after={whiten.bias: 3}"))
     err = capsys.readouterr().err.strip()

@@ -109,6 +109,9 @@ class ScheduleConfig:
     plateau_factor: float = setting(0.1, gt=0, le=1)  # plateau: multiply lr by this...
     plateau_patience: int = setting(10, ge=0)  # ...after this many epochs without improvement of validation loss
     plateau_threshold: float = setting(1e-4, ge=0, lt=1)  # relative improvement that counts
+    # A parameter that train.freeze_after freezes after N epochs runs the schedule over its own N epochs, so its
+    # rate reaches the schedule's end as it freezes (airbench94_muon's whitening bias: 1 -> 0 over 3 epochs).
+    end_at_freeze: bool = False
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -21,10 +21,14 @@
   2015, arXiv:1512.00567, Sec. 8: decay 0.9, epsilon 1.0, lr 0.045).
 
 Each parameter group carries ``base_lr`` (its peak learning rate) and ``group_name``; the schedule scales
-``base_lr``, so layer-wise multipliers survive every schedule.
+``base_lr``, so layer-wise multipliers survive every schedule. ``end_epochs`` (``schedule.end_at_freeze``) moves
+the parameters named by a prefix into a copy of their group that carries ``end_epoch``: the schedule then runs
+that group over its own epochs (`imgcls.engine.schedule`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -139,11 +143,35 @@ def _muon_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named in ``cfg`` over ``parameter_groups(model, cfg)``."""
+def _split_off(model: nn.Module, groups: list[dict], end_epochs: Mapping[str, int]) -> list[dict]:
+    """``groups`` with the parameters whose names start with a prefix of ``end_epochs`` in groups of their own
+    (same settings, ``end_epoch`` added, ``group_name`` suffixed with ``@N``), placed after their source group."""
+    ends = {}
+    for name, p in model.named_parameters():
+        found = [n for prefix, n in end_epochs.items() if name.startswith(prefix)]
+        if found:
+            ends[id(p)] = min(found)
+    out = []
+    for group in groups:
+        kept = [p for p in group["params"] if id(p) not in ends]
+        if kept:
+            out.append({**group, "params": kept})
+        for n in sorted({ends[id(p)] for p in group["params"] if id(p) in ends}):
+            moved = [p for p in group["params"] if ends.get(id(p)) == n]
+            out.append({**group, "params": moved, "end_epoch": n, "group_name": f"{group['group_name']}@{n}"})
+    return out
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, end_epochs: Mapping[str, int] | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser named in ``cfg`` over ``parameter_groups(model, cfg)``; ``end_epochs`` maps parameter-name
+    prefixes to the epoch their own schedule ends at (module docstring)."""
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive: {cfg.lr}")
     groups = parameter_groups(model, cfg)
+    if end_epochs:
+        groups = _split_off(model, groups, end_epochs)
     name = cfg.name.lower()
     if name == "sgd":
         if cfg.nesterov and cfg.momentum <= 0:

@@ -1,7 +1,11 @@
 """Learning-rate schedules, evaluated per optimiser step so that short runs and warm-up are smooth.
 
 The learning rate of every parameter group is ``base_lr * factor(step)``, where ``base_lr`` is the group's
-peak rate (layer-wise multipliers stay intact) and ``step`` counts optimiser steps. The schedule is a pure
+peak rate (layer-wise multipliers stay intact) and ``step`` counts optimiser steps. A group with ``end_epoch``
+(``schedule.end_at_freeze``: a parameter that ``train.freeze_after`` freezes then) runs the same curve compressed
+onto its own epochs, ``factor(step * epochs / end_epoch)``, so that it reaches the schedule's end as it freezes
+(airbench94_muon, Jordan 2024: the whitening bias falls linearly to 0 over its 3 epochs while the rest falls
+over 8). The schedule is a pure
 function of the step plus, for ``plateau``, a small state, so a checkpoint stores a few numbers and a resume
 continues on exactly the same curve.
 
@@ -58,7 +62,7 @@ class LRSchedule:
         self.plateau_bad_epochs = 0
         self._apply()
 
-    def factor(self, step: int) -> float:
+    def factor(self, step: float) -> float:
         """Multiplier of ``base_lr`` for optimiser step ``step`` (0-based)."""
         cfg = self.cfg
         epoch = step / self.steps_per_epoch
@@ -98,10 +102,17 @@ class LRSchedule:
             return cos_anneal(start, 1.0, step / rise)
         return cos_anneal(1.0, end, (step - rise) / fall)
 
+    def group_factor(self, group: dict, step: int) -> float:
+        """Multiplier of ``group["base_lr"]`` at optimiser step ``step``: ``factor``, on the group's own epochs
+        when it has an ``end_epoch`` (held at the schedule's end after it)."""
+        end = group.get("end_epoch")
+        if not end:
+            return self.factor(step)
+        return self.factor(min(step * self.total_steps / (end * self.steps_per_epoch), self.total_steps))
+
     def _apply(self) -> None:
-        f = self.factor(self.step_count)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * f
+            group["lr"] = group["base_lr"] * self.group_factor(group, self.step_count)
 
     def step(self) -> None:
         """Advance by one optimiser step (call after ``optimizer.step()``)."""

@@ -33,7 +33,8 @@ gets a float ``(N, C, H, W)`` sample of ``train.init_whitening_images`` normalis
 
 Freezing: ``optim.freeze_backbone`` trains the classifier alone; ``train.freeze_after`` maps parameter-name
 prefixes to the number of epochs they learn for (airbench trains its whitening bias for 3 epochs, then freezes
-it). A frozen parameter gets no update (no momentum, no decay); in one process it also stops requiring a
+it; with ``schedule.end_at_freeze`` its own learning rate reaches the schedule's end as it freezes). A frozen
+parameter gets no update (no momentum, no decay); in one process it also stops requiring a
 gradient, so autograd skips what only it needed. A module whose parameters are all frozen stays in eval mode
 while the rest trains, so its BatchNorm running statistics (and dropout) are frozen too: a linear probe leaves
 every backbone parameter and buffer bit-identical.
@@ -673,7 +674,7 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
         if not any(name.startswith(prefix) and p.requires_grad for name, p in net.named_parameters()):
             raise UserError(f"train.freeze_after: {mc.name} has no trainable parameter named {prefix}...")
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
-    optimizer = build_optimizer(net, cfg.optim)  # freezes the backbone for optim.freeze_backbone
+    optimizer = _build_optimizer(net, cfg)  # freezes the backbone for optim.freeze_backbone
     created, lock = _open_run_dir_everywhere(cfg, run, data, precision, info, image_size, in_chans)
     session = _Session(
         cfg=cfg,
@@ -708,6 +709,11 @@ def _set_up(cfg: RunConfig, info: D.DistInfo, device: str) -> tuple[_Session, Tr
         if session.lock is not None:
             session.lock.release()
         raise
+
+
+def _build_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The run's optimiser; with ``schedule.end_at_freeze`` each ``train.freeze_after`` prefix gets its own group."""
+    return build_optimizer(net, cfg.optim, cfg.train.freeze_after if cfg.schedule.end_at_freeze else None)
 
 
 def _open_run_dir_everywhere(cfg: RunConfig, run: Path, data, precision, info: D.DistInfo, size: int, chans: int):
@@ -995,7 +1001,7 @@ def _lr_find(s: _Session) -> None:
     for p, wanted in zip(s.net.parameters(), wants_grad):
         p.requires_grad_(wanted)
     s.cfg = dataclasses.replace(s.cfg, optim=dataclasses.replace(s.cfg.optim, lr=finding.suggestion))
-    s.optimizer = build_optimizer(s.net, s.cfg.optim)
+    s.optimizer = _build_optimizer(s.net, s.cfg)
     if s.info.is_main:
         files = s.files
         write_finding(finding, files.lr_find, files.lr_find_plot)
@@ -1039,7 +1045,7 @@ def run_range_test_alone(cfg: RunConfig):
     _seed_everything(tc.seed)
     net = create_model(mc.name, num_classes=data.num_classes, in_chans=in_chans, weights=mc.weights, **mc.kwargs)
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
-    optimizer = build_optimizer(net, cfg.optim)
+    optimizer = _build_optimizer(net, cfg)
     first_stage = _backbone_ids(net, trainable) if tc.unfreeze_after and not cfg.optim.freeze_backbone else set()
     for p in net.parameters():
         if id(p) in first_stage:
