@@ -66,3 +66,31 @@ def test_environment_names_the_cpu():
     line = B.lscpu_model()
     assert "CPUs" in line and "flags:" in line
     assert B.versions(__import__("sys").executable)["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_torchvision_sides_schedule_is_imgcls_warmup_then_cosine():
+    # The train part compares accuracy, so every side must follow the same learning-rate curve step for step.
+    import sys
+
+    import torch
+
+    from imgcls.engine.config import ScheduleConfig
+    from imgcls.engine.schedule import LRSchedule
+
+    sys.path.insert(0, str(B.SCRIPTS))
+    from common import warmup_cosine
+
+    def curve(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt)
+        lrs = []
+        for _ in range(30):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs
+
+    ours = curve(lambda o: LRSchedule(o, ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start=0.1), 10, 3))
+    torch_side = curve(lambda o: warmup_cosine(o, 10, 30))
+    assert torch_side == pytest.approx(ours, abs=1e-9)
+    assert ours[0] == pytest.approx(0.01) and ours[10] == pytest.approx(0.1) and ours[-1] < 0.001

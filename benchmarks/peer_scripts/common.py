@@ -20,6 +20,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument(
+        "--warmup-epochs", type=int, default=0, help="linear warm-up from lr/10 over these epochs, then cosine to 0"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -31,6 +34,18 @@ def setup_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    """torch's schedulers for a linear warm-up from lr/10 over ``warmup_steps``, then cosine from the peak to 0
+    over the remaining steps, stepped per update: the schedule of the imgcls and timm sides."""
+    import torch
+
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
+    if not warmup_steps:
+        return cosine
+    rise = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [rise, cosine], milestones=[warmup_steps])
 
 
 def add_repo_to_path() -> None:

@@ -55,8 +55,16 @@ def main() -> None:
     )
     optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=5e-4, momentum=0.9)
     updates = len(loader)
+    # --warmup-epochs as a prefix (warmup_prefix: the cosine then spans the remaining epochs), from lr/10.
     scheduler, epochs = create_scheduler_v2(
-        optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=0, step_on_epochs=False, updates_per_epoch=updates
+        optimizer,
+        "cosine",
+        num_epochs=args.epochs - args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.lr * 0.1,
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=updates,
     )
     amp = partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from common import add_repo_to_path, emit, evaluate, parser, setup_threads
+from common import add_repo_to_path, emit, evaluate, parser, setup_threads, warmup_cosine
 
 
 def main() -> None:
@@ -41,8 +41,7 @@ def main() -> None:
     val_loader = DataLoader(val_set, 256, num_workers=args.workers)
     model = create_model(args.model, num_classes=len(train_set.classes)).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    # Cosine from the peak to zero over every step, no warm-up: the schedule of the imgcls and timm sides.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * len(loader))
+    sched = warmup_cosine(opt, args.warmup_epochs * len(loader), args.epochs * len(loader))
     loss_fn = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     epoch_seconds = []
