@@ -273,9 +273,10 @@ def test_finalize_run_reuses_the_last_validation_and_writes_the_same_files(tmp_p
     validated = evaluate_model(model, data.val, task="multiclass")
     model.seen = 0
     reused = finalize_run(tmp_path / "reused", model, data, tta=tta, validated=validated)
-    # tta none: no pass of the model at all; flip: the TTA pass (2 views), not the single-view one for calibration.
+    # tta none: no pass of the model at all; flip: only the mirror view (the plain view and the calibration's
+    # single views are the validation's).
     assert passes == 23 * (1 if tta == "none" else 3)
-    assert model.seen == (0 if tta == "none" else 23 * 2)
+    assert model.seen == (0 if tta == "none" else 23)
     assert reused == fresh
     fresh_run, reused_run = RunFolder(tmp_path / "fresh"), RunFolder(tmp_path / "reused")
     assert fresh_run.predictions.read_bytes() == reused_run.predictions.read_bytes()
@@ -598,3 +599,66 @@ def test_eval_reports_calibration_with_the_runs_temperature(eval_run):
     assert scaled["calibration"]["ece"] == pytest.approx(plain["ece"])  # "as trained" is the same network
     assert "temperature" not in evaluate(eval_run.run, tta="flip")["calibration"]  # fitted on single views only
     assert set(calibration_report(torch.zeros(2, 3), torch.tensor([0, 1]), 1.0)) <= set(scaled["calibration"])
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip-translate"])
+def test_tta_fraction_one_with_the_plain_view_given_is_the_full_tta(tta):
+    torch.manual_seed(3)
+    model, x, y = TinyConvNet(num_classes=5), _images(20), torch.randint(0, 5, (20,))
+    full = evaluate_model(model, TensorLoader(x, y, 8), task="multiclass", tta=tta)
+    plain = evaluate_model(model, TensorLoader(x, y, 8), task="multiclass")
+    from imgcls.engine.evaluate import _evaluate
+
+    given = _evaluate(
+        model, TensorLoader(x, y, 8), task="multiclass", loss_fn=None, precision="fp32", device="cpu",
+        distributed=False, tta=tta, crop_size=None, threshold=0.5, plain=plain.logits,
+    )  # fmt: skip
+    assert torch.equal(given.logits, full.logits) and given.metrics == full.metrics
+
+
+def test_tta_fraction_gives_the_views_to_the_least_confident_images_only():
+    torch.manual_seed(4)
+    model, x, y = TinyConvNet(num_classes=5), _images(40), torch.randint(0, 5, (40,))
+    plain = evaluate_model(model, TensorLoader(x, y, 40), task="multiclass")
+    full = evaluate_model(model, TensorLoader(x, y, 40), task="multiclass", tta="flip-translate")
+    part = evaluate_model(model, TensorLoader(x, y, 40), task="multiclass", tta="flip-translate", tta_fraction=0.25)
+    confidence = torch.softmax(plain.logits, 1).max(1).values
+    least = set(torch.argsort(confidence)[:10].tolist())  # ceil(0.25 * 40)
+    for i in range(40):
+        expected = full.logits[i] if i in least else torch.log_softmax(plain.logits[i], 0)
+        torch.testing.assert_close(part.logits[i], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full.logits, torch.log_softmax(plain.logits, 1), atol=1e-3)  # the views matter here
+    assert part.metrics["tta"] == "flip-translate" and part.metrics["tta_fraction"] == 0.25
+    assert "tta_fraction" not in full.metrics
+
+
+def test_tta_fraction_on_sigmoid_outputs_picks_the_labels_nearest_one_half():
+    from imgcls.engine.evaluate import _least_confident
+
+    logits = torch.tensor([[4.0, -3.0], [0.1, 5.0], [-6.0, 6.0], [2.0, -0.05]])
+    assert _least_confident(logits, "multilabel", 0.5).tolist() == [3, 1]
+    assert _least_confident(torch.tensor([3.0, -0.2, 0.5, -9.0]), "binary", 0.25).tolist() == [1]
+
+
+def test_tta_fraction_out_of_range_or_with_ten_crop_is_refused(eval_run, capsys):
+    from imgcls.cli import main
+
+    for argv, text in (
+        (["--tta", "flip", "--tta-fraction", "0"], "--tta-fraction: 0.0 is not in (0, 1]"),
+        (["--tta", "ten-crop", "--tta-fraction", "0.5"], "--tta-fraction applies to flip and flip-translate"),
+    ):
+        assert main(["eval", "--run", str(eval_run.run), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert text in err and "\n" not in err
+
+
+def test_finalize_run_with_a_tta_fraction_runs_the_other_views_on_that_share_of_each_batch(tmp_path):
+    torch.manual_seed(9)
+    data, _ = _fake_data()  # 23 images in batches of 6, 6, 6, 5
+    model = CountingNet(TinyConvNet(num_classes=5))
+    validated = evaluate_model(model, data.val, task="multiclass")
+    model.seen = 0
+    out = finalize_run(tmp_path / "run", model, data, tta="flip-translate", validated=validated, tta_fraction=0.5)
+    assert model.seen == 5 * (3 + 3 + 3 + 3)  # five extra views on ceil(0.5 * batch) images of each batch
+    assert out["tta"] == "flip-translate" and out["tta_fraction"] == 0.5
+    assert json.loads(RunFolder(tmp_path / "run").eval.read_text())["tta_fraction"] == 0.5

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--run", required=True, metavar="RUN", help="a run folder written by `imgcls train`")
     e.add_argument("--data", metavar="SPEC", help="evaluate on this data instead of the run's validation split")
     e.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
+    e.add_argument(
+        "--tta-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="flip / flip-translate: the other views only for the least confident fraction F of the images",
+    )
     e.add_argument("--device", metavar="DEVICE", default="cpu", help=f"{', '.join(DEVICES)} or cuda:N (default cpu)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
@@ -140,7 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from imgcls.engine.evaluate import evaluate
 
-    result = evaluate(args.run, data=args.data, tta=args.tta, device=args.device)
+    result = evaluate(args.run, data=args.data, tta=args.tta, device=args.device, tta_fraction=args.tta_fraction)
     if args.json:
         print(json.dumps(result, allow_nan=False, default=_none_for_nan))
         return 0

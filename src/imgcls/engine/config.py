@@ -136,6 +136,7 @@ class TrainConfig:
     lookahead_alpha: float = setting(0.5, gt=0, le=1)  # slow weights' step toward the fast ones (engine/lookahead.py)
     lookahead_ramp_power: float | None = setting(None, gt=0)  # ramp alpha from 1 to lookahead_alpha as (t/T)**p
     final_tta: str = setting("none", choices=FINAL_TTA)  # test-time augmentation of the final evaluation
+    final_tta_fraction: float = setting(1.0, gt=0, le=1)  # ...on this least confident fraction (engine/evaluate.py)
     init_whitening_images: int = setting(5000, ge=1)  # training images passed to a model's init_whitening hook
     # {parameter-name prefix: epochs it learns}: staged freezing
     freeze_after: dict[str, int] = field(default_factory=dict, metadata={"ge": 0})

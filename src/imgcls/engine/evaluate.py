@@ -17,6 +17,12 @@ the averaged probabilities and the loss is the log loss of the averaged predicti
 - ``"flip-translate"``: airbench's TTA (Jordan 2024, arXiv:2404.00498, Section 3.7): the image and its mirror
   with weight 1/4 each, and the image shifted by one pixel up-left and down-right (reflect padding), each with
   its mirror, with weight 1/8 each — six forward passes, for nets trained with small translations.
+- ``tta_fraction`` below 1 (``"flip"`` and ``"flip-translate"``): only that fraction of each batch, the least
+  confident images by the plain view (lowest top probability; for sigmoid outputs, the label closest to 0.5),
+  gets the other views; the rest keep the plain view's prediction. Most images are already certain from one
+  view, so the views go where they can change an answer (Hiverge's CIFAR-10 speedrun, 2025, re-evaluates the
+  ~25 % least confident test images). The plain view of each image can come from a pass already made
+  (``plain``), so it is not computed twice.
 - ``"ten-crop"``: the four corner crops and the center crop, each with its mirror (Krizhevsky et al. 2012,
   Section 4.1), cut by ``imgcls.data.views.make_views``. The loader must then yield images *larger* than the
   network's input: ``evaluate`` builds the validation data with ``image_size=resize`` and ``crop_pct=1.0``
@@ -139,6 +145,23 @@ def flip_translate_views(x: Tensor) -> tuple[list[Tensor], list[float]]:
     return views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
 
 
+def _least_confident(plain: Tensor, task: str, fraction: float) -> Tensor:
+    """Indices of the ``ceil(fraction * N)`` rows of ``plain`` logits with the least confident prediction."""
+    if task == "multilabel" or plain.ndim == 1 or plain.shape[1] == 1:
+        margin = (torch.sigmoid(plain) - 0.5).abs()
+        confidence = margin if margin.ndim == 1 else margin.min(dim=1).values
+    else:
+        confidence = torch.softmax(plain, dim=1).max(dim=1).values
+    count = min(len(confidence), math.ceil(fraction * len(confidence)))
+    return torch.argsort(confidence, stable=True)[:count]
+
+
+def _mirror_views(x: Tensor, tta: str) -> tuple[list[Tensor], list[float] | None]:
+    if tta == "flip":
+        return [x, x.flip(-1)], None
+    return flip_translate_views(x)
+
+
 def _predict(
     model: nn.Module,
     x: Tensor,
@@ -148,14 +171,16 @@ def _predict(
     crop_size: int | None,
     precision: Precision,
     channels_last: bool,
+    fraction: float = 1.0,
+    plain: Tensor | None = None,
 ) -> Tensor:
     if tta == "none":
-        return _forward(model, x, precision, channels_last)
+        return _forward(model, x, precision, channels_last) if plain is None else plain
+    if tta in ("flip", "flip-translate") and (fraction < 1 or plain is not None):
+        return _predict_some(model, x, task, tta, precision, channels_last, fraction, plain)
     weights = None
-    if tta == "flip":
-        views = [x, x.flip(-1)]
-    elif tta == "flip-translate":
-        views, weights = flip_translate_views(x)
+    if tta in ("flip", "flip-translate"):
+        views, weights = _mirror_views(x, tta)
     else:
         from imgcls.data.views import make_views
 
@@ -177,6 +202,24 @@ def _predict(
     return averaged[:, 0] if single else averaged
 
 
+def _predict_some(model, x, task, tta, precision, channels_last, fraction, plain) -> Tensor:
+    """``flip``/``flip-translate`` with the plain view given or computed once, and the other views only on the
+    least confident ``fraction`` of the batch (module docstring); ``fraction = 1`` equals the full TTA."""
+    if plain is None:
+        plain = _forward(model, x, precision, channels_last)
+    single = plain.ndim == 1
+    first = plain[:, None] if single else plain
+    out = _average_views(first[:, None], task)  # one view: the same form as an average (log-probabilities)
+    chosen = _least_confident(plain, task, fraction) if fraction < 1 else torch.arange(len(plain))
+    if len(chosen):
+        picked = chosen.to(x.device)
+        views, weights = _mirror_views(x[picked], tta)
+        outs = [first[picked], *(_forward(model, v, precision, channels_last) for v in views[1:])]
+        per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)
+        out[picked] = _average_views(per_view, task, weights)
+    return out[:, 0] if single else out
+
+
 def _evaluate(
     model: nn.Module,
     loader: Iterable,
@@ -190,9 +233,12 @@ def _evaluate(
     crop_size: int | None,
     threshold: float | list[float],
     on_batch: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
+    tta_fraction: float = 1.0,
+    plain: Tensor | None = None,
 ) -> EvalResult:
     if tta not in TTA_MODES:
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    _check_fraction(tta, tta_fraction)
     if task not in M.TASKS:
         raise ValueError(f"task must be one of {M.TASKS}, got {task!r}")
     device = torch.device(device)
@@ -217,6 +263,8 @@ def _evaluate(
                     crop_size=crop_size,
                     precision=chosen,
                     channels_last=channels_last,
+                    fraction=tta_fraction,
+                    plain=None if plain is None else plain[offset : offset + x.shape[0]].to(device),
                 )
                 # The loss in float32 outside autocast: the logits are already float32.
                 loss = loss_fn(out, y) if loss_fn is not None else M.default_loss(out, y, task)
@@ -240,9 +288,18 @@ def _evaluate(
     loss_value = float(loss_sum / count) if count > 0 else None
     found = M.classification_metrics(logits, targets, task, threshold=threshold)
     found.update(loss=M.finite_or_none(loss_value), tta=tta, precision=chosen.name)
+    if tta != "none" and tta_fraction < 1:
+        found["tta_fraction"] = tta_fraction
     return EvalResult(
         loss=loss_value, top1=found["top1"], top5=found["top5"], logits=logits, targets=targets, metrics=found
     )
+
+
+def _check_fraction(tta: str, fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise UserError(f"--tta-fraction: {fraction} is not in (0, 1]")
+    if fraction < 1 and tta not in ("none", "flip", "flip-translate"):
+        raise UserError(f"--tta-fraction applies to flip and flip-translate TTA, not {tta}")
 
 
 def evaluate_model(
@@ -257,6 +314,7 @@ def evaluate_model(
     tta: str = "none",
     crop_size: int | None = None,
     threshold: float = 0.5,
+    tta_fraction: float = 1.0,
 ) -> EvalResult:
     """Evaluate ``model`` on every batch of ``loader``, in eval mode and without gradients.
 
@@ -275,6 +333,8 @@ def evaluate_model(
         tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"`` (see the module docstring).
         crop_size: the network's input size, needed for ``"ten-crop"`` (the loader gives larger images).
         threshold: multi-label decision threshold on probabilities, for F1.
+        tta_fraction: the least confident fraction of each batch that gets the views beyond the plain one
+            (``"flip"`` and ``"flip-translate"``; module docstring).
 
     Returns:
         An :class:`EvalResult`.
@@ -290,6 +350,7 @@ def evaluate_model(
         tta=tta,
         crop_size=crop_size,
         threshold=threshold,
+        tta_fraction=tta_fraction,
     )
 
 
@@ -397,6 +458,7 @@ def finalize_run(
     tune_thresholds: bool = True,
     calibrate: bool = True,
     validated: EvalResult | None = None,
+    tta_fraction: float = 1.0,
 ) -> dict:
     """Evaluate the final model on the validation split (and a separate test split, when the data has one) and
     write what the report reads.
@@ -438,7 +500,10 @@ def finalize_run(
         validated: the single-view pass of these weights over ``data.val`` that training already made (its last
             validation, by :func:`evaluate_model` with the same precision and loss): used instead of a second
             identical pass, in one process — for everything when ``tta`` is ``"none"``, for the calibration's
-            single views otherwise. The report's images then come from a pass over the loader without the model.
+            single views otherwise (and as the plain view of ``"flip"`` and ``"flip-translate"`` TTA, which then
+            computes only the other views). The report's images then come from a pass over the loader without
+            the model.
+        tta_fraction: the least confident fraction of each batch that gets the other views (module docstring).
 
     Returns:
         The contents of ``eval.json`` as a dict.
@@ -463,6 +528,8 @@ def finalize_run(
             crop_size=None,
             threshold=0.5,
             on_batch=keeper,
+            tta_fraction=tta_fraction,
+            plain=reuse.logits if reuse is not None and tta in ("flip", "flip-translate") else None,
         )
     payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
     thresholds = None
@@ -500,6 +567,7 @@ def finalize_run(
             tta=tta,
             crop_size=None,
             threshold=thresholds if thresholds is not None else 0.5,
+            tta_fraction=tta_fraction,
         )
         payload["test"] = measured.metrics
         if temperature is not None:
@@ -549,6 +617,7 @@ def evaluate(
     *,
     precision: str = "fp32",
     device: str = "cpu",
+    tta_fraction: float = 1.0,
 ) -> dict:
     """Measure a finished run again: backs ``imgcls eval --run RUN [--data SPEC] [--tta ...] [--json]``.
 
@@ -565,6 +634,8 @@ def evaluate(
         tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"``.
         precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        tta_fraction: with ``"flip"`` or ``"flip-translate"``, the least confident fraction of each batch that
+            gets the other views (module docstring).
 
     Returns:
         ``{"top1", "top5", "loss", ...}`` in percent, with per-class metrics, the confusion matrix and
@@ -581,6 +652,7 @@ def evaluate(
     run = RunFolder(run).require("run folder")
     if tta not in TTA_MODES:
         raise UserError(f"--tta: {tta!r} is not one of {', '.join(TTA_MODES)}")
+    _check_fraction(tta, tta_fraction)
     device = resolve_device(device)
     model, meta = load_bundle(run, map_location=device)
     if tta != "none" and getattr(model, "is_classic", False):
@@ -626,7 +698,14 @@ def evaluate(
         device=str(device),
     )
     result = evaluate_model(
-        model, built.loader, task=meta.task, precision=precision, device=device, tta=tta, crop_size=crop
+        model,
+        built.loader,
+        task=meta.task,
+        precision=precision,
+        device=device,
+        tta=tta,
+        crop_size=crop,
+        tta_fraction=tta_fraction,
     )
     calibration = {}
     if meta.task != "multilabel":

@@ -1481,6 +1481,7 @@ def _finish(s: _Session, state: TrainState, t_start: float) -> RunResult:
             loss_fn=s.val_loss_fn,
             tta=tc.final_tta,
             validated=s.validated[1] if last else None,
+            tta_fraction=tc.final_tta_fraction,
         )
     metric, column, _ = s.select
     elapsed = time.perf_counter() - t_start  # recorded, shown by the report and printed below: one figure
