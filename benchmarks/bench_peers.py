@@ -408,7 +408,8 @@ def train_part(tmp: Path) -> list[str]:
         "",
         f"bf16 autocast on every side: {'yes' if bf16 else 'no (this CPU has no bf16 units: fp32 everywhere)'}; "
         f"channels_last on every side. Seconds: the whole process (start-up, data, training, one final "
-        f"evaluation), median of {ROUNDS} alternating rounds; `train` = the training epochs alone.",
+        f"evaluation), median of {ROUNDS} alternating rounds; `train` = the training epochs alone (no evaluation) "
+        "on every side.",
         "",
     ]
     setups = [
@@ -533,7 +534,10 @@ def train_rows(tmp, title, train, val, root, model, size, epochs, batch, lr, war
     def peer(script: str):
         def go():
             _, text = run_process([peers_python(), SCRIPTS / script, *peer_args, "--seed", next_seed(script)])
-            return last_json(text)
+            found = last_json(text)
+            # The training epochs alone, as imgcls's metrics.csv counts them (the script's own train_seconds
+            # also holds its final evaluation).
+            return {**found, "train_seconds": sum(found["epoch_seconds"])}
 
         return go
 
