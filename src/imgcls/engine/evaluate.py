@@ -175,49 +175,48 @@ def _predict(
     plain: Tensor | None = None,
 ) -> Tensor:
     if tta == "none":
-        return _forward(model, x, precision, channels_last) if plain is None else plain
-    if tta in ("flip", "flip-translate") and (fraction < 1 or plain is not None):
-        return _predict_some(model, x, task, tta, precision, channels_last, fraction, plain)
-    weights = None
+        return _forward(model, x, precision, channels_last)
     if tta in ("flip", "flip-translate"):
-        views, weights = _mirror_views(x, tta)
-    else:
-        from imgcls.data.views import make_views
+        return _predict_mirrored(model, x, task, tta, precision, channels_last, fraction, plain)
+    from imgcls.data.views import make_views
 
-        if crop_size is None:
-            raise ValueError("ten-crop TTA needs crop_size (the network's input size)")
-        if min(x.shape[-2:]) <= crop_size:
-            raise UserError(
-                f"--tta ten-crop: images of {tuple(x.shape[-2:])} are not larger than the {crop_size}px crop; "
-                "the loader must give images at the resize size, before the center crop"
-            )
-        n = x.shape[0]
-        stacked = make_views(x, "ten-crop", crop_size)  # (N*V, C, s, s), the V views of each image together
-        views = list(stacked.reshape(n, -1, *stacked.shape[1:]).unbind(1))
+    if crop_size is None:
+        raise ValueError("ten-crop TTA needs crop_size (the network's input size)")
+    if min(x.shape[-2:]) <= crop_size:
+        raise UserError(
+            f"--tta ten-crop: images of {tuple(x.shape[-2:])} are not larger than the {crop_size}px crop; "
+            "the loader must give images at the resize size, before the center crop"
+        )
+    n = x.shape[0]
+    stacked = make_views(x, "ten-crop", crop_size)  # (N*V, C, s, s), the V views of each image together
+    views = list(stacked.reshape(n, -1, *stacked.shape[1:]).unbind(1))
     # One view at a time keeps peak memory at one batch's worth of activations.
-    outs = [_forward(model, view, precision, channels_last) for view in views]
+    return _combine([_forward(model, view, precision, channels_last) for view in views], task, None)
+
+
+def _combine(outs: list[Tensor], task: str, weights: list[float] | None) -> Tensor:
+    """Per-view outputs -> the logits of their averaged probabilities, in the model's output shape."""
     single = outs[0].ndim == 1  # one binary logit per sample: keep the model's output shape
     per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)  # (N, V, K)
     averaged = _average_views(per_view, task, weights)
     return averaged[:, 0] if single else averaged
 
 
-def _predict_some(model, x, task, tta, precision, channels_last, fraction, plain) -> Tensor:
-    """``flip``/``flip-translate`` with the plain view given or computed once, and the other views only on the
-    least confident ``fraction`` of the batch (module docstring); ``fraction = 1`` equals the full TTA."""
+def _predict_mirrored(model, x, task, tta, precision, channels_last, fraction, plain) -> Tensor:
+    """``flip``/``flip-translate``: the plain view (given, or computed here), then the other views on the whole
+    batch or, for ``fraction < 1``, on its least confident ``fraction`` only (module docstring)."""
     if plain is None:
         plain = _forward(model, x, precision, channels_last)
-    single = plain.ndim == 1
-    first = plain[:, None] if single else plain
-    out = _average_views(first[:, None], task)  # one view: the same form as an average (log-probabilities)
-    chosen = _least_confident(plain, task, fraction) if fraction < 1 else torch.arange(len(plain))
-    if len(chosen):
-        picked = chosen.to(x.device)
-        views, weights = _mirror_views(x[picked], tta)
-        outs = [first[picked], *(_forward(model, v, precision, channels_last) for v in views[1:])]
-        per_view = torch.stack([o[:, None] if single else o for o in outs], dim=1)
-        out[picked] = _average_views(per_view, task, weights)
-    return out[:, 0] if single else out
+    if fraction >= 1:
+        views, weights = _mirror_views(x, tta)
+        return _combine([plain, *(_forward(model, v, precision, channels_last) for v in views[1:])], task, weights)
+    out = _combine([plain], task, None)  # one view, in the same form as an average (log-probabilities)
+    picked = _least_confident(plain, task, fraction).to(x.device)
+    views, weights = _mirror_views(x[picked], tta)
+    out[picked] = _combine(
+        [plain[picked], *(_forward(model, v, precision, channels_last) for v in views[1:])], task, weights
+    )
+    return out
 
 
 def _evaluate(
