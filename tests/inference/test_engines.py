@@ -167,3 +167,32 @@ def test_untraceable_model_falls_back(cache):
         from imgcls.inference.int8 import quantize_torch
 
         quantize_torch(Branchy(), [torch.randn(2, 3, 8, 8)])
+
+
+@pytest.fixture
+def busy_cores():
+    """One busy process per core: every timed call shares its cores with them."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    time.sleep(0.3)
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_measurement_beside_busy_processes_is_used_but_not_remembered(cache, busy_cores):
+    # A ResNet-18 at 128 px: calls of ~0.1 s at the measured batch of 8, long enough to be judged.
+    from imgcls.models import create_model
+
+    model = create_model("resnet18", num_classes=5).eval()
+    source = E.EngineSource(model, (3, 128, 128), lambda x: x.float() / 255, key="f" * 64)
+    first = E.select(source, precision="fp32", batch_size=8)
+    assert first.how == "measured" and not first.settled
+    assert 0 < first.timings.disturbed <= first.timings.calls
+    assert "held the cores: not remembered" in first.describe()
+    assert E.select(source, precision="fp32", batch_size=8).how == "measured"  # measured again, not remembered

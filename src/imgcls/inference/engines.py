@@ -17,10 +17,17 @@ name             precision    what runs
 Which is fastest depends on the CPU, the model, the batch size and the threads (issue 16 measured the frozen
 bf16 graph both slower and faster than eager bf16 on the same host), so nothing is assumed: :func:`select`
 builds the candidates the requested precision allows, times them alternately on a dummy batch
-(:func:`measure`, medians, clear losers dropped after a round), and keeps the fastest (:func:`choose`). The
-choice is remembered per architecture (per weights for int8), precision, batch, threads, CPU and library
-versions in a small JSON file in :func:`cache_dir`, next to the ONNX files and int8 models built on the way, so
-later loads build only the chosen engine. ``engine=NAME`` forces one and skips the measurement.
+(:func:`measure`: each engine's fastest call, clear losers dropped after a round), and keeps the fastest
+(:func:`choose`). The choice is remembered per architecture (per weights for int8), precision, batch, threads,
+CPU and library versions in a small JSON file in :func:`cache_dir`, next to the ONNX files and int8 models built
+on the way, so later loads build only the chosen engine. ``engine=NAME`` forces one and skips the measurement.
+
+A choice made while other processes took the cores would be remembered wrongly for good (seen: ONNX Runtime is
+~20 % faster than the frozen graph for ResNet-50 on an AVX2 host, yet a measurement taken beside a test run chose
+the graph, and every later predict ran 0.74x a plain ONNX Runtime script). So each timed call also reads the
+process's CPU time: a call that got less than ``BUSY_SHARE`` of its threads' time was disturbed. Disturbed calls
+do not count while an undisturbed one exists, and a choice with any disturbed call is used but not remembered:
+the next load measures again.
 
 The bf16 engines are candidates only where the CPU computes bfloat16 natively (``precision="auto"``), or when
 bf16 is asked for; int8 engines only when int8 is asked for, since they change answers (calibration and the
@@ -34,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 import warnings
@@ -53,6 +59,10 @@ from imgcls.inference.catalog import ENGINE_PRECISION, ENGINES, PRECISIONS, cach
 MEASURE_ROUNDS = 3
 # An engine this many times slower than the fastest, in its fastest call, is dropped from the later rounds.
 DROP_OVER = 1.25
+# A call whose CPU time is under this share of wall time x threads ran while something else held the cores (a
+# quiet 2-core host measures 0.98-1.00 for every engine, one core taken by another process 0.61-0.66).
+BUSY_SHARE = 0.8
+BUSY_MIN_SECONDS = 0.02  # shorter calls are not judged: thread wake-ups dominate their CPU share
 
 log = logging.getLogger("imgcls.inference")
 
@@ -332,17 +342,22 @@ class EngineSource:
 
 @dataclass(frozen=True)
 class Timings:
-    """Median seconds per call of each engine on one dummy batch, measured alternately.
+    """Seconds per call of each engine on one dummy batch, measured alternately: its fastest undisturbed call
+    (its fastest call when all were disturbed).
 
     Attributes:
-        seconds: ``{engine: median seconds}``.
+        seconds: ``{engine: seconds}``.
         batch: images in the dummy batch.
-        rounds: alternating rounds the medians are over.
+        rounds: alternating rounds measured.
+        disturbed: timed calls that ran while other processes held the cores (module docstring).
+        calls: timed calls in all.
     """
 
     seconds: dict[str, float]
     batch: int
     rounds: int = MEASURE_ROUNDS
+    disturbed: int = 0
+    calls: int = 0
 
     def fastest(self) -> str:
         if not self.seconds:
@@ -361,27 +376,36 @@ def measure(
     drop_over: float | None = DROP_OVER,
 ) -> Timings:
     """Time each engine on ``batch``: ``warmup`` untimed calls each (oneDNN and ORT build kernels on the first),
-    then ``rounds`` rounds in which every engine runs once, in turn (A, B, C, A, B, C, ...); medians.
+    then ``rounds`` rounds in which every engine runs once, in turn (A, B, C, A, B, C, ...); each engine's time is
+    its fastest undisturbed call (module docstring), the one least slowed by anything else on the machine.
 
     Alternating puts the load of other processes on a shared machine on every engine alike. After each round, an
     engine whose fastest call so far is over ``drop_over`` times the fastest call of any engine is measured no
-    more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path. Its median
-    is over the rounds it ran, so it stays slower than the leader's and is never chosen.
+    more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path.
     """
+    threads = torch.get_num_threads()
     for fn in engines.values():
         for _ in range(warmup):
             fn(batch)
-    times: dict[str, list[float]] = {name: [] for name in engines}
+    times: dict[str, list[tuple[float, bool]]] = {name: [] for name in engines}
     running = list(engines)
     for _ in range(rounds):
         for name in running:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             engines[name](batch)
-            times[name].append(time.perf_counter() - t0)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            times[name].append((wall, wall >= BUSY_MIN_SECONDS and cpu < BUSY_SHARE * threads * wall))
         if drop_over is not None:
-            best = min(min(times[name]) for name in running)
-            running = [name for name in running if min(times[name]) <= drop_over * best]
-    return Timings({name: statistics.median(t) for name, t in times.items()}, int(batch.shape[0]), rounds)
+            best = min(min(w for w, _ in times[name]) for name in running)
+            running = [name for name in running if min(w for w, _ in times[name]) <= drop_over * best]
+
+    def fastest(calls: list[tuple[float, bool]]) -> float:
+        return min([w for w, busy in calls if not busy] or [w for w, _ in calls])
+
+    disturbed = sum(busy for calls in times.values() for _, busy in calls)
+    calls = sum(len(c) for c in times.values())
+    seconds = {name: fastest(c) for name, c in times.items()}
+    return Timings(seconds, int(batch.shape[0]), rounds, disturbed, calls)
 
 
 def choose(timings: Timings) -> str:
@@ -398,10 +422,20 @@ class Selection:
     timings: Timings | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def settled(self) -> bool:
+        """False for a measurement that other processes disturbed: used now, not remembered."""
+        return self.timings is None or not self.timings.disturbed
+
     def describe(self) -> str:
         text = f"engine {self.engine.name} ({self.how}"
         if self.timings is not None:
             text += f" at batch {self.timings.batch}: {self.timings.describe()}"
+            if self.timings.disturbed:
+                text += (
+                    f"; {self.timings.disturbed} of {self.timings.calls} timed calls ran while other processes "
+                    "held the cores: not remembered, measured again next time"
+                )
         text += ")"
         if self.skipped:
             text += "; not available: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items())
@@ -517,8 +551,10 @@ def select(
     )
     timings = measure(built, dummy)
     chosen = choose(timings)
-    _remember(key, chosen)
-    return Selection(built[chosen], "measured", timings, skipped)
+    selection = Selection(built[chosen], "measured", timings, skipped)
+    if selection.settled:
+        _remember(key, chosen)
+    return selection
 
 
 __all__ = [

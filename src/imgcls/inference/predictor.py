@@ -284,7 +284,7 @@ class Predictor(BatchedPredictor):
         common["model"] = model.float().eval()
         predictor = cls(selection.engine, preprocess, meta.classes, sha256=meta.sha256, **common)
         predictor.selection = selection
-        if selection.engine.file is not None:  # an ONNX Runtime engine: the next predict may go without PyTorch
+        if selection.engine.file is not None and selection.settled:  # ONNX Runtime: the next may skip PyTorch
             from imgcls.inference import fastpath
 
             check = selection.engine.check.to_dict() if selection.engine.check is not None else None
