@@ -550,7 +550,9 @@ def train_rows(tmp, title, train, val, root, model, size, epochs, batch, lr, war
     base = {name: median(t) for name, t in times.items()}
     lines = [
         f"{title}: {epochs} epochs, batch {batch}, lr {lr} (linear warm-up from lr/10 over {warmup} epoch(s), then "
-        f"cosine to 0, per step); seeds 0-{ROUNDS - 1}, one per round, on every side.",
+        f"cosine to 0, per step); "
+        + (f"seeds 0-{ROUNDS - 1}, one per round," if ROUNDS > 1 else "seed 0")
+        + " on every side.",
         "",
         "| side | seconds (median) | train seconds | test top-1 (median) | min-max over seeds | imgcls speed-up |",
         "|---|---:|---:|---:|---:|---:|",
