@@ -56,6 +56,7 @@ from imgcls.engine.precision import Precision, resolve_device, resolve_precision
 from imgcls.errors import UserError
 from imgcls.run_folder import RunFolder
 
+MIRRORED_TTA = ("flip", "flip-translate")  # the modes whose first view is the plain image (tta_fraction applies)
 NUM_REPORT_SAMPLES = 16  # images kept in samples.npz for the report's grid (4×4)
 TOPK = 5
 
@@ -176,7 +177,7 @@ def _predict(
 ) -> Tensor:
     if tta == "none":
         return _forward(model, x, precision, channels_last)
-    if tta in ("flip", "flip-translate"):
+    if tta in MIRRORED_TTA:
         return _predict_mirrored(model, x, task, tta, precision, channels_last, fraction, plain)
     from imgcls.data.views import make_views
 
@@ -297,7 +298,7 @@ def _evaluate(
 def _check_fraction(tta: str, fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise UserError(f"--tta-fraction: {fraction} is not in (0, 1]")
-    if fraction < 1 and tta not in ("none", "flip", "flip-translate"):
+    if fraction < 1 and tta not in ("none", *MIRRORED_TTA):
         raise UserError(f"--tta-fraction applies to flip and flip-translate TTA, not {tta}")
 
 
@@ -528,7 +529,7 @@ def finalize_run(
             threshold=0.5,
             on_batch=keeper,
             tta_fraction=tta_fraction,
-            plain=reuse.logits if reuse is not None and tta in ("flip", "flip-translate") else None,
+            plain=reuse.logits if reuse is not None and tta in MIRRORED_TTA else None,
         )
     payload = {"task": data.task, "classes": list(data.classes), **result.metrics}
     thresholds = None

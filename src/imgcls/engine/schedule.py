@@ -5,9 +5,8 @@ peak rate (layer-wise multipliers stay intact) and ``step`` counts optimiser ste
 (``schedule.end_at_freeze``: a parameter that ``train.freeze_after`` freezes then) runs the same curve compressed
 onto its own epochs, ``factor(step * epochs / end_epoch)``, so that it reaches the schedule's end as it freezes
 (airbench94_muon, Jordan 2024: the whitening bias falls linearly to 0 over its 3 epochs while the rest falls
-over 8). The schedule is a pure
-function of the step plus, for ``plateau``, a small state, so a checkpoint stores a few numbers and a resume
-continues on exactly the same curve.
+over 8). The schedule is a pure function of the step plus, for ``plateau``, a small state, so a checkpoint
+stores a few numbers and a resume continues on exactly the same curve.
 
 - ``constant``.
 - ``step``: ``gamma ** floor(epoch / step_size)`` (Krizhevsky et al. 2012 divided by 10 on plateaus; He et

@@ -34,8 +34,8 @@ gets a float ``(N, C, H, W)`` sample of ``train.init_whitening_images`` normalis
 Freezing: ``optim.freeze_backbone`` trains the classifier alone; ``train.freeze_after`` maps parameter-name
 prefixes to the number of epochs they learn for (airbench trains its whitening bias for 3 epochs, then freezes
 it; with ``schedule.end_at_freeze`` its own learning rate reaches the schedule's end as it freezes). A frozen
-parameter gets no update (no momentum, no decay); in one process it also stops requiring a
-gradient, so autograd skips what only it needed. A module whose parameters are all frozen stays in eval mode
+parameter gets no update (no momentum, no decay); in one process it also stops requiring a gradient, so
+autograd skips what only it needed. A module whose parameters are all frozen stays in eval mode
 while the rest trains, so its BatchNorm running statistics (and dropout) are frozen too: a linear probe leaves
 every backbone parameter and buffer bit-identical.
 

@@ -23,11 +23,11 @@ CPU and library versions in a small JSON file in :func:`cache_dir`, next to the 
 on the way, so later loads build only the chosen engine. ``engine=NAME`` forces one and skips the measurement.
 
 A choice made while other processes took the cores would be remembered wrongly for good (seen: ONNX Runtime is
-~20 % faster than the frozen graph for ResNet-50 on an AVX2 host, yet a measurement taken beside a test run chose
-the graph, and every later predict ran 0.74x a plain ONNX Runtime script). So each timed call also reads the
-process's CPU time: a call that got less than ``BUSY_SHARE`` of its threads' time was disturbed. Disturbed calls
-do not count while an undisturbed one exists, and a choice with any disturbed call is used but not remembered:
-the next load measures again.
+~20 % faster than the frozen graph for ResNet-50 on an AVX2 host measured quietly, yet a measurement whose run
+overlapped test runs chose the graph, and every later predict ran 0.74x a plain ONNX Runtime script). So each
+timed call also reads the process's CPU time: a call that got less than ``BUSY_SHARE`` of its threads' time was
+disturbed. Disturbed calls do not count while an undisturbed one exists, and a choice with any disturbed call is
+used but not remembered: the next load measures again.
 
 The bf16 engines are candidates only where the CPU computes bfloat16 natively (``precision="auto"``), or when
 bf16 is asked for; int8 engines only when int8 is asked for, since they change answers (calibration and the
