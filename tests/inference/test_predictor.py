@@ -266,3 +266,17 @@ def test_bad_arguments_are_user_errors(run_folder, images):
         Predictor.from_run(run_folder, backend="tensorrt")
     with pytest.raises(UserError, match=r"model\.json"):
         Predictor.from_run(run_folder.parent / "nowhere")
+
+
+def test_one_input_is_answered_as_in_a_batch(run_folder, images, tmp_path):
+    # A single input is decoded in the calling thread (no pool): same answer as inside a batch, same error text.
+    predictor = Predictor.from_run(run_folder, precision="fp32", batch_size=4)
+    batch = predictor.predict(images[:3])
+    for i, path in enumerate(images[:3]):
+        (alone,) = predictor.predict([path])
+        assert alone == batch[i]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("this is not an image\n")
+    (alone,) = predictor.predict([bad])
+    (_, in_batch) = predictor.predict([images[0], bad])
+    assert alone.error and alone.error == in_batch.error and not alone.predictions

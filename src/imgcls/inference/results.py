@@ -119,6 +119,11 @@ class BatchedPredictor:
             raise UserError(f"--topk must be at least 1 (got {topk})")
         items = list(inputs)
         chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        if len(items) == 1:
+            # One image (a batch-1 call, a served request): nothing to overlap, so decode it here and spare the
+            # call a thread pool's start, hand-off and join.
+            yield from self._answer(items, [_done(self._load_or_error(items[0]))], 0, topk)
+            return
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="imgcls-decode") as pool:
             # Decode one batch ahead so that reading files overlaps with the model's work.
             pending = [pool.submit(self._load_or_error, item) for item in chunks[0]] if chunks else []
@@ -148,6 +153,13 @@ class BatchedPredictor:
         row = dict(zip(good, answers, strict=True))
         for i, d in enumerate(decoded):
             yield row[i] if i in row else Result(labels[i], error=d)
+
+
+def _done(value) -> Future:
+    """A Future already holding ``value`` (what `_answer` takes for an input decoded without the pool)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def describe(item, index: int) -> str:
