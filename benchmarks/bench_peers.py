@@ -383,7 +383,7 @@ def batch1_latency(run: Path, fp32_onnx: Path, paths: list[Path], cache: dict) -
     for i, path in enumerate(paths):
         # Each side goes first on every other image, and each timed call follows an untimed call of the same side:
         # the call right after the other ORT session's run would otherwise compete with that session's
-        # spin-waiting threads (seen: a fixed order biased the comparison by 20-40 % either way).
+        # spin-waiting threads (seen here: ~30 % slower for whichever side came second).
         for name in list(sides)[i % 2 :] + list(sides)[: i % 2]:
             sides[name](path)
             t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +118,12 @@ class BatchedPredictor:
         if topk < 1:
             raise UserError(f"--topk must be at least 1 (got {topk})")
         items = list(inputs)
-        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         if len(items) == 1:
             # One image (a batch-1 call, a served request): nothing to overlap, so decode it here and spare the
             # call a thread pool's start, hand-off and join.
-            yield from self._answer(items, [_done(self._load_or_error(items[0]))], 0, topk)
+            yield from self._answer(items, [self._load_or_error(items[0])], 0, topk)
             return
+        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="imgcls-decode") as pool:
             # Decode one batch ahead so that reading files overlaps with the model's work.
             pending = [pool.submit(self._load_or_error, item) for item in chunks[0]] if chunks else []
@@ -132,7 +132,7 @@ class BatchedPredictor:
                 current = pending
                 if k + 1 < len(chunks):
                     pending = [pool.submit(self._load_or_error, item) for item in chunks[k + 1]]
-                yield from self._answer(chunk, current, offset, topk)
+                yield from self._answer(chunk, [f.result() for f in current], offset, topk)
                 offset += len(chunk)
 
     def _load_or_error(self, item):
@@ -143,8 +143,7 @@ class BatchedPredictor:
         except ImageError as exc:
             return one_line(getattr(exc, "reason", None) or str(exc))
 
-    def _answer(self, chunk: list, loaded: list[Future], offset: int, topk: int) -> Iterator[Result]:
-        decoded = [f.result() for f in loaded]
+    def _answer(self, chunk: list, decoded: list, offset: int, topk: int) -> Iterator[Result]:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
         labels = [describe(item, offset + i) for i, item in enumerate(chunk)]
         answers = []
@@ -153,13 +152,6 @@ class BatchedPredictor:
         row = dict(zip(good, answers, strict=True))
         for i, d in enumerate(decoded):
             yield row[i] if i in row else Result(labels[i], error=d)
-
-
-def _done(value) -> Future:
-    """A Future already holding ``value`` (what `_answer` takes for an input decoded without the pool)."""
-    future: Future = Future()
-    future.set_result(value)
-    return future
 
 
 def describe(item, index: int) -> str:
