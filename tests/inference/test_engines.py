@@ -58,6 +58,32 @@ def test_every_candidate_matches_fp32_eager(setup, cache, name, tolerance):
     assert engine.precision == E.ENGINE_PRECISION[name]
 
 
+def test_numpy_normalisation_equals_torchs_bit_for_bit():
+    pre = Preprocess((3, 4, 5), 4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = torch.randint(0, 256, (7, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got = pre.array_normaliser()(x.numpy())
+    assert got.dtype.name == "float32"
+    assert torch.equal(torch.from_numpy(got), pre.normalise(x))
+    assert float(got[0, 0].min()) >= -0.485 / 0.229 - 1e-6 and float(got.max()) <= (1 - 0.406) / 0.225 + 1e-6
+
+
+def test_onnx_engines_normalise_in_numpy(setup, cache):
+    """With a NumPy normalisation given, the ONNX Runtime engine never calls PyTorch's (whose thread pool would
+    spin beside ONNX Runtime's threads), and answers what fp32 eager answers."""
+    _, model, meta, pre, batch = setup
+
+    def no_torch(x):
+        raise AssertionError("the ONNX Runtime engine normalised with PyTorch")
+
+    source = E.EngineSource(model, meta.input_size, no_torch, normalise_array=pre.array_normaliser(), meta=meta)
+    with torch.no_grad():
+        expected = model.eval()(pre.normalise(batch))
+    got = source.build("onnx")(batch)
+    assert float((got - expected).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+    with pytest.raises(AssertionError, match="normalised with PyTorch"):
+        source.build("eager")(batch)
+
+
 def test_eager_fp32_runs_channels_last(setup, cache):
     engine = _source(setup).build("eager")
     conv = next(p for p in engine.forward.parameters() if p.ndim == 4)

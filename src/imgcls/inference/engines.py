@@ -49,12 +49,13 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from imgcls.errors import UserError
 from imgcls.inference import int8 as q
-from imgcls.inference.catalog import ENGINE_PRECISION, ENGINES, PRECISIONS, cache_dir, measure_batch
+from imgcls.inference.catalog import ENGINE_PRECISION, ENGINES, ORT_ENGINES, PRECISIONS, cache_dir, measure_batch
 
 MEASURE_ROUNDS = 3
 # An engine this many times slower than the fastest, in its fastest call, is dropped from the later rounds.
@@ -146,6 +147,11 @@ class Engine:
             return self.forward(x).float()
 
 
+def _on_arrays(normalise_array: Callable[[np.ndarray], np.ndarray]) -> Callable[[Tensor], Tensor]:
+    """A NumPy normalisation as an engine's ``normalise``: the tensors share the arrays' memory, no copy."""
+    return lambda x: torch.from_numpy(normalise_array(x.numpy()))
+
+
 class EngineSource:
     """Builds the engines of one model: the fp32 module and what it takes to export and quantize it.
 
@@ -153,6 +159,9 @@ class EngineSource:
         model: the network (its fp32 weights).
         input_size: ``(C, H, W)``.
         normalise: uint8 -> normalised float.
+        normalise_array: the same normalisation on NumPy arrays (`imgcls.inference.results.ArrayNormaliser`);
+            when given, the ONNX Runtime engines use it, so PyTorch's thread pool is not woken before each of
+            their runs (its spinning threads compete with ONNX Runtime's).
         key: identifies the weights (their SHA-256) for the cache; ``""`` disables the cache.
         run: the run folder, whose validation images calibrate int8 (int8 is unavailable without one).
         max_int8_drop: largest top-1 drop accepted from an int8 engine, percentage points.
@@ -166,6 +175,7 @@ class EngineSource:
         input_size: Sequence[int],
         normalise: Callable[[Tensor], Tensor],
         key: str = "",
+        normalise_array: Callable[[np.ndarray], np.ndarray] | None = None,
         run: str | os.PathLike | None = None,
         max_int8_drop: float = q.DEFAULT_MAX_DROP,
         onnx_file: str | os.PathLike | None = None,
@@ -174,6 +184,7 @@ class EngineSource:
         self.model = model.float().eval()
         self.input_size = tuple(int(s) for s in input_size)
         self.normalise = normalise
+        self.ort_normalise = normalise if normalise_array is None else _on_arrays(normalise_array)
         self.key = key
         self.run = Path(run) if run is not None else None
         self.max_int8_drop = max_int8_drop
@@ -279,7 +290,7 @@ class EngineSource:
 
     def _onnx(self) -> Engine:
         path = self.fp32_onnx()
-        return Engine("onnx", q.onnx_function(q.onnx_session(path)), self.normalise, file=path)
+        return Engine("onnx", q.onnx_function(q.onnx_session(path)), self.ort_normalise, file=path)
 
     def validation(self) -> list:
         if self.run is None:
@@ -308,7 +319,8 @@ class EngineSource:
             forward = load()
         log.debug("%s", check.summary())
         q.check_drop(check, self.max_int8_drop, str(self.run or "the model"))
-        return Engine(name, forward, self.normalise, check=check, file=path)
+        normalise = self.ort_normalise if name in ORT_ENGINES else self.normalise
+        return Engine(name, forward, normalise, check=check, file=path)
 
     def _onnx_int8(self) -> Engine:
         path = self.folder() / "model.int8.onnx"

@@ -34,7 +34,7 @@ import numpy as np
 
 from imgcls.errors import UserError
 from imgcls.inference.catalog import ORT_ENGINES, cache_dir, measure_batch
-from imgcls.inference.results import BatchedPredictor, Prediction, Result, check_input
+from imgcls.inference.results import ArrayNormaliser, BatchedPredictor, Prediction, Result, check_input
 from imgcls.run_folder import ModelMeta, RunFolder, verify_weights
 
 RECORDS = "fastpath.json"
@@ -249,10 +249,7 @@ class FastPredictor(BatchedPredictor):
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.precision = "int8" if engine == "onnx-int8" else "fp32"
         self.selection = FastSelection(engine, check)
-        # The normalisation of Preprocess.normalise, in the same float32 operations.
-        self.mean = (np.asarray(meta.mean, dtype=np.float32) * np.float32(255.0)).reshape(1, -1, 1, 1)
-        scaled = np.asarray(meta.std, dtype=np.float32) * np.float32(255.0)
-        self.inv_std = (np.float32(1.0) / scaled).reshape(1, -1, 1, 1)
+        self.normalise = ArrayNormaliser(meta.mean, meta.std)  # Preprocess.normalise's float32 operations
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -275,8 +272,7 @@ class FastPredictor(BatchedPredictor):
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` -> float32 logits (divided by the run's temperature, when it has one)."""
-        x = (batch.astype(np.float32) - self.mean) * self.inv_std
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(self.normalise(batch))})
         out = np.asarray(out, dtype=np.float32)
         return out if self.temperature is None else out / self.temperature
 

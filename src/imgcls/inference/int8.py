@@ -378,7 +378,14 @@ def export_onnx_int8(run: str | os.PathLike, out: str | os.PathLike, max_drop: f
         tuple(meta.input_size), meta.resize or meta.input_size[1], tuple(meta.mean), tuple(meta.std)
     )
     source = EngineSource(
-        model, meta.input_size, preprocess.normalise, key=meta.sha256, run=run, max_int8_drop=max_drop, meta=meta
+        model,
+        meta.input_size,
+        preprocess.normalise,
+        normalise_array=preprocess.array_normaliser(),
+        key=meta.sha256,
+        run=run,
+        max_int8_drop=max_drop,
+        meta=meta,
     )
     engine = source.build("onnx-int8")
     graph = onnx.load(os.fspath(source.folder() / "model.int8.onnx"))

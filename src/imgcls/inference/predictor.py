@@ -35,7 +35,7 @@ from imgcls._files import sha256_file
 from imgcls.engine.metrics import probabilities
 from imgcls.engine.precision import cpu_has_bf16
 from imgcls.errors import UserError
-from imgcls.inference.results import BatchedPredictor, Prediction, Result, check_input, expand_inputs
+from imgcls.inference.results import ArrayNormaliser, BatchedPredictor, Prediction, Result, check_input, expand_inputs
 from imgcls.run_folder import RunFolder
 
 BACKENDS = ("torch", "onnx")
@@ -71,6 +71,10 @@ class Preprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         inv_std = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
         return (x.to(torch.float32) - mean) * inv_std
+
+    def array_normaliser(self) -> ArrayNormaliser:
+        """The same normalisation in NumPy, for ONNX Runtime engines (`ArrayNormaliser`)."""
+        return ArrayNormaliser(self.mean, self.std)
 
 
 def resolve_precision(precision: str) -> str:
@@ -147,9 +151,10 @@ class OnnxRunner:
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.preprocess = preprocess
+        self.normalise = preprocess.array_normaliser()  # NumPy: PyTorch's thread pool stays asleep
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess.normalise(x).numpy()
+        x = self.normalise(x.numpy())
         (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
         return torch.from_numpy(logits).float()
 
@@ -510,6 +515,7 @@ def _select_engine(model, preprocess, key, run, meta, precision, engine, batch_s
         model,
         preprocess.input_size,
         preprocess.normalise,
+        normalise_array=preprocess.array_normaliser(),
         key=key,
         run=run,
         meta=meta,
