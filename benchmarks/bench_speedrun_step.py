@@ -152,8 +152,12 @@ def _data_rate() -> float:
 
 
 def run() -> str:
+    from imgcls._memory import keep_freed_memory
     from imgcls.models import create_model, profile
 
+    # The allocator setting `imgcls train` applies at start, so the step is timed and profiled as the command runs
+    # it (with glibc's defaults a batch-2000 step pays ~800,000 page faults: imgcls._memory).
+    kept = keep_freed_memory()
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
     macs = profile(create_model("airbench94", num_classes=10), (3, 32, 32)).macs
@@ -216,7 +220,8 @@ def run() -> str:
         "",
         f"airbench94, batch {BATCH}, one training step (forward, label-smoothed cross-entropy, backward, Nesterov "
         f"SGD); every variant built in one process and timed in {ROUNDS} interleaved rounds after a warm-up, "
-        f"median round; torch {torch.__version__}, {threads} threads. Load average (1/5/15 min) "
+        f"median round; torch {torch.__version__}, {threads} threads, freed memory kept for reuse as `imgcls train` "
+        f"keeps it: {'yes' if kept else 'no (IMGCLS_KEEP_FREED_MEMORY=0, or not glibc)'}. Load average (1/5/15 min) "
         f"{' / '.join(f'{v:.2f}' for v in load_before)} before, {' / '.join(f'{v:.2f}' for v in load_after)} "
         f"after. {macs / 1e6:.1f} MMACs per image forward; achieved GFLOP/s = images/s × 6 × MACs; {precision} peak "
         f"measured in the same run (the precision `auto` picks on this CPU): {peak / 1e9:.0f} GFLOP/s (best of a "
