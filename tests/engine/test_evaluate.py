@@ -662,3 +662,21 @@ def test_finalize_run_with_a_tta_fraction_runs_the_other_views_on_that_share_of_
     assert model.seen == 5 * (3 + 3 + 3 + 3)  # five extra views on ceil(0.5 * batch) images of each batch
     assert out["tta"] == "flip-translate" and out["tta_fraction"] == 0.5
     assert json.loads(RunFolder(tmp_path / "run").eval.read_text())["tta_fraction"] == 0.5
+
+
+def test_eval_precision_run_is_the_precision_the_run_recorded(eval_run, capsys):
+    """`imgcls eval --precision run` evaluates in the run's own precision (what reproduces its eval.json); the
+    default stays exact fp32."""
+    from imgcls.cli import main
+    from imgcls.engine.evaluate import evaluate
+
+    config_path = eval_run.run / "config.json"
+    config = json.loads(config_path.read_text())
+    config["run"] = {"precision": "bf16"}
+    config_path.write_text(json.dumps(config))
+    assert evaluate(eval_run.run)["precision"] == "fp32"
+    in_bf16 = evaluate(eval_run.run, precision="run")
+    assert in_bf16["precision"] == "bf16"
+    assert main(["eval", "--run", str(eval_run.run), "--precision", "run", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["precision"] == "bf16" and printed["confusion_matrix"] == in_bf16["confusion_matrix"]

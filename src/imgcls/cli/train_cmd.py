@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="flip / flip-translate: the other views only for the least confident fraction F of the images",
     )
     e.add_argument("--device", metavar="DEVICE", default="cpu", help=f"{', '.join(DEVICES)} or cuda:N (default cpu)")
+    e.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto", "run"),
+        default="fp32",
+        help="autocast precision (default fp32, exact); run: the run's own, which reproduces its eval.json",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
 
@@ -147,7 +153,14 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from imgcls.engine.evaluate import evaluate
 
-    result = evaluate(args.run, data=args.data, tta=args.tta, device=args.device, tta_fraction=args.tta_fraction)
+    result = evaluate(
+        args.run,
+        data=args.data,
+        tta=args.tta,
+        precision=args.precision,
+        device=args.device,
+        tta_fraction=args.tta_fraction,
+    )
     if args.json:
         print(json.dumps(result, allow_nan=False, default=_none_for_nan))
         return 0

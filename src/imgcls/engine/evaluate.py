@@ -632,7 +632,9 @@ def evaluate(
         run: the run folder.
         data: a data SPEC to evaluate on instead of the run's own validation data.
         tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"``.
-        precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise).
+        precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise);
+            ``"run"``: the precision the run trained and was evaluated in (``config.json``'s ``run.precision``),
+            which reproduces its ``eval.json`` (bf16 on a CPU with bf16 units: 2-3x faster than fp32 there).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         tta_fraction: with ``"flip"`` or ``"flip-translate"``, the least confident fraction of each batch that
             gets the other views (module docstring).
@@ -666,6 +668,9 @@ def evaluate(
         raise UserError(f"{run.config}: no data.spec saved in the run; pass --data SPEC")
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     seed = int(train_cfg.get("seed", config.get("seed", 0)) or 0)
+    if precision == "run":
+        recorded = config.get("run") if isinstance(config.get("run"), dict) else {}
+        precision = str(recorded.get("precision") or train_cfg.get("precision") or "fp32")
     crop = int(meta.input_size[-1])
     resize = int(meta.resize or crop)
     # Ten-crop needs the square *before* the center crop: build the loader at the resize size.
