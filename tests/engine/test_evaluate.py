@@ -665,7 +665,7 @@ def test_finalize_run_with_a_tta_fraction_runs_the_other_views_on_that_share_of_
 
 
 def test_eval_precision_run_is_the_precision_the_run_recorded(eval_run, capsys):
-    """`imgcls eval --precision run` evaluates in the run's own precision (what reproduces its eval.json); the
+    """`imgcls eval --precision run` evaluates in the run's own precision (as its eval.json was computed); the
     default stays exact fp32."""
     from imgcls.cli import main
     from imgcls.engine.evaluate import evaluate

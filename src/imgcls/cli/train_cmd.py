@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("fp32", "bf16", "auto", "run"),
         default="fp32",
-        help="autocast precision (default fp32, exact); run: the run's own, which reproduces its eval.json",
+        help="autocast precision (default fp32, exact); run: the one the run was trained and evaluated in",
     )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)

@@ -634,7 +634,7 @@ def evaluate(
         tta: ``"none"``, ``"flip"``, ``"flip-translate"`` or ``"ten-crop"``.
         precision: autocast precision (``"fp32"`` by default: evaluation is exact unless asked otherwise);
             ``"run"``: the precision the run trained and was evaluated in (``config.json``'s ``run.precision``),
-            which reproduces its ``eval.json`` (bf16 on a CPU with bf16 units: 2-3x faster than fp32 there).
+            as its ``eval.json`` was computed (bf16 on a CPU with bf16 units: 1.7-2.2x faster than fp32 there).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         tta_fraction: with ``"flip"`` or ``"flip-translate"``, the least confident fraction of each batch that
             gets the other views (module docstring).
