@@ -674,9 +674,11 @@ def test_eval_precision_run_is_the_precision_the_run_recorded(eval_run, capsys):
     config = json.loads(config_path.read_text())
     config["run"] = {"precision": "bf16"}
     config_path.write_text(json.dumps(config))
-    assert evaluate(eval_run.run)["precision"] == "fp32"
+    in_fp32 = evaluate(eval_run.run)
+    assert in_fp32["precision"] == "fp32"
     in_bf16 = evaluate(eval_run.run, precision="run")
     assert in_bf16["precision"] == "bf16"
+    assert in_bf16["loss"] != in_fp32["loss"]  # computed in bf16, not only labelled so
     assert main(["eval", "--run", str(eval_run.run), "--precision", "run", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["precision"] == "bf16" and printed["confusion_matrix"] == in_bf16["confusion_matrix"]

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from imgcls.errors import UserError
 
 
@@ -88,15 +90,11 @@ class ArrayNormaliser:
     """
 
     def __init__(self, mean: Iterable[float], std: Iterable[float]):
-        import numpy as np
-
         self.mean = (np.asarray(list(mean), dtype=np.float32) * np.float32(255.0)).reshape(1, -1, 1, 1)
         scaled = np.asarray(list(std), dtype=np.float32) * np.float32(255.0)
         self.inv_std = (np.float32(1.0) / scaled).reshape(1, -1, 1, 1)
 
-    def __call__(self, batch):
-        import numpy as np
-
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         return (batch.astype(np.float32) - self.mean) * self.inv_std
 
 
