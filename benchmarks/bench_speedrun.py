@@ -55,6 +55,8 @@ ABLATIONS = {
         ["--set", "train.final_tta_fraction=0.25"],
         {},
     ),
+    # A FLOP lever: the whole schedule (the linear fall to 0) compressed into 7 epochs, 12.5 % less training.
+    "epochs-7": ("7 epochs instead of 8 (12.5 % fewer training FLOPs)", ["--set", "train.epochs=7"], {}),
     "whiten-follow": (
         "whitening bias lr on the 8-epoch fall until it freezes (not 1 -> 0 over its 3 epochs)",
         ["--set", "schedule.end_at_freeze=false"],
