@@ -287,7 +287,7 @@ def predict_part(tmp: Path) -> list[str]:
     agree, agree8 = agreement("imgcls predict"), agreement("imgcls predict --precision int8")
     one = [paths[0]]
     # An ONNX Runtime choice answers without importing PyTorch (imgcls.inference.fastpath): fp32 where ORT won the
-    # measurement above, int8 always; the default (auto) row is whatever this CPU chose.
+    # measurement above, int8 where onnx-int8 beat torch-int8; the default (auto) row is whatever this CPU chose.
     run_process([*imgcls, "--precision", "fp32", *one], extra_env=cache)  # records fp32's own choice, untimed
     start_sides = {
         "imgcls predict": lambda: run_process([*imgcls, *one], extra_env=cache),
@@ -307,7 +307,7 @@ def predict_part(tmp: Path) -> list[str]:
         "### predict: the whole command on a folder",
         "",
         f"ResNet-50 at 224 (seeded random weights), {count} photo-like JPEGs of 320-640 px, batch 32. "
-        f"imgcls's engine choice (fp32, measured by its first run, {first_fp32:.1f} s): {chosen}. int8: "
+        f"imgcls's engine choice (precision auto, measured by its first run, {first_fp32:.1f} s): {chosen}. int8: "
         f"{check.summary()} (random weights: near-tied logits make this a harsh agreement test).",
         "",
         "| command | seconds (median) | images/s | vs PIL + ORT fp32 | vs ORT int8 | top-1 agreement with ORT fp32 |",
