@@ -170,6 +170,13 @@ def _one_run(
     }
 
 
+def curve_cells(run: dict) -> str:
+    """A curve run's per-epoch validation top-1 and the first epoch at or above 94 %."""
+    crossed = next((i + 1 for i, v in enumerate(run["curve"]) if v is not None and v >= 94.0), None)
+    cells = ", ".join(f"{v:.2f}" for v in run["curve"] if v is not None)
+    return f"{cells} %; " + (f"first ≥ 94 % after epoch {crossed}." if crossed else "never ≥ 94 % without TTA.")
+
+
 def _stats(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"mean {fmt.format(statistics.mean(values))}, min {fmt.format(min(values))}, max {fmt.format(max(values))}"
 
@@ -242,12 +249,7 @@ def run() -> str:
             f"the FLOP bound of the command is {bound:.0f} s on this machine.",
         ]
     if curve_run is not None:
-        crossed = next((i + 1 for i, v in enumerate(curve_run["curve"]) if v is not None and v >= 94.0), None)
-        cells = ", ".join(f"{v:.2f}" for v in curve_run["curve"] if v is not None)
-        lines.append(
-            f"- Per-epoch validation (no TTA) of `{recipes[0]}`, seed 0: {cells} %; "
-            + (f"first ≥ 94 % after epoch {crossed}." if crossed else "never ≥ 94 % without TTA.")
-        )
+        lines.append(f"- Per-epoch validation (no TTA) of `{recipes[0]}`, seed 0: {curve_cells(curve_run)}")
     if ablated:
         runs = results[recipes[0]]
         warm = statistics.mean([r["wall"] for r in runs[1:]] or [runs[0]["wall"]])

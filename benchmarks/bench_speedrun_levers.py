@@ -35,6 +35,7 @@ from benchmarks.bench_speedrun import (
     _cifar_folder,
     _cpu_name,
     _one_run,
+    curve_cells,
     peak_flops,
     recipe_flops,
 )
@@ -124,12 +125,7 @@ def run() -> str:
         lines.append(row(f"off: {ABLATIONS[name][0]}", r, True))
     lines.append("")
     if curve is not None:
-        crossed = next((i + 1 for i, v in enumerate(curve["curve"]) if v is not None and v >= 94.0), None)
-        cells = ", ".join(f"{v:.2f}" for v in curve["curve"] if v is not None)
-        lines.append(
-            f"- Per-epoch validation top-1 without TTA (curve run): {cells} %; "
-            + (f"first ≥ 94 % after epoch {crossed}." if crossed else "never ≥ 94 % without TTA: the 94 % needs TTA.")
-        )
+        lines.append(f"- Per-epoch validation top-1 without TTA (curve run): {curve_cells(curve)}")
     lines.append(
         f"- The reference's epochs averaged {per_epoch:.0f} s; its FLOP bound is {bound(reference):.0f} s "
         f"({reference['precision']})."
