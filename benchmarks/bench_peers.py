@@ -265,6 +265,7 @@ def predict_part(tmp: Path) -> list[str]:
     first_fp32, out = run_process([*imgcls, val], extra_env=cache)
     chosen = _engine_line(run, cache)
     first_int8, _ = run_process([*imgcls, "--precision", "int8", "--max-int8-drop", 100, val], extra_env=cache)
+    chosen8 = _engine_line(run, cache, "int8")
     sides = {
         "imgcls predict": lambda: run_process([*imgcls, val], extra_env=cache),
         "imgcls predict --precision int8": lambda: run_process(
@@ -307,7 +308,8 @@ def predict_part(tmp: Path) -> list[str]:
         "### predict: the whole command on a folder",
         "",
         f"ResNet-50 at 224 (seeded random weights), {count} photo-like JPEGs of 320-640 px, batch 32. "
-        f"imgcls's engine choice (precision auto, measured by its first run, {first_fp32:.1f} s): {chosen}. int8: "
+        f"imgcls's engine choice (precision auto, measured by its first run, {first_fp32:.1f} s): {chosen}. "
+        "The ORT int8 script's file (`export --format onnx-int8`): "
         f"{check.summary()} (random weights: near-tied logits make this a harsh agreement test).",
         "",
         "| command | seconds (median) | images/s | vs PIL + ORT fp32 | vs ORT int8 | top-1 agreement with ORT fp32 |",
@@ -321,7 +323,8 @@ def predict_part(tmp: Path) -> list[str]:
         )
     lines += [
         "",
-        f"First `imgcls predict --precision int8` (calibrates, checks, caches the int8 model): {first_int8:.1f} s.",
+        f"First `imgcls predict --precision int8` (calibrates, checks, caches the int8 model): {first_int8:.1f} s; "
+        f"its engine: {chosen8}.",
         "",
         "Start-up: the whole command on one image (median wall seconds):",
         "",
@@ -341,10 +344,11 @@ def predict_part(tmp: Path) -> list[str]:
     return lines
 
 
-def _engine_line(run: Path, cache: dict) -> str:
+def _engine_line(run: Path, cache: dict, precision: str = "auto") -> str:
+    """What the Predictor runs for ``precision`` (its remembered or measured choice), in its own words."""
     code = (
         "import logging, sys; from imgcls.inference import Predictor\n"
-        f"p = Predictor.from_run({str(run)!r}, batch_size=32)\n"
+        f"p = Predictor.from_run({str(run)!r}, batch_size=32, precision={precision!r}, max_int8_drop=100.0)\n"
         "print(p.selection.describe() if getattr(p, 'selection', None) else p.backend + ' ' + p.precision)"
     )
     _, text = run_process([sys.executable, "-c", code], extra_env=cache)
