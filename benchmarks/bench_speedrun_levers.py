@@ -23,10 +23,7 @@ Command: ``.venv/bin/python -m benchmarks.run speedrun_levers``.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,7 +32,9 @@ from benchmarks.bench_speedrun import (
     _cifar_folder,
     _cpu_name,
     _one_run,
+    count_train_images,
     curve_cells,
+    images_trained,
     peak_flops,
     recipe_flops,
 )
@@ -43,20 +42,6 @@ from benchmarks.bench_speedrun import (
 COMMAND = ".venv/bin/python -m benchmarks.run speedrun_levers"
 RECIPE = "speedrun"
 DEFAULT_LEVERS = "tta,allocator,bf16"
-
-
-def phases(out: Path, wall: float) -> dict[str, float]:
-    """The command's wall time split into training epochs, the trainer's other work and what lies outside it."""
-    with open(out / "metrics.csv") as f:
-        epochs = sum(float(r["seconds"]) for r in csv.DictReader(f))
-    trainer = float(json.loads((out / "config.json").read_text())["run"]["selection"]["seconds"])
-    return {"epoch_s": epochs, "trainer_other_s": trainer - epochs, "outside_s": wall - trainer}
-
-
-def _measured(data: Path, out: Path, cache: Path, extra: list[str], env: dict) -> dict:
-    result = _one_run(data, out, RECIPE, 0, cache, extra, env)
-    result.update(phases(out, result["wall"]))
-    return result
 
 
 def run() -> str:
@@ -75,24 +60,24 @@ def run() -> str:
         tmp = Path(tmp_name)
         data = _cifar_folder(tmp)
         cache = tmp / "cache"
-        train_images = sum(1 for _ in (data / "train").rglob("*.*"))
+        train_images = count_train_images(data)
         curve = None
         if os.environ.get("IMGCLS_BENCH_LEVERS_CURVE", "1") != "0":
-            curve = _measured(data, tmp / "curve", cache, ["--set", "train.val_every=1"], {})
+            curve = _one_run(data, tmp / "curve", RECIPE, 0, cache, ["--set", "train.val_every=1"])
         else:  # untimed: decode both splits into the cache, so the reference below runs warm
             warm_up = ["--set", "train.epochs=1", "--set", "train.final_tta=none"]
             _one_run(data, tmp / "warm-up", RECIPE, 0, cache, warm_up)
-        reference = _measured(data, tmp / "reference", cache, [], {})
+        reference = _one_run(data, tmp / "reference", RECIPE, 0, cache)
         ablated = {}
         for name in levers:
             _, args, env = ABLATIONS[name]
-            ablated[name] = _measured(data, tmp / f"lever-{name}", cache, args, env)
+            ablated[name] = _one_run(data, tmp / f"lever-{name}", RECIPE, 0, cache, args, env)
 
     def bound(r: dict) -> float:
-        images = (train_images // r["batch_size"]) * r["batch_size"] * r["epochs"]
-        return recipe_flops(macs, images) / peaks.get(r["precision"], peaks["fp32"])
+        return recipe_flops(macs, images_trained(train_images, r)) / peaks.get(r["precision"], peaks["fp32"])
 
     per_epoch = reference["epoch_s"] / reference["epochs"]
+    builder = "the curve run" if curve is not None else "an untimed one-epoch warm-up"
     lines = [
         "## Speedrun levers: where the time goes, run by run (issue 13)",
         "",
@@ -100,7 +85,7 @@ def run() -> str:
         f"run on {_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"{torch.backends.cpu.get_cpu_capability()}); measured peaks: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
         f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (best of a 4096² matmul and 256-channel 3×3 convs). All runs "
-        "share one decode cache, built by the first (the curve run). Wall time is the whole command, split into "
+        f"share one decode cache, built by the first ({builder}). Wall time is the whole command, split into "
         "the epochs' training seconds (metrics.csv), the trainer's other work (set-up with the decode cache and "
         "the whitening layer, validation, the final TTA evaluation, the report) and what lies outside the "
         "trainer (interpreter start-up, imports, configuration).",
@@ -133,7 +118,6 @@ def run() -> str:
     settings = f"IMGCLS_BENCH_LEVERS={','.join(levers)}"
     settings += " IMGCLS_BENCH_LEVERS_CURVE=0" if curve is None else ""
     lines += ["", f"Command: `{settings} {COMMAND}`", ""]
-    print("\n".join(lines), file=sys.stderr)
     return "\n".join(lines)
 
 
