@@ -4,6 +4,7 @@ and the choice is always the fastest measured one."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -122,6 +123,25 @@ def test_select_measures_then_remembers(setup, cache):
     assert E.select(_source(setup), precision="fp32", batch_size=2).how == "measured"
 
 
+def test_a_measured_selection_says_what_each_candidate_costs_a_later_load(setup, cache):
+    """Start (making the engine as a later load would, plus its first call) and seconds per image, for every
+    measured candidate; the ONNX export done once for the cache is not part of ONNX Runtime's start."""
+    selection = E.select(_source(setup), precision="fp32", batch_size=4, remember=False)
+    assert selection.how == "measured" and set(selection.costs) == set(selection.timings.seconds)
+    for name, cost in selection.costs.items():
+        assert cost.start > 0 and cost.start >= selection.timings.first[name], name
+        assert cost.per_image == pytest.approx(selection.timings.seconds[name] / selection.timings.batch)
+    assert selection.costs["onnx"].file is not None and selection.costs["onnx"].file.is_file()
+    assert selection.costs["eager"].file is None
+    fresh = _source(setup)  # a new cache key: this build exports the ONNX file first
+    fresh.key = "e" * 64
+    t0 = time.perf_counter()
+    exported = fresh.build("onnx")
+    whole = time.perf_counter() - t0
+    assert 0 < exported.open_seconds < whole, "the export is not counted as opening the session"
+    assert fresh.build("onnx").open_seconds > 0
+
+
 def test_a_clear_loser_is_dropped_after_one_round_and_never_chosen():
     """Two callables, one ~50x slower: it runs its warm-up and one round, the fast one all rounds (a 60 ms
     stall of a 1 ms call would be needed to drop the wrong one)."""
@@ -222,3 +242,25 @@ def test_a_measurement_beside_busy_processes_is_used_but_not_remembered(cache, b
     assert 0 < first.timings.disturbed <= first.timings.calls
     assert "held the cores: not remembered" in first.describe()
     assert E.select(source, precision="fp32", batch_size=8).how == "measured"  # measured again, not remembered
+
+
+def test_a_call_is_disturbed_by_waiting_for_a_core_not_by_sleeping_threads():
+    """The run-queue wait decides (module docstring): threads that sleep between kernels (OMP_WAIT_POLICY=PASSIVE,
+    CPU share ~0.85 on a quiet host) are not disturbed; threads that waited for a core a third of the time are."""
+    assert not E.was_disturbed(wall=0.2, cpu=0.34, waited=0.004, threads=2)
+    assert E.was_disturbed(wall=0.2, cpu=0.26, waited=0.14, threads=2)
+    assert not E.was_disturbed(wall=0.2, cpu=0.4, waited=0.05, threads=2), "0.05 of 0.4 thread-seconds: noise"
+    # Without the kernel's figures, the CPU share is the test.
+    assert E.was_disturbed(wall=0.2, cpu=0.26, waited=None, threads=2)
+    assert not E.was_disturbed(wall=0.2, cpu=0.39, waited=None, threads=2)
+    assert not E.was_disturbed(wall=0.01, cpu=0.0, waited=0.01, threads=2), "too short to judge"
+
+
+def test_the_run_queue_wait_is_read_from_this_process(busy_cores):
+    if E._run_queue_wait() is None:
+        pytest.skip("no scheduler statistics on this system")
+    before = E._run_queue_wait()
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:  # one busy thread beside one busy process per core: it waits its turn
+        pass
+    assert E._run_queue_wait() - before > 0.05

@@ -143,3 +143,81 @@ def test_the_command_answers_without_importing_pytorch_the_second_time(tmp_path,
     assert [[p["index"] for p in r.get("predictions", [])] for r in a] == [
         [p["index"] for p in r.get("predictions", [])] for r in b
     ]
+
+
+def test_plan_takes_the_engine_estimated_to_answer_soonest_and_never_a_slower_one():
+    entry = {
+        "engine": "graph-bf16",
+        "start": 2.0,
+        "per_image": 0.010,
+        "alternatives": {"onnx": {"start": 0.2, "per_image": 0.020}, "onnx-int8": {"start": 0.3, "per_image": 0.05}},
+    }
+    # graph-bf16 catches up with onnx at (2.0 - 0.2) / (0.020 - 0.010) = 180 images; ties keep the full path.
+    assert fastpath.plan(entry, 1)[0] == "onnx"
+    assert fastpath.plan(entry, 179)[0] == "onnx"
+    assert fastpath.plan(entry, 180)[0] == "graph-bf16"
+    assert fastpath.plan(entry, 5000)[0] == "graph-bf16"
+    for n in (0, 1, 7, 50, 179, 180, 181, 400, 10**6):
+        name, estimates = fastpath.plan(entry, n)
+        assert estimates[name] == min(estimates.values()), n
+        assert estimates["graph-bf16"] == pytest.approx(2.0 + 0.010 * n)
+    assert fastpath.plan(entry, None) == ("graph-bf16", {}), "an unknown count keeps the fastest per image"
+    assert fastpath.plan({**entry, "start": None}, 1) == ("graph-bf16", {}), "a missing figure too"
+    assert fastpath.plan({"engine": "onnx"}, 1) == ("onnx", {})
+
+
+def test_a_measured_pytorch_choice_is_recorded_with_its_onnx_rivals_costs(tmp_path, cache, monkeypatch):
+    """From a real measurement: a PyTorch choice is recorded with its start (PyTorch's import, the weights and the
+    engine) and its ONNX Runtime rivals' costs; an ONNX Runtime choice as before. Which of the two happens depends
+    on this CPU, so both are checked against the measurement."""
+    run = helpers.write_run(tmp_path / "run")
+    monkeypatch.setattr(fastpath, "_torch_import_seconds", 1.25)  # what the command line measures before this
+    full = Predictor.from_run(run, precision="fp32", batch_size=4)
+    selection = full.selection
+    assert selection.how == "measured"
+    if not selection.settled:
+        pytest.skip("the measurement ran beside busy processes, so nothing was recorded")
+    (entry,) = json.loads((cache / fastpath.RECORDS).read_text()).values()
+    chosen = selection.engine.name
+    assert entry["engine"] == chosen
+    if chosen == "onnx":
+        assert Path(entry["file"]) == selection.engine.file.resolve() and "alternatives" not in entry
+        return
+    cost = selection.costs[chosen]
+    assert entry["start"] > 1.25 + cost.start and entry["per_image"] == pytest.approx(cost.per_image)
+    assert set(entry["alternatives"]) == {"onnx"}
+    onnx = entry["alternatives"]["onnx"]
+    assert onnx["start"] == pytest.approx(selection.costs["onnx"].start) and onnx["check"] is None
+    fast = fastpath.open_remembered(run, precision="fp32", batch_size=4, inputs=1)
+    expected = fastpath.plan(entry, 1)[0]
+    assert (fast.selection.engine_name if fast is not None else chosen) == expected
+    assert fastpath.open_remembered(run, precision="fp32", batch_size=4) is None, "no count: the full path"
+
+
+def test_the_command_skips_pytorch_for_a_few_inputs_and_keeps_it_for_many(tmp_path, cache):
+    """A recorded PyTorch choice and its ONNX Runtime rival, with figures that cross at 5 images: 1 input answers
+    without PyTorch, 11 take the full path; the answers are the same."""
+    run = helpers.write_run(tmp_path / "run")
+    inputs = _inputs(tmp_path)[:11]
+    onnx_file = Predictor.from_run(run, engine="onnx", batch_size=4).selection.engine.file
+    (cache / fastpath.RECORDS).unlink()
+    meta = RunFolder(run).read_meta()
+    from imgcls.inference.engines import Cost
+
+    rival = {"onnx": Cost(start=0.1, per_image=0.2, file=onnx_file)}
+    fastpath.remember(meta, "fp32", None, 4, "graph", None, 2, start=1.0, per_image=0.001, alternatives=rival)
+    probe = (
+        "import json, sys; from imgcls.cli import main; code = main(sys.argv[1:]); "
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'code': code}), file=sys.stderr)"
+    )
+    command = [sys.executable, "-c", probe, "predict", "--run", str(run), "--precision", "fp32", "--batch-size", "4"]
+    command += ["--json"]
+    env = dict(os.environ, IMGCLS_INFERENCE_CACHE=str(cache))
+    one = subprocess.run([*command, inputs[0]], capture_output=True, text=True, env=env, timeout=300)
+    many = subprocess.run([*command, *inputs], capture_output=True, text=True, env=env, timeout=300)
+    assert json.loads(one.stderr.strip().splitlines()[-1]) == {"torch": False, "code": 0}, one.stderr
+    assert "engine onnx (chosen for 1 input: about 0.30 s here without PyTorch against 1.00 s for graph" in one.stderr
+    assert json.loads(many.stderr.strip().splitlines()[-1]) == {"torch": True, "code": 0}, many.stderr
+    assert "PyTorch not imported" not in many.stderr
+    a, b = json.loads(one.stdout)[0], json.loads(many.stdout)[0]
+    assert a["path"] == b["path"] and [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]

@@ -105,7 +105,7 @@ def predict(args: argparse.Namespace) -> int:
     if args.csv:  # before anything is loaded or written: an output that is an input would be truncated
         protected = [RunFolder(args.run)] if args.run else []
         refuse_output(args.csv, "--csv", inputs=[*paths, *([args.weights] if args.weights else [])], runs=protected)
-    predictor = _predictor(args)
+    predictor = _predictor(args, inputs=len(paths))
     results = predictor.iter_predict(paths, topk=args.topk)
     if args.json:
         failed = _write_json(results, sys.stdout)
@@ -119,16 +119,18 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _predictor(args: argparse.Namespace):
-    """The run's remembered ONNX Runtime engine without PyTorch where it applies (imgcls.inference.fastpath),
-    else the Predictor, which measures the engines (and records an ONNX Runtime choice for the next time)."""
+def _predictor(args: argparse.Namespace, inputs: int):
+    """An ONNX Runtime engine without PyTorch where one is remembered for the run, or where one is estimated to
+    answer these ``inputs`` sooner than the remembered PyTorch engine (imgcls.inference.fastpath); else the
+    Predictor, which measures the engines (and records what they cost for the next time)."""
     options = dict(batch_size=args.batch_size, precision=args.precision, engine=args.engine)
     if args.run and args.backend == "torch":
-        from imgcls.inference.fastpath import open_remembered
+        from imgcls.inference import fastpath
 
-        fast = open_remembered(args.run, max_int8_drop=args.max_int8_drop, **options)
+        fast = fastpath.open_remembered(args.run, max_int8_drop=args.max_int8_drop, inputs=inputs, **options)
         if fast is not None:
             return fast
+        fastpath.import_torch()  # timed: the part of this path's start the other does not pay
     from imgcls.inference import Predictor
 
     if args.run:

@@ -25,9 +25,13 @@ on the way, so later loads build only the chosen engine. ``engine=NAME`` forces 
 A choice made while other processes took the cores would be remembered wrongly for good (seen: ONNX Runtime is
 ~20 % faster than the frozen graph for ResNet-50 on an AVX2 host measured quietly, yet a measurement whose run
 overlapped test runs chose the graph, and every later predict ran 0.74x a plain ONNX Runtime script). So each
-timed call also reads the process's CPU time: a call that got less than ``BUSY_SHARE`` of its threads' time was
-disturbed. Disturbed calls do not count while an undisturbed one exists, and a choice with any disturbed call is
-used but not remembered: the next load measures again.
+timed call also reads how long this process's threads waited, runnable, for a core held by something else (the
+kernel's run-queue wait, ``/proc/self/task/*/schedstat``): a call whose threads waited over ``WAIT_SHARE`` of
+their time was disturbed. Disturbed calls do not count while an undisturbed one exists, and a choice with any
+disturbed call is used but not remembered: the next load measures again. (The process's CPU share is not that
+signal: with ``OMP_WAIT_POLICY=PASSIVE`` PyTorch's threads sleep between kernels and a quiet 2-core host measures
+0.80-0.91 of the threads' time, where the run-queue wait stays at 0.00-0.07 quiet and 0.31-0.48 beside one busy
+process. Where the kernel does not give it, the CPU share under ``BUSY_SHARE`` is the test.)
 
 The bf16 engines are candidates only where the CPU computes bfloat16 natively (``precision="auto"``), or when
 bf16 is asked for; int8 engines only when int8 is asked for, since they change answers (calibration and the
@@ -60,10 +64,13 @@ from imgcls.inference.catalog import ENGINE_PRECISION, ENGINES, ORT_ENGINES, PRE
 MEASURE_ROUNDS = 3
 # An engine this many times slower than the fastest, in its fastest call, is dropped from the later rounds.
 DROP_OVER = 1.25
-# A call whose CPU time is under this share of wall time x threads ran while something else held the cores (a
-# quiet 2-core host measures 0.98-1.00 for every engine, one core taken by another process 0.61-0.66).
+# A call whose threads waited for a core over this share of wall time x threads ran while something else held the
+# cores (module docstring: 0.00-0.07 quiet, 0.31-0.48 with one core taken by another process, on a 2-core host).
+WAIT_SHARE = 0.15
+# Without the run-queue figures: a call whose CPU time is under this share of wall time x threads (spinning
+# threads, the OpenMP default, measure 0.98-1.00 quiet, 0.61-0.66 with one core taken).
 BUSY_SHARE = 0.8
-BUSY_MIN_SECONDS = 0.02  # shorter calls are not judged: thread wake-ups dominate their CPU share
+BUSY_MIN_SECONDS = 0.02  # shorter calls are not judged: thread wake-ups dominate their share
 
 log = logging.getLogger("imgcls.inference")
 
@@ -122,6 +129,9 @@ class Engine:
         channels_last: the input is handed over channels-last.
         check: for int8 engines, how they compared with fp32 on the validation images.
         file: for ONNX Runtime engines, the ONNX file they run (predict's PyTorch-free path reopens it).
+        open_seconds: what making it took, as a later load pays it: tracing and freezing for the graphs, opening
+            the session for ONNX Runtime, loading the cached model for int8 (an export or a calibration done once
+            for the cache is not counted). Set by :meth:`EngineSource.build`.
     """
 
     name: str
@@ -130,6 +140,7 @@ class Engine:
     channels_last: bool = False
     check: q.Int8Check | None = None
     file: Path | None = None
+    open_seconds: float | None = None
 
     @property
     def precision(self) -> str:
@@ -227,7 +238,11 @@ class EngineSource:
             "onnx-int8": self._onnx_int8,
             "torch-int8": self._torch_int8,
         }[name]
-        return make()
+        t0 = time.perf_counter()
+        engine = make()
+        if engine.open_seconds is None:  # the builders with one-time work (export, calibration) set their own
+            engine.open_seconds = time.perf_counter() - t0
+        return engine
 
     def _eager(self) -> Engine:
         model = deepcopy(self.model).to(memory_format=torch.channels_last)
@@ -290,7 +305,10 @@ class EngineSource:
 
     def _onnx(self) -> Engine:
         path = self.fp32_onnx()
-        return Engine("onnx", q.onnx_function(q.onnx_session(path)), self.ort_normalise, file=path)
+        t0 = time.perf_counter()
+        session = q.onnx_session(path)
+        opened = time.perf_counter() - t0
+        return Engine("onnx", q.onnx_function(session), self.ort_normalise, file=path, open_seconds=opened)
 
     def validation(self) -> list:
         if self.run is None:
@@ -312,15 +330,19 @@ class EngineSource:
             batches = self.validation()
             calibration = q.calibration_slice(batches)
             build(calibration)
+            t0 = time.perf_counter()
             forward = load()
+            opened = time.perf_counter() - t0
             check = q.compare(self.model, forward, batches, name, sum(len(x) for x in calibration))
             report.write_text(json.dumps(check.to_dict(), indent=1) + "\n")
         else:
+            t0 = time.perf_counter()
             forward = load()
+            opened = time.perf_counter() - t0
         log.debug("%s", check.summary())
         q.check_drop(check, self.max_int8_drop, str(self.run or "the model"))
         normalise = self.ort_normalise if name in ORT_ENGINES else self.normalise
-        return Engine(name, forward, normalise, check=check, file=path)
+        return Engine(name, forward, normalise, check=check, file=path, open_seconds=opened)
 
     def _onnx_int8(self) -> Engine:
         path = self.folder() / "model.int8.onnx"
@@ -363,6 +385,8 @@ class Timings:
         rounds: alternating rounds measured.
         disturbed: timed calls that ran while other processes held the cores (module docstring).
         calls: timed calls in all.
+        first: ``{engine: seconds}`` of each engine's first (untimed warm-up) call, where oneDNN and ONNX Runtime
+            build their kernels: part of what a load costs before its first answer.
     """
 
     seconds: dict[str, float]
@@ -370,6 +394,7 @@ class Timings:
     rounds: int = MEASURE_ROUNDS
     disturbed: int = 0
     calls: int = 0
+    first: dict[str, float] = field(default_factory=dict)
 
     def fastest(self) -> str:
         if not self.seconds:
@@ -378,6 +403,33 @@ class Timings:
 
     def describe(self) -> str:
         return ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in sorted(self.seconds.items(), key=lambda t: t[1]))
+
+
+def _run_queue_wait() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a core (``None`` where the kernel does not
+    say: not Linux, or no scheduler statistics)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return total / 1e9 if tasks else None
+
+
+def was_disturbed(wall: float, cpu: float, waited: float | None, threads: int) -> bool:
+    """Whether a call of ``wall`` seconds that used ``cpu`` seconds of CPU and whose threads ``waited`` seconds
+    for a core (``None``: unknown) ran while other processes held the cores (module docstring)."""
+    if wall < BUSY_MIN_SECONDS:
+        return False
+    if waited is not None:
+        return waited > WAIT_SHARE * threads * wall
+    return cpu < BUSY_SHARE * threads * wall
 
 
 def measure(
@@ -396,17 +448,24 @@ def measure(
     more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path.
     """
     threads = torch.get_num_threads()
-    for fn in engines.values():
-        for _ in range(warmup):
+    first: dict[str, float] = {}
+    for name, fn in engines.items():
+        for i in range(warmup):
+            t0 = time.perf_counter()
             fn(batch)
+            if i == 0:
+                first[name] = time.perf_counter() - t0
     times: dict[str, list[tuple[float, bool]]] = {name: [] for name in engines}
     running = list(engines)
     for _ in range(rounds):
         for name in running:
+            q0 = _run_queue_wait()
             t0, c0 = time.perf_counter(), time.process_time()
             engines[name](batch)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            times[name].append((wall, wall >= BUSY_MIN_SECONDS and cpu < BUSY_SHARE * threads * wall))
+            q1 = _run_queue_wait()
+            waited = q1 - q0 if q0 is not None and q1 is not None else None
+            times[name].append((wall, was_disturbed(wall, cpu, waited, threads)))
         if drop_over is not None:
             best = min(min(w for w, _ in times[name]) for name in running)
             running = [name for name in running if min(w for w, _ in times[name]) <= drop_over * best]
@@ -417,7 +476,7 @@ def measure(
     disturbed = sum(busy for calls in times.values() for _, busy in calls)
     calls = sum(len(c) for c in times.values())
     seconds = {name: fastest(c) for name, c in times.items()}
-    return Timings(seconds, int(batch.shape[0]), rounds, disturbed, calls)
+    return Timings(seconds, int(batch.shape[0]), rounds, disturbed, calls, first)
 
 
 def choose(timings: Timings) -> str:
@@ -425,14 +484,31 @@ def choose(timings: Timings) -> str:
     return timings.fastest()
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What a measured candidate costs a later load of the same model: ``start`` seconds before its first answer
+    (making it, :attr:`Engine.open_seconds`, plus its first call) and ``per_image`` seconds for each image after
+    that (its timed call over the dummy batch). ``file`` and ``check`` as in :class:`Engine`."""
+
+    start: float
+    per_image: float
+    file: Path | None = None
+    check: q.Int8Check | None = None
+
+
 @dataclass
 class Selection:
-    """What :func:`select` did: the engine it returns, how it came to it, and what it measured or skipped."""
+    """What :func:`select` did: the engine it returns, how it came to it, and what it measured or skipped.
+
+    ``costs`` holds every measured candidate's :class:`Cost` (empty unless measured): predict uses them to run a
+    handful of images on an engine that starts sooner (``imgcls.inference.fastpath``).
+    """
 
     engine: Engine
     how: str  # "forced", "measured", "remembered" or "only candidate"
     timings: Timings | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    costs: dict[str, Cost] = field(default_factory=dict)
 
     @property
     def settled(self) -> bool:
@@ -563,7 +639,16 @@ def select(
     )
     timings = measure(built, dummy)
     chosen = choose(timings)
-    selection = Selection(built[chosen], "measured", timings, skipped)
+    costs = {
+        name: Cost(
+            (built[name].open_seconds or 0.0) + timings.first.get(name, 0.0),
+            seconds / timings.batch,
+            built[name].file,
+            built[name].check,
+        )
+        for name, seconds in timings.seconds.items()
+    }
+    selection = Selection(built[chosen], "measured", timings, skipped, costs)
     if selection.settled:
         _remember(key, chosen)
     return selection
@@ -573,6 +658,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_PRECISION",
     "PRECISIONS",
+    "Cost",
     "Engine",
     "EngineSource",
     "Selection",

@@ -16,6 +16,15 @@ ONNX Runtime and imgcls. Anything that does not match — no record, a different
 file, weights whose SHA-256 is not the one ``model.json`` records, an int8 drop over ``--max-int8-drop`` — falls
 back to the full path, which measures (or refuses) as before and records again.
 
+The measured choice is the engine fastest per image, which is not always the one that answers a given request
+soonest: the full path first imports PyTorch (about 1.7 s on a 2-core host), loads the weights and builds its
+engine, where this path opens an ONNX file. So when the fastest engine is a PyTorch one, the full path also
+records what each ONNX Runtime candidate it measured costs (seconds before its first answer, seconds per image:
+`imgcls.inference.engines.Cost`) beside the same figures for its choice, and a predict that knows how many inputs
+it has (:func:`open_remembered`'s ``inputs``) takes whichever :func:`plan` estimates answers them all soonest. A
+handful of images then skips PyTorch; a folder of hundreds keeps the faster engine. What both paths pay alike
+(Python, imgcls, ONNX Runtime and Pillow imports, decoding) is left out of both estimates.
+
 The answers are the full path's: the same decoder (`imgcls.data.reader.load_array_for_eval`), the same float32
 normalisation, the same ONNX file with the same session options and threads, the same temperature; softmax and
 sigmoid are NumPy's (probabilities agree with PyTorch's to about 1e-7).
@@ -27,6 +36,9 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -42,6 +54,8 @@ RECORDS = "fastpath.json"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_PROC_BIND", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
 
 log = logging.getLogger("imgcls.inference")
+
+_torch_import_seconds: float | None = None  # what importing PyTorch took this process, when import_torch timed it
 
 
 # --- the key -------------------------------------------------------------------------------------------------------
@@ -127,24 +141,76 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def import_torch() -> None:
+    """Import PyTorch, and when this call is what imports it, note how long that took: the part of the full path's
+    start that this path does not pay (:func:`torch_import_seconds`)."""
+    global _torch_import_seconds
+    if "torch" in sys.modules:
+        return
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
+
+    _torch_import_seconds = time.perf_counter() - t0
+
+
+def torch_import_seconds() -> float | None:
+    """Seconds this process took to import PyTorch, or ``None`` when it was not imported by :func:`import_torch`."""
+    return _torch_import_seconds
+
+
+def _file_entry(file: str | os.PathLike) -> dict:
+    file = Path(file).resolve()
+    return {"file": str(file), "stamp": _stamp(file)}
+
+
 def remember(
     meta: ModelMeta,
     precision: str,
     engine: str | None,
     batch_size: int,
     chosen: str,
-    file: str | os.PathLike,
+    file: str | os.PathLike | None,
     threads: int,
     check: dict | None = None,
+    start: float | None = None,
+    per_image: float | None = None,
+    alternatives: Mapping | None = None,
 ) -> None:
-    """Record that the full path runs ``meta``'s weights on ONNX Runtime engine ``chosen`` from ``file`` with
-    ``threads`` threads for this request (``check``: the int8 engine's accuracy check). Best effort: a cache that
-    cannot be written only means the next predict takes the full path again."""
-    if chosen not in ORT_ENGINES or not meta.sha256:
+    """Record what the full path chose for this request.
+
+    An ONNX Runtime choice (``chosen`` in ``ORT_ENGINES``, run from ``file`` with ``threads`` threads; ``check``:
+    the int8 engine's accuracy check) answers every later matching request without PyTorch. A PyTorch choice is
+    recorded with its ``start`` (seconds before its first answer, PyTorch's import included) and ``per_image``
+    seconds, and ``alternatives``: ``{name: imgcls.inference.engines.Cost}`` of the ONNX Runtime candidates it was
+    measured against, so that a request with few inputs can take one of them (:func:`plan`). Best effort: a cache
+    that cannot be written only means the next predict takes the full path again."""
+    if not meta.sha256:
         return
-    file = Path(file).resolve()
+    if chosen in ORT_ENGINES:
+        if file is None:
+            return
+        entry = {"engine": chosen, **_file_entry(file), "threads": int(threads), "check": check}
+    else:
+        others = {
+            name: {
+                **_file_entry(cost.file),
+                "check": cost.check.to_dict() if cost.check is not None else None,
+                "start": float(cost.start),
+                "per_image": float(cost.per_image),
+            }
+            for name, cost in (alternatives or {}).items()
+            if name in ORT_ENGINES and cost.file is not None and Path(cost.file).is_file()
+        }
+        if start is None or per_image is None or not others:
+            return
+        entry = {
+            "engine": chosen,
+            "threads": int(threads),
+            "start": float(start),
+            "per_image": float(per_image),
+            "alternatives": others,
+        }
     key = request_key(meta, precision, engine, batch_size)
-    entry = {"engine": chosen, "file": str(file), "stamp": _stamp(file), "threads": int(threads), "check": check}
     path = _records_path()
     try:
         records = _read_records()
@@ -159,6 +225,41 @@ def remember(
         pass
 
 
+def plan(entry: Mapping, inputs: int | None) -> tuple[str, dict[str, float]]:
+    """Which recorded engine answers ``inputs`` images soonest: ``(name, {name: estimated seconds})``.
+
+    Each estimate is the engine's recorded start plus ``inputs`` times its seconds per image. The full path's
+    choice keeps ties and is the answer whenever the count is unknown or a figure is missing (then the estimates
+    are empty); an alternative whose int8 check is over the allowed drop is left out by the caller."""
+    chosen = str(entry.get("engine"))
+    others = entry.get("alternatives")
+    if chosen in ORT_ENGINES or inputs is None or not isinstance(others, Mapping):
+        return chosen, {}
+    try:
+        estimates = {chosen: float(entry["start"]) + inputs * float(entry["per_image"])}
+        for name, other in others.items():
+            if name in ORT_ENGINES and isinstance(other, Mapping):
+                estimates[name] = float(other["start"]) + inputs * float(other["per_image"])
+    except (KeyError, TypeError, ValueError):
+        return chosen, {}
+    best = min(estimates, key=lambda name: (estimates[name], name != chosen, name))
+    return best, estimates
+
+
+def _check(entry: Mapping, max_int8_drop: float):
+    """The int8 check recorded with ``entry`` (``None`` for fp32); ``False`` when it is unreadable or over the
+    allowed drop (the full path refuses it, with the figures)."""
+    if entry.get("check") is None:
+        return None
+    from imgcls.inference.int8 import Int8Check
+
+    try:
+        check = Int8Check(**{k: v for k, v in entry["check"].items() if k != "drop"})
+    except (TypeError, AttributeError):
+        return False
+    return check if check.drop <= max_int8_drop else False
+
+
 def open_remembered(
     run: str | os.PathLike,
     precision: str = "auto",
@@ -166,9 +267,12 @@ def open_remembered(
     batch_size: int = 32,
     max_int8_drop: float = 1.0,
     num_workers: int | None = None,
+    inputs: int | None = None,
 ) -> FastPredictor | None:
     """A :class:`FastPredictor` for ``run`` when this request was recorded by the full path on this machine and
-    everything still matches (module docstring), else ``None`` (take the full path)."""
+    everything still matches (module docstring), else ``None`` (take the full path). With ``inputs``, the number of
+    images to answer, a recorded PyTorch choice gives way to an ONNX Runtime candidate :func:`plan` estimates to
+    answer them sooner."""
     if precision not in ("auto", "fp32", "int8") or engine not in (None, *ORT_ENGINES) or batch_size < 1:
         return None
     folder = RunFolder(run)
@@ -177,25 +281,35 @@ def open_remembered(
     except UserError:
         return None  # the full path says what is wrong with it
     entry = _read_records().get(request_key(meta, precision, engine, batch_size))
-    if not isinstance(entry, dict) or entry.get("engine") not in ORT_ENGINES:
+    if not isinstance(entry, dict):
         return None
-    file = Path(str(entry.get("file", "")))
+    if entry.get("engine") in ORT_ENGINES:
+        name, use, reason = entry["engine"], entry, None
+    else:
+        others = {
+            k: v
+            for k, v in (entry.get("alternatives") or {}).items()
+            if isinstance(v, dict) and _check(v, max_int8_drop) is not False
+        }
+        name, estimates = plan({**entry, "alternatives": others}, inputs)
+        if name not in others:
+            return None
+        use = others[name]
+        count = f"{inputs} input{'s' if inputs != 1 else ''}"
+        reason = (
+            f"for {count}: about {estimates[name]:.2f} s here without PyTorch against "
+            f"{estimates[entry['engine']]:.2f} s for {entry['engine']}, the fastest per image, with it"
+        )
+    file = Path(str(use.get("file", "")))
     try:
-        if not file.is_file() or _stamp(file) != entry.get("stamp"):
+        if not file.is_file() or _stamp(file) != use.get("stamp"):
             return None
         verify_weights(folder.weights, meta.sha256, folder.meta)
     except (OSError, UserError):
         return None
-    check = None
-    if entry.get("check") is not None:
-        from imgcls.inference.int8 import Int8Check
-
-        try:
-            check = Int8Check(**{k: v for k, v in entry["check"].items() if k != "drop"})
-        except (TypeError, AttributeError):
-            return None
-        if check.drop > max_int8_drop:
-            return None  # the full path refuses it, with the figures
+    check = _check(use, max_int8_drop)
+    if check is False:
+        return None
     from imgcls.inference.int8 import onnx_session  # the full path's session options (int8 imports no torch)
 
     try:
@@ -203,21 +317,24 @@ def open_remembered(
     except Exception as exc:  # a damaged file: ONNX Runtime raises its own types
         log.debug("fast path: %s not opened (%s); taking the full path", file, exc)
         return None
-    return FastPredictor(session, meta, entry["engine"], check, batch_size=batch_size, num_workers=num_workers)
+    return FastPredictor(session, meta, name, check, batch_size=batch_size, num_workers=num_workers, reason=reason)
 
 
 # --- the predictor -------------------------------------------------------------------------------------------------
 
 
 class FastSelection:
-    """What the fast path ran, in the words of `imgcls.inference.engines.Selection.describe`."""
+    """What the fast path ran, in the words of `imgcls.inference.engines.Selection.describe` (``reason``: why a
+    recorded PyTorch choice gave way to this engine)."""
 
-    def __init__(self, engine: str, check=None):
+    def __init__(self, engine: str, check=None, reason: str | None = None):
         self.engine_name = engine
         self.check = check
+        self.reason = reason
 
     def describe(self) -> str:
-        text = f"engine {self.engine_name} (remembered; PyTorch not imported)"
+        how = "remembered" if self.reason is None else f"chosen {self.reason}"
+        text = f"engine {self.engine_name} ({how}; PyTorch not imported)"
         return text + (f"; {self.check.summary()}" if self.check is not None else "")
 
 
@@ -231,11 +348,14 @@ class FastPredictor(BatchedPredictor):
         check: the int8 engine's accuracy check, when it is one.
         batch_size: images per forward pass.
         num_workers: decoding threads (default: the number of CPU cores, at most 8).
+        reason: why this engine and not the full path's choice (:class:`FastSelection`).
     """
 
     backend = "onnx"
 
-    def __init__(self, session, meta: ModelMeta, engine: str, check=None, batch_size: int = 32, num_workers=None):
+    def __init__(
+        self, session, meta: ModelMeta, engine: str, check=None, batch_size: int = 32, num_workers=None, reason=None
+    ):
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.meta = meta
@@ -248,7 +368,7 @@ class FastPredictor(BatchedPredictor):
         self.batch_size = batch_size
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.precision = "int8" if engine == "onnx-int8" else "fp32"
-        self.selection = FastSelection(engine, check)
+        self.selection = FastSelection(engine, check, reason)
         self.normalise = ArrayNormaliser(meta.mean, meta.std)  # Preprocess.normalise's float32 operations
 
     @property
@@ -304,4 +424,13 @@ class FastPredictor(BatchedPredictor):
         return Result(label, top, labels=labels)
 
 
-__all__ = ["FastPredictor", "environment", "open_remembered", "remember", "request_key"]
+__all__ = [
+    "FastPredictor",
+    "environment",
+    "import_torch",
+    "open_remembered",
+    "plan",
+    "remember",
+    "request_key",
+    "torch_import_seconds",
+]

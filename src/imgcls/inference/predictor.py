@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from copy import deepcopy
@@ -278,7 +279,9 @@ class Predictor(BatchedPredictor):
                 # The session reads the whole file at creation, so the temporary folder may go right after.
                 runner = OnnxRunner(exported, preprocess)
             return cls(runner, preprocess, meta.classes, sha256=meta.sha256, **common)
+        t0 = time.perf_counter()
         model, meta = load_bundle(run)
+        loaded = time.perf_counter() - t0  # part of the full path's start (fastpath.plan)
         common["temperature"] = meta.temperature  # the runners answer raw logits; the Predictor divides them
         if is_classic(meta.name):  # nothing to trace or quantize: the pipeline runs as it is
             runner = TorchRunner(model, preprocess, precision)
@@ -289,13 +292,8 @@ class Predictor(BatchedPredictor):
         common["model"] = model.float().eval()
         predictor = cls(selection.engine, preprocess, meta.classes, sha256=meta.sha256, **common)
         predictor.selection = selection
-        if selection.engine.file is not None and selection.settled:  # ONNX Runtime: the next may skip PyTorch
-            from imgcls.inference import fastpath
-
-            check = selection.engine.check.to_dict() if selection.engine.check is not None else None
-            chosen, threads = selection.engine.name, torch.get_num_threads()
-            # keyed by model.json as the fast path reads it (load_bundle may fill in what the file leaves out)
-            fastpath.remember(as_read, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
+        if selection.settled:
+            _record_for_fastpath(selection, as_read, precision, engine, batch_size, loaded)
         return predictor
 
     @classmethod
@@ -499,6 +497,36 @@ def read_onnx_metadata(file: str | os.PathLike) -> dict:
         except ValueError:
             meta[prop.key] = prop.value
     return meta
+
+
+def _record_for_fastpath(selection, as_read, precision, engine, batch_size, loaded: float) -> None:
+    """Record an ONNX Runtime choice, so that the next predict may skip PyTorch; or a measured PyTorch choice with
+    what it and its ONNX Runtime rivals cost to start (PyTorch's import and the weights' ``loaded`` seconds count
+    against it), so that a predict of a few images may (``imgcls.inference.fastpath.plan``). Keyed by model.json
+    as the fast path reads it (``as_read``: load_bundle may fill in what the file leaves out)."""
+    from imgcls.inference import fastpath
+
+    chosen, threads = selection.engine.name, torch.get_num_threads()
+    if selection.engine.file is not None:
+        check = selection.engine.check.to_dict() if selection.engine.check is not None else None
+        fastpath.remember(as_read, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
+        return
+    imported = fastpath.torch_import_seconds()
+    cost = selection.costs.get(chosen)
+    if cost is None or imported is None:  # not measured here, or PyTorch imported by the caller: cost unknown
+        return
+    fastpath.remember(
+        as_read,
+        precision,
+        engine,
+        batch_size,
+        chosen,
+        None,
+        threads,
+        start=imported + loaded + cost.start,
+        per_image=cost.per_image,
+        alternatives=selection.costs,
+    )
 
 
 def _select_engine(model, preprocess, key, run, meta, precision, engine, batch_size, max_int8_drop=None):
