@@ -119,6 +119,12 @@ def test_select_measures_then_remembers(setup, cache):
     assert first.engine.name in first.describe() and "ms" in first.describe()
     again = E.select(_source(setup), precision="fp32", batch_size=4)
     assert again.how == "remembered" and again.engine.name == first.engine.name
+    # The costs come back with the choice, ONNX Runtime's with these weights' own file.
+    assert set(again.costs) == set(first.costs)
+    for name, cost in first.costs.items():
+        assert again.costs[name].start == pytest.approx(cost.start), name
+        assert again.costs[name].per_image == pytest.approx(cost.per_image), name
+    assert again.costs["onnx"].file == first.costs["onnx"].file
     # Another batch size is another measurement.
     assert E.select(_source(setup), precision="fp32", batch_size=2).how == "measured"
 
@@ -176,7 +182,15 @@ def test_choice_is_remembered_per_architecture_but_per_weights_for_int8(setup, c
     assert E._choice_key(changed, E.candidates("fp32"), 4) != E._choice_key(_source(setup), E.candidates("fp32"), 4)
     first = E.select(_source(setup), precision="fp32", batch_size=4)
     assert first.how == "measured"
-    assert E.select(source, precision="fp32", batch_size=4).how == "remembered"
+    reused = E.select(source, precision="fp32", batch_size=4)
+    assert reused.how == "remembered"
+    # Its costs, but never the other weights' ONNX file: these weights' own, when the cache holds one (it does
+    # when the remembered choice is ONNX Runtime, built just now), else none.
+    assert set(reused.costs) | {"onnx"} == set(first.costs)
+    if reused.engine.name == "onnx":
+        assert reused.costs["onnx"].file == source.folder() / "model.onnx" != first.costs["onnx"].file
+    else:
+        assert "onnx" not in reused.costs
 
 
 def test_forced_engine_skips_the_measurement(setup, cache):

@@ -166,32 +166,44 @@ def test_plan_takes_the_engine_estimated_to_answer_soonest_and_never_a_slower_on
     assert fastpath.plan({"engine": "onnx"}, 1) == ("onnx", {})
 
 
-def test_a_measured_pytorch_choice_is_recorded_with_its_onnx_rivals_costs(tmp_path, cache, monkeypatch):
-    """From a real measurement: a PyTorch choice is recorded with its start (PyTorch's import, the weights and the
-    engine) and its ONNX Runtime rivals' costs; an ONNX Runtime choice as before. Which of the two happens depends
-    on this CPU, so both are checked against the measurement."""
+def test_a_pytorch_choice_is_recorded_with_its_onnx_rivals_costs(tmp_path, cache, monkeypatch):
+    """From a real measurement: an ONNX Runtime choice is recorded as before; a PyTorch choice (the same measurement
+    with the remembered choice turned to the frozen graph, as on a host where it won) is recorded with its start
+    (PyTorch's import, the weights and the engine) and its ONNX Runtime rival's costs."""
     run = helpers.write_run(tmp_path / "run")
     monkeypatch.setattr(fastpath, "_torch_import_seconds", 1.25)  # what the command line measures before this
-    full = Predictor.from_run(run, precision="fp32", batch_size=4)
-    selection = full.selection
-    assert selection.how == "measured"
-    if not selection.settled:
-        pytest.skip("the measurement ran beside busy processes, so nothing was recorded")
-    (entry,) = json.loads((cache / fastpath.RECORDS).read_text()).values()
-    chosen = selection.engine.name
-    assert entry["engine"] == chosen
-    if chosen == "onnx":
-        assert Path(entry["file"]) == selection.engine.file.resolve() and "alternatives" not in entry
-        return
-    cost = selection.costs[chosen]
-    assert entry["start"] > 1.25 + cost.start and entry["per_image"] == pytest.approx(cost.per_image)
+    first = Predictor.from_run(run, precision="fp32", batch_size=4).selection
+    if not first.settled:
+        pytest.skip("the measurement ran beside busy processes, so nothing was remembered")
+    records = cache / fastpath.RECORDS
+    if first.engine.name == "onnx":
+        (entry,) = json.loads(records.read_text()).values()
+        assert entry["engine"] == "onnx" and Path(entry["file"]) == first.engine.file.resolve()
+        assert "alternatives" not in entry
+    choices_file = cache / "choices.json"
+    (key,) = json.loads(choices_file.read_text())
+    choices = json.loads(choices_file.read_text())
+    choices[key]["engine"] = "graph"
+    choices_file.write_text(json.dumps(choices))
+    records.unlink(missing_ok=True)
+    selection = Predictor.from_run(run, precision="fp32", batch_size=4).selection
+    assert (selection.how, selection.engine.name) == ("remembered", "graph")
+    (entry,) = json.loads(records.read_text()).values()
+    graph, onnx = first.costs["graph"], first.costs["onnx"]
+    assert entry["engine"] == "graph" and entry["start"] > 1.25 + graph.start
+    assert entry["per_image"] == pytest.approx(graph.per_image)
     assert set(entry["alternatives"]) == {"onnx"}
-    onnx = entry["alternatives"]["onnx"]
-    assert onnx["start"] == pytest.approx(selection.costs["onnx"].start) and onnx["check"] is None
-    fast = fastpath.open_remembered(run, precision="fp32", batch_size=4, inputs=1)
-    expected = fastpath.plan(entry, 1)[0]
-    assert (fast.selection.engine_name if fast is not None else chosen) == expected
+    rival = entry["alternatives"]["onnx"]
+    assert rival["start"] == pytest.approx(onnx.start) and rival["per_image"] == pytest.approx(onnx.per_image)
+    assert Path(rival["file"]) == onnx.file.resolve() and rival["check"] is None
+    for count in (1, 10**6):
+        fast = fastpath.open_remembered(run, precision="fp32", batch_size=4, inputs=count)
+        assert (fast.selection.engine_name if fast is not None else "graph") == fastpath.plan(entry, count)[0]
     assert fastpath.open_remembered(run, precision="fp32", batch_size=4) is None, "no count: the full path"
+    monkeypatch.setattr(fastpath, "_torch_import_seconds", None)  # PyTorch imported by the caller: cost unknown
+    records.unlink()
+    Predictor.from_run(run, precision="fp32", batch_size=4)
+    assert not records.exists()
 
 
 def test_the_command_skips_pytorch_for_a_few_inputs_and_keeps_it_for_many(tmp_path, cache):

@@ -287,6 +287,28 @@ class EngineSource:
         self.onnx_file = path
         return path
 
+    def cached(self, name: str) -> tuple[Path | None, q.Int8Check | None]:
+        """The file ONNX Runtime engine ``name`` would run for these weights, when the cache already holds it (with
+        its int8 check), else ``(None, None)``; nothing is built."""
+        if not self.key:
+            return None, None
+        if name == "onnx":
+            path = self.onnx_file if self.onnx_file is not None else self.folder() / "model.onnx"
+            return (path, None) if path.is_file() else (None, None)
+        path = self.folder() / "model.int8.onnx"
+        check = self._cached_check(path)
+        return (path, check) if check is not None else (None, None)
+
+    def _cached_check(self, path: Path) -> q.Int8Check | None:
+        """The accuracy check recorded beside a cached int8 model, ``None`` when either is missing or unreadable."""
+        report = path.with_suffix(".check.json")
+        if not (path.is_file() and report.is_file()):
+            return None
+        try:
+            return q.Int8Check(**{k: v for k, v in json.loads(report.read_text()).items() if k != "drop"})
+        except (ValueError, TypeError):
+            return None
+
     def _meta(self):
         if self.meta is not None:
             return self.meta
@@ -320,12 +342,7 @@ class EngineSource:
     def _int8(self, name: str, path: Path, build: Callable[[list], None], load: Callable[[], Callable]) -> Engine:
         """Build (or load from the cache) an int8 model, check its accuracy drop, and wrap it."""
         report = path.with_suffix(".check.json")
-        check = None
-        if path.is_file() and report.is_file():
-            try:
-                check = q.Int8Check(**{k: v for k, v in json.loads(report.read_text()).items() if k != "drop"})
-            except (ValueError, TypeError):
-                check = None
+        check = self._cached_check(path)
         if check is None:
             batches = self.validation()
             calibration = q.calibration_slice(batches)
@@ -500,8 +517,9 @@ class Cost:
 class Selection:
     """What :func:`select` did: the engine it returns, how it came to it, and what it measured or skipped.
 
-    ``costs`` holds every measured candidate's :class:`Cost` (empty unless measured): predict uses them to run a
-    handful of images on an engine that starts sooner (``imgcls.inference.fastpath``).
+    ``costs`` holds every measured candidate's :class:`Cost`, from this measurement or remembered with the choice
+    (an ONNX Runtime one only where these weights' file is in the cache; empty for a forced engine): predict uses
+    them to run a handful of images on an engine that starts sooner (``imgcls.inference.fastpath``).
     """
 
     engine: Engine
@@ -557,31 +575,59 @@ def _choice_key(source: EngineSource, names: Sequence[str], batch: int) -> str |
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def _remembered(key: str | None) -> str | None:
+def _remembered(key: str | None) -> tuple[str | None, dict[str, dict]]:
+    """The remembered choice for ``key`` and the costs measured with it (``{name: {"start", "per_image"}}``; empty
+    for a choice recorded without them)."""
     if key is None:
-        return None
+        return None, {}
     try:
         choices = json.loads((cache_dir() / "choices.json").read_text())
     except (OSError, ValueError):
-        return None
-    name = choices.get(key) if isinstance(choices, dict) else None
-    return name if name in ENGINES else None
+        return None, {}
+    entry = choices.get(key) if isinstance(choices, dict) else None
+    if isinstance(entry, str):  # recorded before the costs were
+        entry = {"engine": entry}
+    if not isinstance(entry, dict) or entry.get("engine") not in ENGINES:
+        return None, {}
+    costs = entry.get("costs")
+    return entry["engine"], costs if isinstance(costs, dict) else {}
 
 
-def _remember(key: str | None, name: str) -> None:
+def _remember(key: str | None, name: str, costs: Mapping[str, Cost]) -> None:
     if key is None:
         return
     path = cache_dir() / "choices.json"
     try:
         choices = json.loads(path.read_text()) if path.is_file() else {}
         choices = choices if isinstance(choices, dict) else {}
-        choices[key] = name
+        # Files and int8 checks are not kept: the choice of an fp32 or bf16 engine serves other weights of the
+        # same architecture, whose own files (if any) the source finds in its cache (_remembered_costs).
+        figures = {n: {"start": c.start, "per_image": c.per_image} for n, c in costs.items()}
+        choices[key] = {"engine": name, "costs": figures}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(choices, indent=1) + "\n")
         os.replace(tmp, path)
     except (OSError, ValueError):
         pass  # the choice is measured again next time
+
+
+def _remembered_costs(source: EngineSource, figures: Mapping[str, dict]) -> dict[str, Cost]:
+    """The remembered figures as :class:`Cost`, each ONNX Runtime one with this source's own file (and int8 check)
+    where its cache holds one; an ONNX Runtime engine without a file here is left out."""
+    costs: dict[str, Cost] = {}
+    for name, figure in figures.items():
+        try:
+            start, per_image = float(figure["start"]), float(figure["per_image"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        file, check = None, None
+        if name in ORT_ENGINES:
+            file, check = source.cached(name)
+            if file is None:
+                continue
+        costs[name] = Cost(start, per_image, file, check)
+    return costs
 
 
 def select(
@@ -610,10 +656,11 @@ def select(
     names = candidates(precision)
     batch = measure_batch(batch_size)
     key = _choice_key(source, names, batch) if remember else None
-    remembered = _remembered(key)
+    remembered, figures = _remembered(key)
     if remembered is not None:
         try:
-            return Selection(source.build(remembered), "remembered")
+            engine = source.build(remembered)
+            return Selection(engine, "remembered", costs=_remembered_costs(source, figures))
         except (RuntimeError, UserError) as exc:
             log.debug("remembered engine %s not built (%s); measuring again", remembered, exc)
     built: dict[str, Engine] = {}
@@ -650,7 +697,7 @@ def select(
     }
     selection = Selection(built[chosen], "measured", timings, skipped, costs)
     if selection.settled:
-        _remember(key, chosen)
+        _remember(key, chosen, costs)
     return selection
 
 
