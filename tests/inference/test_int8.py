@@ -193,3 +193,40 @@ def test_quantizing_prints_nothing_to_the_user(trained_run, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert root.level == level
     root.setLevel(before)
+
+
+def test_a_torch_int8_choice_is_recorded_with_the_onnx_int8_rival_and_its_check(trained_run, tmp_path, monkeypatch):
+    """PyTorch's int8 engine has a file of its own (TorchScript) but needs PyTorch: it is recorded as a PyTorch
+    choice, with ONNX Runtime's int8 as the rival a few images may take, its accuracy check beside it (as on the
+    bf16 hosts, where torch-int8 measured fastest for ResNet-50; turned so here by editing the remembered choice)."""
+    from imgcls.inference import Predictor, fastpath
+
+    monkeypatch.setenv("IMGCLS_INFERENCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fastpath, "_torch_import_seconds", 1.5)
+    first = Predictor.from_run(trained_run, precision="int8", batch_size=8).selection
+    if not first.settled:
+        pytest.skip("the measurement ran beside busy processes, so nothing was remembered")
+    assert set(first.costs) == {"onnx-int8", "torch-int8"}
+    choices_file = tmp_path / "cache" / "choices.json"
+    choices = json.loads(choices_file.read_text())
+    (key,) = choices
+    choices[key]["engine"] = "torch-int8"
+    choices_file.write_text(json.dumps(choices))
+    records = tmp_path / "cache" / fastpath.RECORDS
+    records.unlink(missing_ok=True)
+    again = Predictor.from_run(trained_run, precision="int8", batch_size=8).selection
+    assert (again.how, again.engine.name) == ("remembered", "torch-int8") and again.engine.file is not None
+    (entry,) = json.loads(records.read_text()).values()
+    assert entry["engine"] == "torch-int8" and "file" not in entry
+    rival = entry["alternatives"]["onnx-int8"]
+    assert rival["check"]["engine"] == "onnx-int8" and rival["check"]["images"] > 0
+    drop = rival["check"]["drop"]
+    estimate = fastpath.plan(entry, 1)[0]
+    fast = fastpath.open_remembered(
+        trained_run, precision="int8", batch_size=8, max_int8_drop=max(drop, 0) + 1, inputs=1
+    )
+    assert (fast.selection.engine_name if fast is not None else "torch-int8") == estimate
+    if fast is not None:
+        assert fast.precision == "int8" and "same top-1 answer" in fast.selection.describe()
+    refused = fastpath.open_remembered(trained_run, precision="int8", batch_size=8, max_int8_drop=drop - 1, inputs=1)
+    assert refused is None, "a rival over the allowed drop is left out"

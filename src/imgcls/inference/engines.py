@@ -158,6 +158,12 @@ class Engine:
             return self.forward(x).float()
 
 
+def _check_file(model: Path) -> Path:
+    """Where the accuracy check of a cached int8 model is kept: beside it, named after the whole file name (both
+    int8 models are ``model.int8.*``, so a name from the stem alone would be one file for both checks)."""
+    return model.with_name(f"{model.name}.check.json")
+
+
 def _on_arrays(normalise_array: Callable[[np.ndarray], np.ndarray]) -> Callable[[Tensor], Tensor]:
     """A NumPy normalisation as an engine's ``normalise``: the tensors share the arrays' memory, no copy."""
     return lambda x: torch.from_numpy(normalise_array(x.numpy()))
@@ -301,7 +307,7 @@ class EngineSource:
 
     def _cached_check(self, path: Path) -> q.Int8Check | None:
         """The accuracy check recorded beside a cached int8 model, ``None`` when either is missing or unreadable."""
-        report = path.with_suffix(".check.json")
+        report = _check_file(path)
         if not (path.is_file() and report.is_file()):
             return None
         try:
@@ -341,7 +347,7 @@ class EngineSource:
 
     def _int8(self, name: str, path: Path, build: Callable[[list], None], load: Callable[[], Callable]) -> Engine:
         """Build (or load from the cache) an int8 model, check its accuracy drop, and wrap it."""
-        report = path.with_suffix(".check.json")
+        report = _check_file(path)
         check = self._cached_check(path)
         if check is None:
             batches = self.validation()

@@ -505,9 +505,10 @@ def _record_for_fastpath(selection, as_read, precision, engine, batch_size, load
     against it), so that a predict of a few images may (``imgcls.inference.fastpath.plan``). Keyed by model.json
     as the fast path reads it (``as_read``: load_bundle may fill in what the file leaves out)."""
     from imgcls.inference import fastpath
+    from imgcls.inference.catalog import ORT_ENGINES
 
     chosen, threads = selection.engine.name, torch.get_num_threads()
-    if selection.engine.file is not None:
+    if chosen in ORT_ENGINES:  # (torch-int8 has a file too: its TorchScript model)
         check = selection.engine.check.to_dict() if selection.engine.check is not None else None
         fastpath.remember(as_read, precision, engine, batch_size, chosen, selection.engine.file, threads, check)
         return
