@@ -85,6 +85,11 @@ def test_epochs_without_gain_by_hand():
     assert epochs_without_gain([{"v": 50.0}, {"v": 50.5}], "v", higher=True, min_delta=1.0) == 1  # too small a gain
     assert epochs_without_gain([{"v": 1.0}, {"v": 0.9}, {"v": 0.95}], "v", higher=False) == 1  # loss: lower wins
     assert epochs_without_gain([], "v", higher=True) == 0
+    # train.select_from_epoch: an early lucky epoch is not the reference the patience counts from.
+    lucky = [{"epoch": 1, "v": 90.0}, {"epoch": 2, "v": 60.0}, {"epoch": 3, "v": 70.0}, {"epoch": 4, "v": 65.0}]
+    assert epochs_without_gain(lucky, "v", higher=True) == 3
+    assert epochs_without_gain(lucky, "v", higher=True, start=2) == 1  # best 70 at epoch 3, then one fall
+    assert epochs_without_gain(lucky, "v", higher=True, start=5) == 0  # nothing may be chosen yet
 
 
 def test_early_stopping_stops_and_ships_the_best_epoch(tmp_path, capsys):
@@ -114,6 +119,26 @@ def test_early_stopping_stops_and_ships_the_best_epoch(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--run", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(best_top1, abs=1e-3)
+
+
+def test_select_from_epoch_never_ships_an_earlier_epoch(tmp_path, capsys):
+    # The digits' LeNet-5 is best within its first epochs: with select_from_epoch 4 of 5 the shipped weights are
+    # epoch 4's or 5's, whichever validated better, and early stopping counts its patience from there.
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "digits", "--epochs", "5", "--out", str(run), "--precision", "fp32"]
+    assert main(argv + _quiet("train.select_from_epoch=4", "train.early_stopping=3")) == 0
+    capsys.readouterr()
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [{k: (float(v) if v else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    assert len(rows) == 5, "patience 3 cannot run out counting from epoch 4"
+    chosen = max((3, 4), key=lambda i: (rows[i]["val_top1"], -i))
+    selection = json.loads((run / "config.json").read_text())["run"]["selection"]
+    assert selection["best_epoch"] == selection["shipped_epoch"] == chosen + 1
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(rows[chosen]["val_top1"], abs=1e-3)
+    assert main(argv[:-4] + ["--out", str(tmp_path / "other"), "--set", "train.select_from_epoch=6"]) == 2
+    assert "train.select_from_epoch 6: the run has only 5 epoch(s)" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize(

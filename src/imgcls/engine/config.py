@@ -146,6 +146,10 @@ class TrainConfig:
     # Stop after this many validated epochs in a row without a better select_metric, and ship the best (0: off).
     early_stopping: int = setting(0, ge=0)
     early_stopping_min_delta: float = setting(0.0, ge=0)  # the gain that counts as better (percent, or loss units)
+    # The first epoch that may be chosen as the best (the shipped weights, and where early stopping's patience
+    # counts from): earlier epochs are validated and logged, never chosen, as Keras' EarlyStopping start_from_epoch.
+    # On a few dozen held-out photos an early epoch can score high by luck (0 or 1: every epoch may be chosen).
+    select_from_epoch: int = setting(0, ge=0)
     # Fine-tuning in two stages: the classifier trains alone (backbone frozen, its BatchNorm statistics too) for
     # this many epochs, then the whole network (0: off).
     unfreeze_after: int = setting(0, ge=0)

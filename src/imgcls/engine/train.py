@@ -376,6 +376,11 @@ def _check_settings(cfg: RunConfig) -> None:
             "train.early_stopping: needs validation during the run (train.val_every 0 validates after the last "
             "epoch only)"
         )
+    if tc.select_from_epoch > tc.epochs and tc.save == "best":
+        raise UserError(
+            f"train.select_from_epoch {tc.select_from_epoch}: the run has only {tc.epochs} epoch(s), so no epoch "
+            "could be chosen as the best (lower it, or train longer)"
+        )
     if tc.unfreeze_after > tc.epochs:
         raise UserError(
             f"train.unfreeze_after {tc.unfreeze_after}: the run has only {tc.epochs} epoch(s), so the backbone would "
@@ -860,13 +865,15 @@ def _backbone_ids(net: nn.Module, trainable: set[int]) -> set[int]:
 # --- early stopping -----------------------------------------------------------------------------------------------
 
 
-def epochs_without_gain(history: list[dict[str, Any]], column: str, higher: bool, min_delta: float = 0.0) -> int:
+def epochs_without_gain(
+    history: list[dict[str, Any]], column: str, higher: bool, min_delta: float = 0.0, start: int = 0
+) -> int:
     """Validated epochs since the metric in ``column`` last beat its best so far by more than ``min_delta``
-    (epochs without validation are not counted)."""
+    (epochs without validation are not counted, nor epochs before ``start``: ``train.select_from_epoch``)."""
     best, since = None, 0
-    for row in history:
+    for i, row in enumerate(history):
         value = row.get(column)
-        if value is None:
+        if value is None or row.get("epoch", i + 1) < start:
             continue
         if best is None or (value > best + min_delta if higher else value < best - min_delta):
             best, since = value, 0
@@ -882,7 +889,8 @@ def _stops_early(s: _Session, state: TrainState) -> bool:
     if not tc.early_stopping:
         return False
     _, column, higher = s.select
-    return epochs_without_gain(state.history, column, higher, tc.early_stopping_min_delta) >= tc.early_stopping
+    waited = epochs_without_gain(state.history, column, higher, tc.early_stopping_min_delta, tc.select_from_epoch)
+    return waited >= tc.early_stopping
 
 
 # --- the learning-rate range test (train.lr_find) -----------------------------------------------------------------
@@ -1390,7 +1398,7 @@ def _end_of_epoch(s: _Session, state: TrainState, epoch_t0: float) -> None:
         )
     state.history.append(row)
     _, column, higher = s.select
-    value = row.get(column)
+    value = row.get(column) if epoch >= tc.select_from_epoch else None  # too early to be chosen
     best = state.best
     improved = value is not None and (best is None or (value > best["value"] if higher else value < best["value"]))
     if improved:
