@@ -11,7 +11,7 @@ accuracy is the run's own final evaluation on the held-out split (``eval.json``)
 
 The CNN rows: LeNet-5 with the ``digits`` recipe (the demo), airbench94 with the ``speedrun`` recipe on the same
 CIFAR-10 subset at batch 500, and from scratch (no published weights) on ants/bees ResNet-18 at 128 px with
-random resized crops and flips, and the ``small`` recipe (ResNet-10-T at 64 px). ``IMGCLS_BENCH_CLASSIC_MODELS``
+random resized crops and flips, and the ``small`` recipe (ResNet-10-T at 160 px). ``IMGCLS_BENCH_CLASSIC_MODELS``
 (comma-separated) and ``IMGCLS_BENCH_CLASSIC_SETS`` (``digits,cifar10,hymenoptera``; ``none`` measures nothing
 and only redraws the tables) narrow the run. Results land in ``benchmarks/results/classic_<dataset>.json`` row by
 row, so a stopped run keeps what it measured and runs on different datasets may go side by side;

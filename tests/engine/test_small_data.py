@@ -136,7 +136,7 @@ def test_select_from_epoch_never_ships_an_earlier_epoch(tmp_path, capsys):
     assert selection["best_epoch"] == selection["shipped_epoch"] == chosen + 1
     assert main(["eval", "--run", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(rows[chosen]["val_top1"], abs=1e-3)
-    assert main(argv[:-4] + ["--out", str(tmp_path / "other"), "--set", "train.select_from_epoch=6"]) == 2
+    assert main([*argv[:-4], "--out", str(tmp_path / "other"), "--set", "train.select_from_epoch=6"]) == 2
     assert "train.select_from_epoch 6: the run has only 5 epoch(s)" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 

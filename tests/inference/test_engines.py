@@ -278,3 +278,26 @@ def test_the_run_queue_wait_is_read_from_this_process(busy_cores):
     while time.perf_counter() < end:  # one busy thread beside one busy process per core: it waits its turn
         pass
     assert E._run_queue_wait() - before > 0.05
+
+
+def test_settle_waits_for_spinning_threads_and_no_longer():
+    """After an ONNX Runtime call its threads spin for a while; settle() returns once the process is idle, within
+    its limit, and at once when nothing spins."""
+    t0 = time.perf_counter()
+    E.settle()
+    assert time.perf_counter() - t0 < 0.05, "an idle process settles at the first look"
+
+    def spin():
+        end = time.perf_counter() + 0.1
+        while time.perf_counter() < end:
+            pass
+
+    import threading
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    t0 = time.perf_counter()
+    E.settle(limit=1.0)
+    waited = time.perf_counter() - t0
+    worker.join()
+    assert 0.05 <= waited < 1.0, "it waited for the busy thread to finish, not for its whole limit"

@@ -48,7 +48,7 @@ import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,8 @@ WAIT_SHARE = 0.15
 # threads, the OpenMP default, measure 0.98-1.00 quiet, 0.61-0.66 with one core taken).
 BUSY_SHARE = 0.8
 BUSY_MIN_SECONDS = 0.02  # shorter calls are not judged: thread wake-ups dominate their share
+SETTLE_STEP = 0.005  # settle(): how often it looks whether the threads still use the CPU...
+SETTLE_LIMIT = 0.25  # ...and for how long at most
 
 log = logging.getLogger("imgcls.inference")
 
@@ -455,12 +457,25 @@ def was_disturbed(wall: float, cpu: float, waited: float | None, threads: int) -
     return cpu < BUSY_SHARE * threads * wall
 
 
+def settle(limit: float = SETTLE_LIMIT) -> None:
+    """Wait until this process's threads stop using the CPU (at most ``limit`` seconds): after an ONNX Runtime call
+    its pool's threads spin for a while, holding the cores the next engine's call needs (a frozen bf16 graph's
+    ResNet-50 call at batch 1 measured 62-89 ms right after one, 33 ms after a 50 ms pause)."""
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        c0 = time.process_time()
+        time.sleep(SETTLE_STEP)
+        if time.process_time() - c0 < 0.1 * SETTLE_STEP:
+            return
+
+
 def measure(
     engines: Mapping[str, Callable[[Tensor], Tensor]],
     batch: Tensor,
     rounds: int = MEASURE_ROUNDS,
     warmup: int = 1,
     drop_over: float | None = DROP_OVER,
+    spinning: Collection[str] = (),
 ) -> Timings:
     """Time each engine on ``batch``: ``warmup`` untimed calls each (oneDNN and ORT build kernels on the first),
     then ``rounds`` rounds in which every engine runs once, in turn (A, B, C, A, B, C, ...); each engine's time is
@@ -468,7 +483,9 @@ def measure(
 
     Alternating puts the load of other processes on a shared machine on every engine alike. After each round, an
     engine whose fastest call so far is over ``drop_over`` times the fastest call of any engine is measured no
-    more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path.
+    more (``None`` keeps all): a clear loser costs one round, not all of them, on the start-up path. After each
+    call of an engine in ``spinning`` (ONNX Runtime's, whose threads spin-wait after a run), the next call waits
+    for them to stop (:func:`settle`), so that it is not timed against them.
     """
     threads = torch.get_num_threads()
     first: dict[str, float] = {}
@@ -478,6 +495,8 @@ def measure(
             fn(batch)
             if i == 0:
                 first[name] = time.perf_counter() - t0
+            if name in spinning:
+                settle()
     times: dict[str, list[tuple[float, bool]]] = {name: [] for name in engines}
     running = list(engines)
     for _ in range(rounds):
@@ -489,6 +508,8 @@ def measure(
             q1 = _run_queue_wait()
             waited = q1 - q0 if q0 is not None and q1 is not None else None
             times[name].append((wall, was_disturbed(wall, cpu, waited, threads)))
+            if name in spinning:
+                settle()
         if drop_over is not None:
             best = min(min(w for w, _ in times[name]) for name in running)
             running = [name for name in running if min(w for w, _ in times[name]) <= drop_over * best]
@@ -546,7 +567,7 @@ class Selection:
             if self.timings.disturbed:
                 text += (
                     f"; {self.timings.disturbed} of {self.timings.calls} timed calls ran while other processes "
-                    "held the cores: not remembered, measured again next time"
+                    "or threads held the cores: not remembered, measured again next time"
                 )
         text += ")"
         if self.skipped:
@@ -690,7 +711,7 @@ def select(
     dummy = torch.randint(
         0, 256, (batch, *source.input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    timings = measure(built, dummy)
+    timings = measure(built, dummy, spinning=ORT_ENGINES)
     chosen = choose(timings)
     costs = {
         name: Cost(
